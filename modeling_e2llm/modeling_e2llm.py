@@ -1,0 +1,366 @@
+"""E2LLM: a sentence encoder compresses each text chunk into one vector, an MLP adapter maps it into the
+decoder's embedding space, and a decoder-only LLM reads these chunk tokens in place of the raw text.
+
+Layout follows LLaVA: `E2LLMModel` holds encoder, adapter and decoder backbone and merges chunk
+features into `inputs_embeds` in one place; `E2LLMForCausalLM` adds the LM head, loss and generation.
+"""
+
+import json
+import os
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_e2llm import E2LLMConfig
+from .processing_e2llm import E2LLMProcessor, add_chunk_token
+
+_HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
+
+
+class E2LLMAdapter(nn.Module):
+    """MLP from the encoder's hidden size to the decoder's: Linear (-> GELU -> Linear) x (num_layers - 1)."""
+
+    def __init__(self, config: E2LLMConfig):
+        super().__init__()
+        enc, dec = config.encoder_config.hidden_size, config.text_config.hidden_size
+        hidden = config.adapter_hidden_size or dec
+        sizes = [enc] + [hidden] * (config.adapter_num_layers - 1) + [dec]
+        layers = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers += [nn.GELU()] if i else []
+            layers.append(nn.Linear(n_in, n_out))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.layers(pooled)  # (n_chunks, enc_hidden) -> (n_chunks, dec_hidden)
+
+
+class E2LLMPreTrainedModel(PreTrainedModel):
+    config: E2LLMConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class E2LLMModel(E2LLMPreTrainedModel):
+    """Encoder + adapter + decoder backbone (no LM head)."""
+
+    def __init__(self, config: E2LLMConfig, encoder: PreTrainedModel | None = None,
+                 language_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.encoder = encoder if encoder is not None else _encoder_from_config(config.encoder_config)
+        self.adapter = E2LLMAdapter(config)
+        self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def pool_chunks(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
+                    progress: bool = False) -> torch.Tensor:
+        """Encoder output of every chunk pooled to one vector: (n_chunks, L) -> (n_chunks, enc_hidden).
+
+        Chunks run in batches of `config.encoder_batch_size`, longest first, each batch trimmed to its
+        own longest chunk: memory stays bounded for any number of chunks and little goes to padding.
+        """
+        lengths = chunk_attention_mask.sum(dim=1)
+        order = torch.argsort(lengths, descending=True)
+        pooled = None
+        batches = order.split(self.config.encoder_batch_size)
+        for index in tqdm(batches, desc="Encoding chunks", unit="batch", disable=not progress):
+            width = int(lengths[index].max())
+            mask = chunk_attention_mask[index, :width]
+            hidden = self.encoder(input_ids=chunk_input_ids[index, :width], attention_mask=mask).last_hidden_state
+            vectors = _pool(hidden, mask, self.config.pooling)
+            if pooled is None:
+                pooled = vectors.new_empty(len(order), vectors.shape[-1])
+            pooled = pooled.index_copy(0, index, vectors)  # out of place: keeps autograd happy in training
+        return pooled
+
+    def get_chunk_features(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
+                           progress: bool = False) -> torch.Tensor:
+        """Chunk tokens for the decoder: (n_chunks, L) encoder ids -> (n_chunks, dec_hidden)."""
+        return self.adapter(self.pool_chunks(chunk_input_ids, chunk_attention_mask, progress=progress))
+
+    def get_placeholder_mask(self, input_ids: torch.Tensor, chunk_features: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool mask of the chunk placeholders; their count must equal the number of chunk features."""
+        mask = input_ids == self.config.chunk_token_id
+        if int(mask.sum()) != chunk_features.shape[0]:
+            raise ValueError(
+                f"The prompts hold {int(mask.sum())} chunk placeholders (id {self.config.chunk_token_id}) but "
+                f"{chunk_features.shape[0]} chunks were encoded; build inputs with the model's E2LLMProcessor."
+            )
+        return mask
+
+    def embed_inputs(self, input_ids: torch.Tensor, chunk_input_ids: torch.Tensor | None = None,
+                     chunk_attention_mask: torch.Tensor | None = None, chunk_features: torch.Tensor | None = None,
+                     progress: bool = False) -> torch.Tensor:
+        """Decoder input embeddings (B, T, dec_hidden), chunk tokens written over their placeholders.
+
+        The chunks of sample 0 fill its placeholders first, then those of sample 1, ... (row-major).
+        """
+        self._check_window(input_ids.shape[1])
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        if chunk_features is None and chunk_input_ids is not None:
+            chunk_features = self.get_chunk_features(chunk_input_ids, chunk_attention_mask, progress=progress)
+        if chunk_features is None:
+            if (input_ids == self.config.chunk_token_id).any():
+                raise ValueError("input_ids hold chunk placeholders but no chunk_input_ids were given.")
+            return inputs_embeds
+        mask = self.get_placeholder_mask(input_ids, chunk_features).unsqueeze(-1)
+        return inputs_embeds.masked_scatter(mask, chunk_features.to(inputs_embeds.dtype))
+
+    def _check_window(self, length: int) -> None:
+        window = getattr(self.config.text_config, "max_position_embeddings", None)
+        if window is not None and length > window:
+            raise ValueError(
+                f"The decoder input is {length} tokens long but the decoder's window is {window} tokens. "
+                "Use a larger chunk_size in the processor (fewer chunk tokens) or a shorter context."
+            )
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, past_key_values=None,
+                inputs_embeds: torch.FloatTensor | None = None, chunk_input_ids: torch.LongTensor | None = None,
+                chunk_attention_mask: torch.Tensor | None = None, use_cache: bool | None = None,
+                **kwargs) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_inputs(input_ids, chunk_input_ids, chunk_attention_mask)
+        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                      position_ids=position_ids, past_key_values=past_key_values,
+                                      use_cache=use_cache, **kwargs)
+        return BaseModelOutputWithPast(last_hidden_state=outputs.last_hidden_state,
+                                       past_key_values=outputs.past_key_values,
+                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+
+class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
+    """E2LLM with its LM head: `forward(..., labels=)` gives the loss, `generate(context=, prompt=)` reads raw text."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: E2LLMConfig, encoder: PreTrainedModel | None = None,
+                 causal_lm: PreTrainedModel | None = None):
+        super().__init__(config)
+        backbone = causal_lm.get_decoder() if causal_lm is not None else None
+        self.model = E2LLMModel(config, encoder, backbone)
+        self.lm_head = causal_lm.get_output_embeddings() if causal_lm is not None else nn.Linear(
+            config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self._processor = None
+        self._processor_kwargs = {}
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.LongTensor | None = None, past_key_values=None,
+                inputs_embeds: torch.FloatTensor | None = None, chunk_input_ids: torch.LongTensor | None = None,
+                chunk_attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
+                use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
+                **kwargs) -> CausalLMOutputWithPast:
+        """`labels` (B, T): target ids, -100 where no loss applies (prompt, chunk tokens, padding)."""
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                             chunk_input_ids=chunk_input_ids, chunk_attention_mask=chunk_attention_mask,
+                             use_cache=use_cache, **kwargs)
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels,
+                                      vocab_size=self.config.text_config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
+                                      inputs_embeds=None, chunk_input_ids=None, chunk_attention_mask=None,
+                                      is_first_iteration=False, **kwargs):
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs)
+        # Chunks are encoded once, at prefill; later steps read them from the KV cache.
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            inputs.update(chunk_input_ids=chunk_input_ids, chunk_attention_mask=chunk_attention_mask)
+        return inputs
+
+    # --- raw text in --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, *args,
+                 context: str | list[str] | None = None, prompt: str | list[str] | None = None,
+                 processor: E2LLMProcessor | None = None, progress: bool = False, **kwargs):
+        """`GenerationMixin.generate`, plus raw text: `generate(context=long_text, prompt=question, ...)`.
+
+        With `context`, the text is chunked and encoded here and the result holds only the new tokens
+        (the prompt was never the caller's); `prompt` of None asks for a restatement. Token inputs
+        (`input_ids` + `chunk_input_ids`/`chunk_attention_mask` from the processor) return prompt + new
+        tokens as usual. Every other argument (sampling, beams, streamer, stopping) is passed on.
+        """
+        if context is not None:
+            processor = processor if processor is not None else self.get_processor()
+            self._check_processor(processor)
+            batch = processor(context=context, prompt=prompt, return_tensors="pt").to(self.device)
+            kwargs["inputs_embeds"] = self.model.embed_inputs(
+                batch["input_ids"], batch["chunk_input_ids"], batch["chunk_attention_mask"], progress=progress)
+            kwargs["attention_mask"] = batch["attention_mask"]
+            return super().generate(None, generation_config, *args, **kwargs)
+        if prompt is not None:
+            raise ValueError("prompt= needs context=: pass the text the prompt is about.")
+        chunk_ids, chunk_mask = kwargs.pop("chunk_input_ids", None), kwargs.pop("chunk_attention_mask", None)
+        if chunk_ids is not None:
+            # Embed here rather than in forward: generate() repeats every tensor kwarg per beam/return
+            # sequence row by row, which would give each expanded row the wrong chunks (HF_NOTES 8).
+            input_ids = inputs if inputs is not None else kwargs.pop("input_ids")
+            kwargs["inputs_embeds"] = self.model.embed_inputs(input_ids, chunk_ids, chunk_mask, progress=progress)
+            kwargs["input_ids"], inputs = input_ids, None
+        return super().generate(inputs, generation_config, *args, **kwargs)
+
+    def answer(self, context: str | list[str], prompt: str | list[str] | None = None,
+               processor: E2LLMProcessor | None = None, **generate_kwargs) -> str | list[str]:
+        """Text in, text out: the decoded answer(s) to `prompt` about `context` (greedy by default)."""
+        processor = processor if processor is not None else self.get_processor()
+        generate_kwargs.setdefault("max_new_tokens", 128)
+        ids = self.generate(context=context, prompt=prompt, processor=processor, **generate_kwargs)
+        texts = [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
+        return texts[0] if isinstance(context, str) else texts
+
+    def get_processor(self) -> E2LLMProcessor:
+        """The processor saved beside this model (loaded once from where the model was loaded)."""
+        if self._processor is None:
+            source = self.config.name_or_path
+            if not source:
+                raise ValueError("This model was built in memory, so no processor is saved beside it: "
+                                 "pass processor=E2LLMProcessor.from_encoder_decoder_pretrained(...).")
+            self._processor = E2LLMProcessor.from_pretrained(source, trust_remote_code=True, **self._processor_kwargs)
+            self._check_processor(self._processor)
+        return self._processor
+
+    def _check_processor(self, processor) -> None:
+        if processor.chunk_token_id != self.config.chunk_token_id:
+            raise ValueError(
+                f"The processor's chunk token {processor.chunk_token!r} has id {processor.chunk_token_id} but "
+                f"the model expects id {self.config.chunk_token_id}: processor and model come from different "
+                "checkpoints. Load both from the same folder.")
+        encoder_vocab = self.config.encoder_config.vocab_size
+        if len(processor.encoder_tokenizer) > encoder_vocab:
+            raise ValueError(
+                f"The processor's encoder tokenizer has {len(processor.encoder_tokenizer)} tokens but the "
+                f"model's encoder has {encoder_vocab} embeddings: they belong to different encoders.")
+        if len(processor.tokenizer) > self.get_input_embeddings().num_embeddings:
+            raise ValueError(
+                f"The processor's decoder tokenizer has {len(processor.tokenizer)} tokens but the model's "
+                f"decoder has {self.get_input_embeddings().num_embeddings} embeddings: they belong to different decoders.")
+
+    # --- building and loading -----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        # Remember where the weights came from so that get_processor() finds the files saved beside them.
+        model._processor_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+        return model
+
+    @classmethod
+    def from_encoder_decoder_pretrained(cls, encoder_path: str | None = None, decoder_path: str | None = None, *,
+                                        dtype: torch.dtype | None = None, attn_implementation: str = "sdpa",
+                                        chunk_token: str = "<chunk>", **config_kwargs) -> "E2LLMForCausalLM":
+        """Compose a new E2LLM from a pretrained BERT-family encoder and a causal LM (untrained adapter).
+
+        With no names, the embedded default: all-MiniLM-L6-v2 and SmolLM2-135M-Instruct from pip packages.
+        `config_kwargs` go to `E2LLMConfig` (pooling, adapter_num_layers, LoRA settings, ...); pooling
+        defaults to what the encoder's sentence-transformers config says.
+        """
+        if encoder_path is None or decoder_path is None:
+            from .embedded_default import default_decoder_path, default_encoder_path
+
+            encoder_path = encoder_path or default_encoder_path()
+            decoder_path = decoder_path or default_decoder_path()
+        encoder = _encoder_from_pretrained(encoder_path, dtype)
+        causal_lm = AutoModelForCausalLM.from_pretrained(decoder_path, dtype=dtype)
+        chunk_token_id = add_chunk_token(AutoTokenizer.from_pretrained(decoder_path), chunk_token)
+        if chunk_token_id >= causal_lm.get_input_embeddings().num_embeddings:
+            causal_lm.resize_token_embeddings(chunk_token_id + 1)
+        config_kwargs.setdefault("pooling", _sentence_transformers_pooling(encoder_path) or "mean")
+        config = E2LLMConfig(encoder_config=encoder.config, text_config=causal_lm.config,
+                             chunk_token_id=chunk_token_id, **config_kwargs)
+        model = cls(config, encoder=encoder, causal_lm=causal_lm)
+        model.generation_config = causal_lm.generation_config  # the composite would take text_config's (pitfall 15)
+        # Composing resets the shared sub-configs' attention implementation to None, which makes the
+        # decoder attend bidirectionally (HF_NOTES pitfall 1): set it explicitly.
+        model.set_attn_implementation(attn_implementation)
+        return model.to(dtype) if dtype is not None else model
+
+    def get_lora_config(self, encoder: bool = True, decoder: bool = True):
+        """peft `LoraConfig` from the config: LoRA on the decoder and on the encoder's last
+        `encoder_lora_layers` layers, the adapter trained in full. Turn a part off to freeze it."""
+        from peft import LoraConfig
+
+        cfg = self.config
+        targets = []
+        if encoder and cfg.encoder_lora_layers > 0:
+            n = cfg.encoder_config.num_hidden_layers
+            layers = "|".join(str(i) for i in range(max(0, n - cfg.encoder_lora_layers), n))
+            targets.append(rf"model\.encoder\.(?:.*\.)?layers?\.(?:{layers})\..*\.(?:{'|'.join(cfg.encoder_lora_modules)})")
+        if decoder:
+            targets.append(rf"model\.language_model\..*\.(?:{'|'.join(cfg.decoder_lora_modules)})")
+        if not targets:
+            raise ValueError("LoRA on neither encoder nor decoder: train the adapter alone by freezing the rest instead.")
+        return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules="|".join(f"(?:{t})" for t in targets), modules_to_save=["adapter"])
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """(n, L, H) token states -> (n, H): masked mean, or the first ([CLS]) token."""
+    if mode == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def _encoder_from_config(encoder_config) -> PreTrainedModel:
+    try:  # BERT-style encoders carry a pooler that E2LLM never uses (unused weights break DDP)
+        return AutoModel.from_config(encoder_config, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_config(encoder_config)
+
+
+def _encoder_from_pretrained(path: str, dtype) -> PreTrainedModel:
+    try:
+        return AutoModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False)
+    except TypeError:
+        return AutoModel.from_pretrained(path, dtype=dtype)
+
+
+def _sentence_transformers_pooling(encoder_path: str) -> str | None:
+    """'cls' or 'mean' from a sentence-transformers folder's `1_Pooling/config.json`, if there is one."""
+    path = os.path.join(encoder_path, "1_Pooling", "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        pooling = json.load(f)
+    return "cls" if pooling.get("pooling_mode_cls_token") else "mean"
+
+
+E2LLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = ["E2LLMForCausalLM", "E2LLMModel", "E2LLMPreTrainedModel", "E2LLMAdapter"]

@@ -1,0 +1,253 @@
+"""E2LLM processor: splits raw text into chunks and builds the decoder prompt around chunk tokens.
+
+Data flow: text -> `chunk()` character spans -> encoder token ids (one row per chunk) and a decoder
+prompt holding one placeholder token per chunk, whose embedding the model later replaces.
+"""
+
+import re
+
+import torch
+from transformers import AutoTokenizer, BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+REASONING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nAnswer the question: {query}"
+UNDERSTANDING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nRestate the aforementioned context"
+DEFAULT_CHUNK_TOKEN = "<chunk>"
+# A cut goes right after one of these: a sentence end (Latin marks only before white space, so that
+# "3.14" or "e.g." inside a sentence stay whole; CJK marks anywhere) or a line break...
+_SENTENCE_OR_LINE_END = re.compile(r"[.!?](?=\s)|[。！？]|\n")
+# ...else after any white space, else the chunk is cut hard at chunk_size characters.
+_WHITESPACE = re.compile(r"\s")
+_UNBOUNDED_TOKENIZER_LENGTH = 100_000  # tokenizers store ~1e30 when they declare no limit
+IGNORE_INDEX = -100
+
+
+def add_chunk_token(tokenizer, chunk_token: str = DEFAULT_CHUNK_TOKEN) -> int:
+    """Add `chunk_token` to `tokenizer` as a special token unless present; return its id. Idempotent."""
+    if chunk_token not in tokenizer.get_vocab():
+        tokenizer.add_tokens([chunk_token], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(chunk_token)
+
+
+def _last_match_end(pattern: re.Pattern, text: str, start: int, end: int) -> int | None:
+    """End of the last match of `pattern` in text[start:end + 1] that lies inside (start, end]."""
+    best = None
+    for match in pattern.finditer(text, start, min(end + 1, len(text))):
+        if start < match.end() <= end:
+            best = match.end()
+    return best
+
+
+def split_into_chunks(text: str, chunk_size: int, overlap: int = 0) -> list[tuple[int, int]]:
+    """Character spans `(start, end)` of consecutive chunks of at most `chunk_size` characters.
+
+    Each chunk is cut back to its last sentence end or line break, else its last white space, else
+    cut hard. The next chunk starts `overlap` characters before the previous one ended; with
+    `overlap=0` the chunks concatenate back to exactly `text`.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1 character, got {chunk_size}.")
+    if not 0 <= overlap < chunk_size:
+        raise ValueError(f"overlap must be in [0, chunk_size={chunk_size}), got {overlap}.")
+    spans, start = [], 0
+    while start < len(text):
+        end = min(start + chunk_size, len(text))
+        if end < len(text):
+            end = (_last_match_end(_SENTENCE_OR_LINE_END, text, start, end)
+                   or _last_match_end(_WHITESPACE, text, start, end) or end)
+        spans.append((start, end))
+        if end == len(text):
+            break
+        start = max(end - overlap, start + 1)
+    return spans
+
+
+class E2LLMProcessor(ProcessorMixin):
+    r"""Chunks long text for the encoder and writes the decoder prompt with one placeholder per chunk.
+
+    Args:
+        tokenizer: the decoder's tokenizer (gets `chunk_token` added if missing).
+        encoder_tokenizer: the chunk encoder's tokenizer.
+        chunk_size: characters per chunk (paper: 512).
+        chunk_overlap: overlap between consecutive chunks as a fraction of `chunk_size` (paper's ablation: 0.3).
+        chunk_token: placeholder string; one per chunk in the prompt.
+        max_chunk_tokens: encoder tokens a chunk may hold; longer chunks are split again (default: the
+            encoder tokenizer's limit, at most 512).
+        reasoning_template: prompt with a question; fields `{context}` (chunk tokens) and `{query}`.
+        understanding_template: prompt without a question (restate task); field `{context}`.
+    """
+
+    def __init__(self, tokenizer=None, encoder_tokenizer=None, chunk_size: int = 512,
+                 chunk_overlap: float = 0.0, chunk_token: str = DEFAULT_CHUNK_TOKEN,
+                 max_chunk_tokens: int | None = None, reasoning_template: str = REASONING_TEMPLATE,
+                 understanding_template: str = UNDERSTANDING_TEMPLATE, **kwargs):
+        if not 0.0 <= chunk_overlap < 1.0:
+            raise ValueError(f"chunk_overlap is a fraction of chunk_size in [0, 1), got {chunk_overlap}.")
+        if "{context}" not in reasoning_template or "{query}" not in reasoning_template:
+            raise ValueError("reasoning_template must contain the fields {context} and {query}.")
+        if "{context}" not in understanding_template:
+            raise ValueError("understanding_template must contain the field {context}.")
+        self.chunk_size, self.chunk_overlap, self.chunk_token = chunk_size, chunk_overlap, chunk_token
+        self.reasoning_template, self.understanding_template = reasoning_template, understanding_template
+        if max_chunk_tokens is None and encoder_tokenizer is not None:
+            limit = encoder_tokenizer.model_max_length
+            max_chunk_tokens = 512 if limit > _UNBOUNDED_TOKENIZER_LENGTH else min(limit, 512)
+        self.max_chunk_tokens = max_chunk_tokens
+        super().__init__(tokenizer, encoder_tokenizer, **kwargs)
+        self.chunk_token_id = add_chunk_token(self.tokenizer, chunk_token)
+
+    @classmethod
+    def from_encoder_decoder_pretrained(cls, encoder_path: str | None = None, decoder_path: str | None = None,
+                                        **kwargs) -> "E2LLMProcessor":
+        """Build from the encoder's and the decoder's tokenizers (no names: the embedded default)."""
+        if encoder_path is None or decoder_path is None:
+            from .embedded_default import default_decoder_path, default_encoder_path
+
+            encoder_path = encoder_path or default_encoder_path()
+            decoder_path = decoder_path or default_decoder_path()
+        return cls(AutoTokenizer.from_pretrained(decoder_path), AutoTokenizer.from_pretrained(encoder_path), **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (OSError, ValueError) as error:  # HF_NOTES pitfall 16: the raw error blames sentencepiece
+            raise OSError(
+                f"No E2LLM processor could be loaded from {pretrained_model_name_or_path!r} ({error}). "
+                "Save one beside the model with processor.save_pretrained(folder)."
+            ) from error
+
+    # --- chunking -------------------------------------------------------------------------------
+    def chunk(self, text: str) -> list[tuple[int, int]]:
+        """Character spans `(start, end)` of the chunks of `text`; none exceeds `max_chunk_tokens`."""
+        _check_text(text, "context")
+        overlap = int(self.chunk_size * self.chunk_overlap)
+        return self._fit_to_encoder(text, split_into_chunks(text, self.chunk_size, overlap))
+
+    def _fit_to_encoder(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        lengths = self._encoder_lengths([text[s:e] for s, e in spans])
+        fitted = []
+        for (start, end), length in zip(spans, lengths):
+            if length <= self.max_chunk_tokens:
+                fitted.append((start, end))
+                continue
+            # Too many tokens (digits, code, non-Latin script): split this chunk again, smaller.
+            size = max(1, (end - start) * self.max_chunk_tokens // (2 * length))
+            pieces = split_into_chunks(text[start:end], size)
+            fitted += self._fit_to_encoder(text, [(start + s, start + e) for s, e in pieces])
+        return fitted
+
+    def _encoder_lengths(self, texts: list[str]) -> list[int]:
+        ids = self.encoder_tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        return [len(row) for row in ids]
+
+    # --- prompt -----------------------------------------------------------------------------------
+    def build_prompt(self, num_chunks: int, prompt: str | None = None) -> str:
+        """The decoder's text: the template with `num_chunks` placeholders, in the chat template if any."""
+        placeholders = self.chunk_token * num_chunks
+        if prompt is None:
+            text = self.understanding_template.format(context=placeholders)
+        else:
+            text = self.reasoning_template.format(context=placeholders, query=prompt)
+        if self.tokenizer.chat_template is None:
+            return text
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+    def _prompt_ids(self, num_chunks: int, prompt: str | None) -> list[int]:
+        ids = self.tokenizer(self.build_prompt(num_chunks, prompt), add_special_tokens=False)["input_ids"]
+        if self.tokenizer.chat_template is None and self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id] + ids
+        found = ids.count(self.chunk_token_id)
+        if found != num_chunks:
+            raise ValueError(
+                f"The prompt holds {found - num_chunks} extra chunk placeholder(s) {self.chunk_token!r}: "
+                "that string is reserved for chunk tokens. Remove it from the prompt and the template."
+            )
+        return ids
+
+    def _target_ids(self, target: str) -> list[int]:
+        _check_text(target, "target")
+        return self.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    # --- batch ------------------------------------------------------------------------------------
+    def __call__(self, context: str | list[str], prompt: str | list[str] | None = None,
+                 target: str | list[str] | None = None, return_tensors: str = "pt",
+                 padding_side: str = "left") -> BatchFeature:
+        """Encode one or several (context, prompt) pairs.
+
+        Returns a BatchFeature with
+            input_ids, attention_mask: (B, T) decoder prompts, padded on `padding_side`;
+            chunk_input_ids, chunk_attention_mask: (total_chunks, L) encoder inputs, the chunks of
+                sample 0 first, then those of sample 1, ...;
+            labels: (B, T) only with `target`: the target's ids (plus EOS) after the prompt, -100 elsewhere.
+        A `prompt` of None uses the understanding (restate) template.
+        """
+        contexts, prompts, targets = _as_batch(context, prompt, target)
+        rows, labels, chunk_texts = [], [], []
+        for text, query, answer in zip(contexts, prompts, targets):
+            if query is not None:
+                _check_text(query, "prompt", allow_empty=True)
+            spans = self.chunk(text)
+            chunk_texts += [text[s:e] for s, e in spans]
+            ids = self._prompt_ids(len(spans), query)
+            label = [IGNORE_INDEX] * len(ids)
+            if answer is not None:
+                target_ids = self._target_ids(answer)
+                ids, label = ids + target_ids, label + target_ids
+            rows.append(ids)
+            labels.append(label)
+        chunks = self.encoder_tokenizer(chunk_texts, padding="longest", return_tensors="pt")
+        data = _pad(rows, labels, self.tokenizer.pad_token_id, padding_side, with_labels=any(t is not None for t in targets))
+        data.update(chunk_input_ids=chunks["input_ids"], chunk_attention_mask=chunks["attention_mask"])
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs):
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+def _check_text(text, name: str, allow_empty: bool = False) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a string (or a list of strings), got {type(text).__name__}.")
+    if not allow_empty and not text.strip():
+        raise ValueError(f"{name} is empty or only white space: there is nothing to encode.")
+
+
+def _as_batch(context, prompt, target) -> tuple[list, list, list]:
+    if isinstance(context, str):
+        context = [context]
+    if not isinstance(context, (list, tuple)) or not context:
+        raise TypeError(f"context must be a string or a non-empty list of strings, got {type(context).__name__}.")
+    batch = []
+    for name, value in (("prompt", prompt), ("target", target)):
+        if value is None or isinstance(value, str):
+            value = [value] * len(context)
+        if not isinstance(value, (list, tuple)) or len(value) != len(context):
+            raise ValueError(f"{name} must be a string or a list with one entry per context ({len(context)}).")
+        batch.append(list(value))
+    return list(context), batch[0], batch[1]
+
+
+def _pad(rows: list[list[int]], labels: list[list[int]], pad_id: int, side: str, with_labels: bool) -> dict:
+    if side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id if pad_id is not None else 0, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    padded_labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (row, label) in enumerate(zip(rows, labels)):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        input_ids[i, span], attention_mask[i, span] = torch.tensor(row), 1
+        padded_labels[i, span] = torch.tensor(label)
+    data = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if with_labels:
+        data["labels"] = padded_labels
+    return data
+
+
+E2LLMProcessor.register_for_auto_class()
+
+__all__ = ["E2LLMProcessor", "split_into_chunks", "add_chunk_token"]
