@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from . import E2LLMForCausalLM, E2LLMProcessor
+from . import E2LLMForCausalLM
+from .embedded_default import load_embedded_default
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,7 +15,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--file", required=True, help="UTF-8 text file to read")
     parser.add_argument("--question", required=True)
     parser.add_argument("--model", default=None,
-                        help="saved E2LLM folder or Hub id (default: the embedded default models)")
+                        help="saved E2LLM folder or Hub id (default: the embedded default models with the "
+                             "trained demo weights when present)")
+    parser.add_argument("--untrained", action="store_true", help="embedded default without the demo weights")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -24,10 +27,10 @@ def main(argv: list[str] | None = None) -> None:
         text = f.read()
 
     if args.model is None:
-        print("Note: embedded default models with an UNTRAINED adapter: the answer shows that the pipeline "
-              "runs, not what a trained E2LLM can do.", file=sys.stderr)
-        model = E2LLMForCausalLM.from_encoder_decoder_pretrained()
-        processor = E2LLMProcessor.from_encoder_decoder_pretrained()
+        model, processor = load_embedded_default(trained=not args.untrained)
+        if not model.is_trained_demo:
+            print("Note: embedded default models with an UNTRAINED adapter: the answer shows that the pipeline "
+                  "runs, not what a trained E2LLM can do.", file=sys.stderr)
     else:
         model = E2LLMForCausalLM.from_pretrained(args.model, trust_remote_code=True)
         processor = model.get_processor()

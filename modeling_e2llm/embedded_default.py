@@ -54,3 +54,31 @@ def default_decoder_path() -> str:
     if not out.exists():  # another process may have finished the same conversion first
         tmp.replace(out)
     return str(out)
+
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+
+def load_embedded_default(trained: bool = True, demo_dir: str | Path = DEMO_DIR):
+    """`(model, processor)` on the embedded default, with the trained demo weights when they exist.
+
+    The demo folder holds what training changed (LoRA + adapter, saved by peft) and `demo.json`, the
+    config and processor settings it was trained with. `trained=False`, or no demo folder, gives the
+    untrained composite (random adapter); `model.is_trained_demo` says which one you got.
+    """
+    import json
+
+    from .modeling_e2llm import E2LLMForCausalLM
+    from .processing_e2llm import E2LLMProcessor
+
+    demo_dir = Path(demo_dir)
+    use_demo = trained and (demo_dir / "demo.json").exists()
+    settings = json.loads((demo_dir / "demo.json").read_text()) if use_demo else {}
+    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(**settings.get("config", {}))
+    processor = E2LLMProcessor.from_encoder_decoder_pretrained(**settings.get("processor", {}))
+    if use_demo:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(demo_dir)).merge_and_unload()
+    model.is_trained_demo = use_demo
+    return model.eval(), processor
