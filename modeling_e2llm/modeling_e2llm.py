@@ -109,7 +109,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
 
         The chunks of sample 0 fill its placeholders first, then those of sample 1, ... (row-major).
         """
-        self._check_window(input_ids.shape[1])
+        self._check_window(input_ids)
         inputs_embeds = self.get_input_embeddings()(input_ids)
         if chunk_features is None and chunk_input_ids is not None:
             chunk_features = self.get_chunk_features(chunk_input_ids, chunk_attention_mask, progress=progress)
@@ -120,13 +120,18 @@ class E2LLMModel(E2LLMPreTrainedModel):
         mask = self.get_placeholder_mask(input_ids, chunk_features).unsqueeze(-1)
         return inputs_embeds.masked_scatter(mask, chunk_features.to(inputs_embeds.dtype))
 
-    def _check_window(self, length: int) -> None:
+    def _check_window(self, input_ids: torch.Tensor) -> None:
+        """Refuse (never truncate) a prompt longer than the decoder's window, saying how far over it is."""
         window = getattr(self.config.text_config, "max_position_embeddings", None)
-        if window is not None and length > window:
-            raise ValueError(
-                f"The decoder input is {length} tokens long but the decoder's window is {window} tokens. "
-                "Use a larger chunk_size in the processor (fewer chunk tokens) or a shorter context."
-            )
+        if window is None or input_ids.shape[1] <= window:
+            return
+        chunks = int((input_ids == self.config.chunk_token_id).sum(dim=1).max())
+        room = window - (input_ids.shape[1] - chunks)
+        fix = (f"chunk_size about {chunks / room:.1f}x larger (the window holds {room} chunks with this prompt)"
+               if room > 0 else "a shorter prompt")
+        raise ValueError(
+            f"The decoder input is {input_ids.shape[1]} tokens ({chunks} chunk tokens) but the decoder's window "
+            f"is {window} tokens. Use a {fix} in the processor, or a shorter context.")
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, past_key_values=None,

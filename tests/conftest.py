@@ -69,3 +69,26 @@ def essay_text() -> str:
     with open(path) as f:
         essays = [json.loads(line)["context"] for line in f]
     return max(essays, key=len)
+
+
+PROJECT_PACKAGES = ("modeling_e2llm", "training", "evaluation", "model_card", "upload")
+_ISOLATION_PREAMBLE = f"""
+import importlib.abc, sys
+class _BlockProject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {PROJECT_PACKAGES!r}:
+            raise ImportError(name + " is blocked: this process must not see the project")
+sys.meta_path.insert(0, _BlockProject())
+sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
+"""
+
+
+def run_isolated(code: str, cwd: Path) -> str:
+    """Run `code` in a fresh Python whose imports cannot reach the project (as on a user's machine
+    that only has transformers); return its stdout, failing the test with stderr on error."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", _ISOLATION_PREAMBLE + code], capture_output=True, text=True,
+                            cwd=cwd, env={**os.environ, "PYTHONPATH": ""}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout

@@ -1,0 +1,41 @@
+"""The real embedded default (all-MiniLM-L6-v2 + SmolLM2-135M-Instruct from pip packages)."""
+
+import pytest
+import torch
+
+from modeling_e2llm.embedded_default import load_embedded_default
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    return load_embedded_default(trained=False)
+
+
+def test_embedded_default_composes_minilm_and_smollm2(untrained):
+    model, processor = untrained
+    assert model.config.encoder_config.hidden_size == 384 and model.config.text_config.hidden_size == 576
+    assert model.config.pooling == "mean"  # from the package's 1_Pooling/config.json
+    assert model.config.chunk_token_id == processor.chunk_token_id
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    assert not model.is_trained_demo
+
+
+def test_chunk_vectors_are_minilm_sentence_embeddings(untrained):
+    model, processor = untrained
+    sentences = ["The cat sits on the mat.", "A feline rests on a rug.", "Quarterly revenue rose by ten percent."]
+    batch = processor.encoder_tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        vectors = torch.nn.functional.normalize(model.model.pool_chunks(batch["input_ids"], batch["attention_mask"]))
+    similar, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
+    assert similar > 0.5 > unrelated  # pretrained semantics survive composition
+
+
+def test_generates_from_a_20000_character_context(untrained, essay_text):
+    model, processor = untrained
+    context = essay_text[:20000]
+    spans = processor.chunk(context)
+    assert 39 <= len(spans) <= 60 and "".join(context[s:e] for s, e in spans) == context
+    ids = model.generate(context=context, prompt="What is this essay about?", processor=processor,
+                         max_new_tokens=12, do_sample=False)
+    assert 0 < ids.shape[1] <= 12
+    assert processor.decode(ids[0], skip_special_tokens=True).strip()

@@ -1,0 +1,226 @@
+"""E2LLMForCausalLM on tiny random models: merging, loss, causality, batching, generation, save/load, LoRA."""
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from transformers.generation.streamers import BaseStreamer
+
+from conftest import run_isolated
+from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
+
+TEXT = ("The committee met on Tuesday. Alice chaired the meeting and opened with the budget. "
+        "Bob presented the new design for the remote control.\nCarol asked about the cost. ") * 4
+SHORT = "A short note about lunch. It was pasta."
+
+
+def test_chunk_features_replace_exactly_the_placeholders(tiny_model, tiny_processor):
+    batch = tiny_processor(TEXT, "Who chaired?")
+    features = tiny_model.model.get_chunk_features(batch["chunk_input_ids"], batch["chunk_attention_mask"])
+    embeds = tiny_model.model.embed_inputs(batch["input_ids"], batch["chunk_input_ids"], batch["chunk_attention_mask"])
+    mask = batch["input_ids"][0] == tiny_model.config.chunk_token_id
+    assert features.shape == (int(mask.sum()), tiny_model.config.text_config.hidden_size)
+    torch.testing.assert_close(embeds[0, mask], features)
+    plain = tiny_model.get_input_embeddings()(batch["input_ids"])
+    torch.testing.assert_close(embeds[0, ~mask], plain[0, ~mask])
+
+
+def test_encoder_batch_size_does_not_change_chunk_vectors(tiny_model, tiny_processor):
+    batch = tiny_processor(TEXT + "Short.", "q")  # chunks of different lengths, sorted internally
+    ids, mask = batch["chunk_input_ids"], batch["chunk_attention_mask"]
+    tiny_model.config.encoder_batch_size = 1
+    one_by_one = tiny_model.model.pool_chunks(ids, mask)
+    tiny_model.config.encoder_batch_size = 32
+    torch.testing.assert_close(tiny_model.model.pool_chunks(ids, mask), one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_is_cross_entropy_over_target_tokens_only(tiny_model, tiny_processor):
+    batch = tiny_processor(TEXT, "Who chaired?", target="Alice.")
+    output = tiny_model(**batch)
+    logits, labels = output.logits[0, :-1], batch["labels"][0, 1:]
+    keep = labels != -100
+    expected = torch.nn.functional.cross_entropy(logits[keep], labels[keep])
+    torch.testing.assert_close(output.loss, expected)
+    assert int(keep.sum()) == len(tiny_processor.tokenizer("Alice.", add_special_tokens=False)["input_ids"]) + 1
+
+
+def test_decoder_stays_causal_after_composition(tiny_model, tiny_processor):
+    batch = tiny_processor(TEXT, "Who chaired?")
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["input_ids"][0, -1] = 1234
+    first, second = tiny_model(**batch).logits, tiny_model(**changed).logits
+    torch.testing.assert_close(first[0, :-1], second[0, :-1])
+    assert not torch.allclose(first[0, -1], second[0, -1])
+
+
+def test_batched_logits_equal_single_logits(tiny_model, tiny_processor):
+    batch = tiny_processor([TEXT, SHORT], ["Who chaired?", "What was lunch?"])
+    logits = tiny_model(**batch).logits
+    for row, (context, prompt) in enumerate([(TEXT, "Who chaired?"), (SHORT, "What was lunch?")]):
+        single = tiny_model(**tiny_processor(context, prompt)).logits[0]
+        torch.testing.assert_close(logits[row, -single.shape[0]:], single, atol=1e-4, rtol=1e-4)
+
+
+def test_batched_generation_equals_single_generation(tiny_model, tiny_processor):
+    contexts, prompts = [TEXT, SHORT], ["Who chaired?", "What was lunch?"]
+    batched = tiny_model.generate(context=contexts, prompt=prompts, processor=tiny_processor, max_new_tokens=6,
+                                  do_sample=False)
+    for row, (context, prompt) in enumerate(zip(contexts, prompts)):
+        single = tiny_model.generate(context=context, prompt=prompt, processor=tiny_processor, max_new_tokens=6,
+                                     do_sample=False)
+        assert batched[row].tolist() == single[0].tolist()
+
+
+def test_text_generation_returns_new_tokens_matching_the_token_path(tiny_model, tiny_processor):
+    batch = tiny_processor(TEXT, "Who chaired?")
+    from_tokens = tiny_model.generate(**batch, max_new_tokens=5, do_sample=False)
+    from_text = tiny_model.generate(context=TEXT, prompt="Who chaired?", processor=tiny_processor, max_new_tokens=5,
+                                    do_sample=False)
+    assert from_tokens[0, : batch["input_ids"].shape[1]].tolist() == batch["input_ids"][0].tolist()
+    assert from_tokens[0, batch["input_ids"].shape[1]:].tolist() == from_text[0].tolist()
+
+
+def test_beam_search_with_several_returns_gets_the_right_chunks(tiny_model, tiny_processor):
+    batch = tiny_processor([TEXT, SHORT], ["Who chaired?", "What was lunch?"])
+    beams = tiny_model.generate(**batch, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
+    for row, (context, prompt) in enumerate([(TEXT, "Who chaired?"), (SHORT, "What was lunch?")]):
+        single = tiny_model.generate(context=context, prompt=prompt, processor=tiny_processor, max_new_tokens=4,
+                                     num_beams=3, num_return_sequences=2, do_sample=False)
+        assert beams[2 * row: 2 * row + 2, -4:].tolist() == single[:, -4:].tolist()
+
+
+def test_streamer_receives_the_generated_tokens(tiny_model, tiny_processor):
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.tokens = []
+
+        def put(self, value):
+            self.tokens += value.flatten().tolist()
+
+        def end(self):
+            pass
+
+    streamer = Collect()
+    ids = tiny_model.generate(context=TEXT, prompt="q", processor=tiny_processor, max_new_tokens=5,
+                              do_sample=False, streamer=streamer)
+    assert streamer.tokens[-5:] == ids[0].tolist()
+
+
+def test_answer_returns_decoded_text(tiny_model, tiny_processor):
+    ids = tiny_model.generate(context=TEXT, prompt="q", processor=tiny_processor, max_new_tokens=5, do_sample=False)
+    expected = tiny_processor.decode(ids[0], skip_special_tokens=True).strip()
+    assert tiny_model.answer(TEXT, "q", processor=tiny_processor, max_new_tokens=5) == expected
+    assert tiny_model.answer([TEXT], ["q"], processor=tiny_processor, max_new_tokens=5) == [expected]
+
+
+def test_save_and_load_in_a_fresh_process_without_the_project(tiny_model, tiny_processor, tmp_path):
+    folder = tmp_path / "saved"
+    tiny_model.save_pretrained(folder)
+    tiny_processor.save_pretrained(folder)
+    expected_ids = tiny_model.generate(context=TEXT, prompt="Who chaired?", processor=tiny_processor,
+                                       max_new_tokens=6, do_sample=False)[0].tolist()
+    expected_logits = tiny_model(**tiny_processor(TEXT, "Who chaired?")).logits[0, -1].tolist()
+    stdout = run_isolated(f"""
+import json, torch
+from transformers import AutoModelForCausalLM, AutoProcessor
+model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+ids = model.generate(context={TEXT!r}, prompt="Who chaired?", max_new_tokens=6, do_sample=False)  # processor found by itself
+with torch.no_grad():
+    logits = model(**processor({TEXT!r}, "Who chaired?")).logits[0, -1]
+print(json.dumps({{"ids": ids[0].tolist(), "logits": logits.tolist(), "module": type(model).__module__,
+                  "tied": model.lm_head.weight is model.get_input_embeddings().weight}}))
+""", cwd=tmp_path)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result["module"].startswith("transformers_modules.")
+    assert result["ids"] == expected_ids
+    assert result["logits"] == expected_logits  # bit-identical
+    assert result["tied"]
+
+
+def test_lora_trains_encoder_decoder_and_adapter_and_survives_save_load_merge(tiny_model, tiny_processor, tmp_path):
+    base = copy.deepcopy(tiny_model)
+    peft_model = get_peft_model(tiny_model, tiny_model.get_lora_config())
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert any(".encoder." in n and "lora_B" in n for n in names)
+    assert any(".language_model." in n and "lora_B" in n for n in names)
+    assert any(".adapter." in n for n in names)
+    encoder_layers = tiny_model.config.encoder_config.num_hidden_layers
+    assert not any(f".encoder.layer.{i}." in n for n in names for i in range(encoder_layers - 2))
+
+    batch = tiny_processor(TEXT, "Who chaired?", target="Alice.")
+    peft_model.train()
+    peft_model(**batch).loss.backward()
+    grads = {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any(".encoder." in n and "lora_B" in n and g.abs().sum() > 0 for n, g in grads.items())
+    assert any(".adapter." in n and g.abs().sum() > 0 for n, g in grads.items())
+    with torch.no_grad():  # make LoRA matter, then check that saving, loading and merging keep it
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    peft_model.eval()
+    expected = peft_model(**batch).logits
+    peft_model.save_pretrained(tmp_path / "lora")
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "lora").eval()
+    torch.testing.assert_close(reloaded(**batch).logits, expected)
+    merged = reloaded.merge_and_unload()
+    torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-4, rtol=1e-4)
+    assert type(merged) is E2LLMForCausalLM
+
+
+def test_context_too_long_for_the_decoder_window_says_how_many_chunks_fit(tiny_model, tiny_processor):
+    long_text = "This sentence is filler. " * 6000  # about 2,400 chunks of 64 characters; window 2,048
+    with pytest.raises(ValueError, match=r"chunk tokens\) but the decoder's window is 2048 tokens.*chunk_size about"):
+        tiny_model.generate(context=long_text, prompt="q", processor=tiny_processor, max_new_tokens=2)
+
+
+def test_processor_from_another_checkpoint_is_refused(tiny_model, tiny_paths):
+    other = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_token="<|im_start|>")
+    with pytest.raises(ValueError, match="different checkpoints"):
+        tiny_model.generate(context=TEXT, prompt="q", processor=other, max_new_tokens=2)
+
+
+def test_model_built_in_memory_asks_for_a_processor(tiny_model):
+    with pytest.raises(ValueError, match="pass processor="):
+        tiny_model.generate(context=TEXT, prompt="q", max_new_tokens=2)
+
+
+def test_prompt_without_context_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="prompt= needs context="):
+        tiny_model.generate(prompt="q", max_new_tokens=2)
+
+
+def test_folder_without_weights_is_refused(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="model.safetensors|weights"):
+        E2LLMForCausalLM.from_pretrained(tmp_path)
+
+
+def test_pooling_defaults_to_the_sentence_transformers_config(tmp_path, tiny_paths):
+    from conftest import build_tiny_encoder
+
+    encoder = build_tiny_encoder(tmp_path / "cls_encoder", pooling="cls")
+    assert E2LLMForCausalLM.from_encoder_decoder_pretrained(str(encoder), tiny_paths[1]).config.pooling == "cls"
+    assert E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths).config.pooling == "mean"
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_adapter_has_the_configured_depth(tiny_model, layers):
+    config = E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
+                         adapter_num_layers=layers)
+    adapter = E2LLMForCausalLM(config).model.adapter
+    linears = [m for m in adapter.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == layers
+    assert (linears[0].in_features, linears[-1].out_features) == (32, 48)
+
+
+def test_invalid_config_values_are_refused(tiny_model):
+    with pytest.raises(ValueError, match="adapter_num_layers"):
+        E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
+                    adapter_num_layers=4)
+    with pytest.raises(ValueError, match="pooling"):
+        E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
+                    pooling="max")
