@@ -1,0 +1,207 @@
+"""Needle in a haystack: Paul Graham essays as the haystack, needles at sentence boundaries, a grid of
+context lengths (decoder tokens) x depths, scored by whether the answer holds each needle's key fact.
+
+Variants: `sentence` (the classic San Francisco needle), `number` (a random 7-digit number), `multi`
+(three numbers, all asked; the first at the depth, the others spread evenly after it, as in the
+multi-needle NIAH). `hide_in_haystack` hides any example's context the same way (SQuAD- or
+bAbI-in-a-haystack). Command line:
+
+    python -m evaluation.niah --system e2llm --lengths 4000 8000 --depths 0 50 100 --variant sentence --output DIR
+"""
+
+import argparse
+import json
+import random
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.figure import Figure
+
+from .data import Example, load_examples
+from .harness import PREDICTIONS_FILE, add_system_arguments, evaluate_examples, read_predictions, system_from_arguments
+
+DEFAULT_HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "pg_essays" / "essays.jsonl"
+VARIANTS = ("sentence", "number", "multi")
+CLASSIC_NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
+CLASSIC_QUESTION = "What is the best thing to do in San Francisco?"
+CLASSIC_KEY_FACT = "Dolores Park"
+NUMBER_NEEDLE = "The special magic number is: {number}."
+NUMBER_QUESTION = "What is the special magic number mentioned in the text?"
+MULTI_NEEDLE = "One of the special magic numbers is: {number}."
+MULTI_QUESTION = "What are the three special magic numbers mentioned in the text? List all of them."
+MULTI_COUNT = 3
+RESULTS_FILE, HEATMAP_FILE = "results.json", "heatmap.png"
+RED_TO_GREEN = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])  # the familiar plot's
+# A new sentence or line starts where this match ends: sentence punctuation (maybe closing quotes or
+# brackets) then white space, or a line break.
+_SENTENCE_START = re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s+|\n\s*")
+
+
+def sentence_starts(text: str) -> list[int]:
+    """Character offsets where a needle may go: 0, every sentence or line start, and len(text)."""
+    return sorted({0, len(text), *(match.end() for match in _SENTENCE_START.finditer(text))})
+
+
+def insert_needles(haystack: str, needles: list[str], depths: list[float]) -> tuple[str, list[int]]:
+    """Put needle i at the sentence boundary nearest to depths[i] percent of `haystack`.
+
+    Returns the new text and where each needle starts in it. Needles at the same boundary keep their
+    order; a space separates a needle from touching text.
+    """
+    if len(needles) != len(depths):
+        raise ValueError(f"{len(needles)} needles but {len(depths)} depths: give one depth per needle.")
+    if any(not 0 <= depth <= 100 for depth in depths):
+        raise ValueError(f"Depths are percentages in [0, 100], got {depths}.")
+    boundaries = sentence_starts(haystack)
+    targets = [min(boundaries, key=lambda b: abs(b - len(haystack) * depth / 100)) for depth in depths]
+    order = sorted(range(len(needles)), key=lambda i: targets[i])
+    pieces, starts, last, length = [], [0] * len(needles), 0, 0
+    for index in order:
+        position = targets[index]
+        pieces.append(haystack[last:position])
+        length += len(pieces[-1])
+        text_so_far = pieces[-1] or (pieces[-2] if len(pieces) > 1 else "")
+        before = " " if text_so_far and not text_so_far[-1].isspace() else ""
+        after = " " if position < len(haystack) and not haystack[position].isspace() else ""
+        pieces.append(before + needles[index] + after)
+        starts[index] = length + len(before)
+        length += len(pieces[-1])
+        last = position
+    pieces.append(haystack[last:])
+    return "".join(pieces), starts
+
+
+def load_haystack_essays(path: str | Path = DEFAULT_HAYSTACK) -> list[str]:
+    """The essays' texts, in file order, from a uniform JSONL file (default: the Paul Graham essays)."""
+    return [example.context for example in load_examples(path)]
+
+
+def haystack_prefix(essays: list[str], tokenizer, num_tokens: int) -> str:
+    """The first `num_tokens` decoder tokens of the essays joined by blank lines, repeated as needed."""
+    if num_tokens < 1:
+        raise ValueError(f"A haystack needs at least 1 token, got {num_tokens}.")
+    text = "\n\n".join(essays)
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+    copies = -(-num_tokens // len(offsets))  # ceil: long haystacks repeat the essays, as the original NIAH
+    if copies > 1:
+        text = "\n\n".join([text] * copies)
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                            verbose=False)["offset_mapping"]
+    return text[:offsets[num_tokens - 1][1]]
+
+
+def needle_example(variant: str, length: int, depth: float, essays: list[str], tokenizer,
+                   seed: int = 0) -> Example:
+    """One grid cell: a haystack of about `length` decoder tokens (needles included), needles at `depth`."""
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown NIAH variant {variant!r}; choose one of {VARIANTS}.")
+    rng = random.Random(f"{variant}-{length}-{depth}-{seed}")
+    if variant == "sentence":
+        needles, question, facts = [CLASSIC_NEEDLE], CLASSIC_QUESTION, [CLASSIC_KEY_FACT]
+        depths = [depth]
+    else:
+        count = 1 if variant == "number" else MULTI_COUNT
+        facts = [str(rng.randrange(1_000_000, 10_000_000)) for _ in range(count)]
+        template, question = (NUMBER_NEEDLE, NUMBER_QUESTION) if variant == "number" else (MULTI_NEEDLE, MULTI_QUESTION)
+        needles = [template.format(number=fact) for fact in facts]
+        depths = [depth + i * (100 - depth) / count for i in range(count)]
+    needle_tokens = sum(len(tokenizer(" " + needle, add_special_tokens=False)["input_ids"]) for needle in needles)
+    haystack = haystack_prefix(essays, tokenizer, max(1, length - needle_tokens))
+    context, starts = insert_needles(haystack, needles, depths)
+    return Example(id=f"niah-{variant}-{length}-{depth:g}", context=context, question=question,
+                   answer=needles[0], answers=needles, task="niah",
+                   meta={"length": length, "depth": depth, "variant": variant, "key_facts": facts,
+                         "needle_depths": depths, "needle_starts": starts})
+
+
+def needle_grid(variant: str, lengths: list[int], depths: list[float], essays: list[str], tokenizer,
+                seed: int = 0) -> list[Example]:
+    """One example per (length, depth), lengths outermost."""
+    return [needle_example(variant, length, depth, essays, tokenizer, seed) for length in lengths for depth in depths]
+
+
+def hide_in_haystack(example: Example, essays: list[str], tokenizer, num_tokens: int) -> Example:
+    """`example` with its context's lines scattered, in order, at random sentence boundaries of a haystack,
+    about `num_tokens` decoder tokens in all (SQuAD: the paragraph; bAbI: each fact). Seeded by the id."""
+    lines = [line for line in example.context.split("\n") if line.strip()]
+    context_tokens = sum(len(tokenizer(" " + line, add_special_tokens=False)["input_ids"]) for line in lines)
+    if context_tokens >= num_tokens:
+        raise ValueError(f"Example {example.id!r} already has {context_tokens} tokens, more than the "
+                         f"{num_tokens}-token haystack asked for: pass a larger --haystack-tokens.")
+    rng = random.Random(example.id)
+    depths = sorted(rng.uniform(0, 100) for _ in lines)
+    context, _ = insert_needles(haystack_prefix(essays, tokenizer, num_tokens - context_tokens), lines, depths)
+    return replace(example, context=context, meta={**example.meta, "haystack_tokens": num_tokens,
+                                                   "needle_depths": depths})
+
+
+def grid_results(examples: list[Example], records: dict[str, dict], settings: dict) -> dict:
+    """results.json: settings, the grid and per cell the needle recall (None where the system skipped it)."""
+    cells = []
+    for example in examples:
+        record = records[example.id]
+        cells.append({"length": example.meta["length"], "depth": example.meta["depth"],
+                      "score": record["scores"]["needle_recall"] if "scores" in record else None,
+                      "prediction": record.get("prediction"), "skipped": record.get("skipped")})
+    scores = [cell["score"] for cell in cells if cell["score"] is not None]
+    return {**settings, "lengths": sorted({cell["length"] for cell in cells}),
+            "depths": sorted({cell["depth"] for cell in cells}), "cells": cells,
+            "mean_score": sum(scores) / len(scores) if scores else None}
+
+
+def draw_heatmap(ax, results: dict):
+    """Depth (y, 0% on top) x context length (x), red (0) to green (1); grey "n/a" where skipped."""
+    lengths, depths = results["lengths"], results["depths"]
+    matrix = [[float("nan")] * len(lengths) for _ in depths]
+    for cell in results["cells"]:
+        if cell["score"] is not None:
+            matrix[depths.index(cell["depth"])][lengths.index(cell["length"])] = cell["score"]
+    colormap = RED_TO_GREEN.with_extremes(bad="#d9d9d9")
+    image = ax.imshow(matrix, cmap=colormap, vmin=0, vmax=1, aspect="auto")
+    for row, depth_scores in enumerate(matrix):
+        for column, score in enumerate(depth_scores):
+            ax.text(column, row, "n/a" if score != score else f"{score:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(lengths)), [f"{length / 1000:g}K" for length in lengths])
+    ax.set_yticks(range(len(depths)), [f"{depth:g}%" for depth in depths])
+    ax.set_xlabel("context length (decoder tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(f"{results['system']}, {results['variant']} needle\n{results['model']}", fontsize=9)
+    return image
+
+
+def save_heatmap(results: dict, path: str | Path) -> None:
+    figure = Figure(figsize=(1.2 * len(results["lengths"]) + 3, 0.5 * len(results["depths"]) + 2.5))
+    ax = figure.add_subplot()
+    figure.colorbar(draw_heatmap(ax, results), ax=ax, label="needle recall")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.niah", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_system_arguments(parser)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4000, 8000, 16000, 32000],
+                        help="context lengths in decoder tokens")
+    parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100],
+                        help="needle depths in percent of the context")
+    parser.add_argument("--variant", choices=VARIANTS, default="sentence")
+    parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK, help="JSONL of haystack texts")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the random numbers of the number variants")
+    args = parser.parse_args(argv)
+    system, settings = system_from_arguments(args)
+    settings.update(dataset=f"niah-{args.variant}", variant=args.variant, seed=args.seed)
+    examples = needle_grid(args.variant, args.lengths, args.depths, load_haystack_essays(args.haystack),
+                           system.tokenizer, args.seed)
+    evaluate_examples(system, examples, args.output, settings)
+    results = grid_results(examples, read_predictions(args.output / PREDICTIONS_FILE), settings)
+    (args.output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    save_heatmap(results, args.output / HEATMAP_FILE)
+    print(f"mean needle recall {results['mean_score']} -> {args.output / HEATMAP_FILE}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

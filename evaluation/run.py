@@ -1,0 +1,46 @@
+"""Score one system on one uniform JSONL file:
+
+    python -m evaluation.run --system {e2llm,truncation,full,rag} [--model PATH] --data FILE.jsonl --output DIR
+
+Writes DIR/predictions.jsonl, DIR/summary.json and DIR/summary.md; rerunning resumes. With
+--haystack-tokens N each example's context is first hidden in an N-token Paul Graham haystack
+(SQuAD- or bAbI-in-a-haystack).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from .data import DataFormatError, dataset_name, load_examples
+from .harness import add_system_arguments, evaluate_examples, summary_table, system_from_arguments
+from .niah import DEFAULT_HAYSTACK, hide_in_haystack, load_haystack_essays
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_system_arguments(parser)
+    parser.add_argument("--data", required=True, type=Path, help="uniform JSONL file")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N examples")
+    parser.add_argument("--haystack-tokens", type=int, default=None,
+                        help="hide each context in a haystack of this many decoder tokens")
+    parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK, help="JSONL of haystack texts")
+    args = parser.parse_args(argv)
+    try:
+        examples = load_examples(args.data, limit=args.limit)
+    except (DataFormatError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+    system, settings = system_from_arguments(args)
+    settings.update(dataset=dataset_name(args.data), data=str(args.data.resolve()))
+    if args.haystack_tokens:
+        essays = load_haystack_essays(args.haystack)
+        examples = [hide_in_haystack(example, essays, system.tokenizer, args.haystack_tokens) for example in examples]
+        settings["dataset"] += f"@{args.haystack_tokens}tok"
+        settings["haystack_tokens"] = args.haystack_tokens
+    summary = evaluate_examples(system, examples, args.output, settings)
+    sys.stdout.write(summary_table(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The four systems the paper compares, on one decoder, behind one interface: `predict(example) -> str`.
+
+- `e2llm`: the E2LLM checkpoint reads the context as chunk tokens.
+- `truncation`: the plain decoder reads the context cut in the middle to fit its window (head and tail
+  tokens kept, as LongBench does), plus the question.
+- `full`: the plain decoder reads the whole context; an example that does not fit raises `DoesNotFit`.
+- `rag`: the top-k chunks by cosine similarity of the E2LLM encoder's pooled vectors to the question's,
+  in document order, read by the plain decoder (cut in the middle if they still do not fit).
+"""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import Example
+from .metrics import NEEDLE_TASKS, ROUGE_TASKS
+
+# The baselines' prompt (paper section 4.2), written into the decoder's chat template when it has one.
+PLAIN_PROMPT = "Given the context: {text}\nAnswer the question: {query}"
+_TEXT_SLOT = "\ue000"  # a private-use character: marks where the context goes in the rendered prompt
+RAG_TOP_K = 40  # paper: top-40 chunks of 512 characters
+
+
+class DoesNotFit(ValueError):
+    """The example does not fit the decoder's window for this system; the harness skips and counts it."""
+
+
+def default_max_new_tokens(task: str) -> int:
+    """Answer budget when none is given: summaries are long, QA answers and needles short."""
+    if task in ROUGE_TASKS:
+        return 256
+    return 32 if task in NEEDLE_TASKS else 64
+
+
+class System:
+    """Answers examples with `model` (an E2LLMForCausalLM) and its processor, greedy decoding.
+
+    `max_new_tokens` of None picks `default_max_new_tokens(example.task)` per example.
+    """
+
+    name = "system"
+
+    def __init__(self, model, processor, max_new_tokens: int | None = None):
+        self.model, self.processor, self.max_new_tokens = model.eval(), processor, max_new_tokens
+        self.tokenizer = processor.tokenizer
+        self.window = model.config.text_config.max_position_embeddings
+
+    def predict(self, example: Example) -> str:
+        raise NotImplementedError
+
+    def new_tokens(self, example: Example) -> int:
+        return self.max_new_tokens or default_max_new_tokens(example.task)
+
+    @torch.no_grad()
+    def _generate(self, max_new_tokens: int, **inputs: torch.Tensor) -> str:
+        """Greedy answer text for one prompt (inputs: input_ids (1, T) plus any chunk tensors)."""
+        inputs = {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
+        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new_ids = output[0, inputs["input_ids"].shape[1]:]  # generate returns prompt + new tokens
+        return self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+
+
+class E2LLMSystem(System):
+    name = "e2llm"
+
+    def predict(self, example: Example) -> str:
+        batch = self.processor(context=example.context, prompt=example.question or None, return_tensors="pt")
+        length = batch["input_ids"].shape[1]
+        budget = self.new_tokens(example)
+        if length + budget > self.window:
+            raise DoesNotFit(f"{length} prompt tokens (chunk tokens included) + {budget} new tokens "
+                             f"exceed the decoder window of {self.window}")
+        return self._generate(budget, **batch)
+
+
+class PlainDecoderSystem(System):
+    """The E2LLM model called with plain input_ids and no chunks: the bare decoder with `PLAIN_PROMPT`."""
+
+    def prompt_ids(self, text: str, query: str, truncate: bool, max_new_tokens: int) -> list[int]:
+        """Decoder ids of `PLAIN_PROMPT` around `text`; with `truncate`, the text's middle tokens are cut
+        so that prompt + `max_new_tokens` fit the window, otherwise DoesNotFit is raised."""
+        head, tail = self._prompt_around_text(query)
+        text_ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        room = self.window - max_new_tokens - len(head) - len(tail)
+        if len(text_ids) > room and not truncate:
+            raise DoesNotFit(f"{len(text_ids)} context tokens + {len(head) + len(tail)} prompt tokens + "
+                             f"{max_new_tokens} new tokens exceed the decoder window of {self.window}")
+        if room < 0:
+            raise DoesNotFit(f"the prompt without context ({len(head) + len(tail)} tokens) leaves no room "
+                             f"for {max_new_tokens} new tokens in the decoder window of {self.window}")
+        return head + keep_head_and_tail(text_ids, room) + tail
+
+    def _prompt_around_text(self, query: str) -> tuple[list[int], list[int]]:
+        """Decoder ids before and after the context in the (chat-formatted) plain prompt."""
+        text = PLAIN_PROMPT.format(text=_TEXT_SLOT, query=query)
+        if self.tokenizer.chat_template is not None:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        before, after = text.split(_TEXT_SLOT)
+        head = self.tokenizer(before, add_special_tokens=False)["input_ids"]
+        if self.tokenizer.chat_template is None and self.tokenizer.bos_token_id is not None:
+            head = [self.tokenizer.bos_token_id] + head
+        return head, self.tokenizer(after, add_special_tokens=False)["input_ids"]
+
+    def answer_plain(self, text: str, query: str, truncate: bool, max_new_tokens: int) -> str:
+        ids = torch.tensor([self.prompt_ids(text, query, truncate, max_new_tokens)])
+        return self._generate(max_new_tokens, input_ids=ids, attention_mask=torch.ones_like(ids))
+
+
+def keep_head_and_tail(ids: list[int], budget: int) -> list[int]:
+    """`ids` if they fit `budget`, else the first budget//2 and the last budget - budget//2 of them."""
+    if len(ids) <= budget:
+        return ids
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
+class TruncationSystem(PlainDecoderSystem):
+    name = "truncation"
+
+    def predict(self, example: Example) -> str:
+        return self.answer_plain(example.context, example.question, True, self.new_tokens(example))
+
+
+class FullSystem(PlainDecoderSystem):
+    name = "full"
+
+    def predict(self, example: Example) -> str:
+        return self.answer_plain(example.context, example.question, False, self.new_tokens(example))
+
+
+class RAGSystem(PlainDecoderSystem):
+    """Retrieval with the E2LLM encoder itself, so that retrieval and compression see the same vectors."""
+
+    name = "rag"
+
+    def __init__(self, model, processor, max_new_tokens: int | None = None, top_k: int = RAG_TOP_K):
+        super().__init__(model, processor, max_new_tokens)
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1 chunk, got {top_k}.")
+        self.top_k = top_k
+
+    def predict(self, example: Example) -> str:
+        if not example.question.strip():
+            raise ValueError(f"Example {example.id!r} has no question, so rag has nothing to retrieve with.")
+        return self.answer_plain(self.retrieve(example.context, example.question), example.question,
+                                 True, self.new_tokens(example))
+
+    def retrieve(self, context: str, query: str) -> str:
+        """The `top_k` chunks of `context` most similar to `query`, in document order, one per line."""
+        chunks = [context[start:end] for start, end in self.processor.chunk(context)]
+        keep = range(len(chunks))
+        if len(chunks) > self.top_k:
+            similarity = F.cosine_similarity(self.embed(chunks), self.embed([query]))  # (n_chunks,)
+            keep = sorted(similarity.topk(self.top_k).indices.tolist())
+        return "\n".join(chunks[index].strip() for index in keep)
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """Pooled encoder vectors (len(texts), enc_hidden). Chunks always fit the encoder; a longer
+        query is cut to its first max_chunk_tokens tokens, which only affects what is retrieved."""
+        encoded = self.processor.encoder_tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
+                                                   max_length=self.processor.max_chunk_tokens)
+        return self.model.model.pool_chunks(encoded["input_ids"].to(self.model.device),
+                                            encoded["attention_mask"].to(self.model.device))
+
+
+SYSTEMS = {cls.name: cls for cls in (E2LLMSystem, TruncationSystem, FullSystem, RAGSystem)}
+
+
+def build_system(name: str, model, processor, max_new_tokens: int | None = None,
+                 top_k: int = RAG_TOP_K) -> System:
+    """The system `name` (one of SYSTEMS) on `model`; `top_k` is used by rag only."""
+    if name not in SYSTEMS:
+        raise ValueError(f"Unknown system {name!r}; choose one of {sorted(SYSTEMS)}.")
+    if name == "rag":
+        return RAGSystem(model, processor, max_new_tokens, top_k=top_k)
+    return SYSTEMS[name](model, processor, max_new_tokens)
+
+
+def load_model(path: str | None = None):
+    """`(model, processor, label)` from an E2LLM checkpoint folder or Hub id; None: the embedded default."""
+    if path is None:
+        from modeling_e2llm.embedded_default import load_embedded_default
+
+        model, processor = load_embedded_default()
+        return model, processor, "embedded default" + ("" if model.is_trained_demo else " (untrained)")
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    return model.eval(), processor, Path(path).name or str(path)
