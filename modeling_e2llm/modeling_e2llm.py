@@ -15,7 +15,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, Generat
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_e2llm import E2LLMConfig
-from .processing_e2llm import E2LLMProcessor, add_chunk_token
+from .context_cache import ContextCache, text_fingerprint, weights_fingerprint
+from .processing_e2llm import E2LLMProcessor, _as_list, add_chunk_token
 
 _HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
 
@@ -164,6 +165,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self._processor = None
         self._processor_kwargs = {}
+        self._weights_fingerprint = None
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -214,24 +216,28 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, *args,
                  context: str | list[str] | None = None, prompt: str | list[str] | None = None,
-                 processor: E2LLMProcessor | None = None, progress: bool = False, **kwargs):
+                 processor: E2LLMProcessor | None = None, context_cache: ContextCache | list | None = None,
+                 progress: bool = False, **kwargs):
         """`GenerationMixin.generate`, plus raw text: `generate(context=long_text, prompt=question, ...)`.
 
-        With `context`, the text is chunked and encoded here and the result holds only the new tokens
-        (the prompt was never the caller's); `prompt` of None asks for a restatement. Token inputs
-        (`input_ids` + `chunk_input_ids`/`chunk_attention_mask` from the processor) return prompt + new
-        tokens as usual. Every other argument (sampling, beams, streamer, stopping) is passed on.
+        With `context` (or a `context_cache` from `encode_context`, which skips re-encoding), the result
+        holds only the new tokens: the prompt was never the caller's. `prompt` of None asks for a
+        restatement. Token inputs (`input_ids` + `chunk_input_ids`/`chunk_attention_mask` from the
+        processor) return prompt + new tokens as usual. Every other argument (sampling, beams, streamer,
+        stopping) is passed on.
         """
-        if context is not None:
+        if context is not None or context_cache is not None:
             processor = processor if processor is not None else self.get_processor()
             self._check_processor(processor)
-            batch = processor(context=context, prompt=prompt, return_tensors="pt").to(self.device)
-            kwargs["inputs_embeds"] = self.model.embed_inputs(
-                batch["input_ids"], batch["chunk_input_ids"], batch["chunk_attention_mask"], progress=progress)
-            kwargs["attention_mask"] = batch["attention_mask"]
+            caches = self._context_caches(context, context_cache, processor, progress)
+            batch = processor.encode_prompts([cache.num_chunks for cache in caches], prompt)
+            features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)
+            kwargs["inputs_embeds"] = self.model.embed_inputs(batch["input_ids"].to(self.device),
+                                                              chunk_features=features)
+            kwargs["attention_mask"] = batch["attention_mask"].to(self.device)
             return super().generate(None, generation_config, *args, **kwargs)
         if prompt is not None:
-            raise ValueError("prompt= needs context=: pass the text the prompt is about.")
+            raise ValueError("prompt= needs context= (or context_cache=): pass the text the prompt is about.")
         chunk_ids, chunk_mask = kwargs.pop("chunk_input_ids", None), kwargs.pop("chunk_attention_mask", None)
         if chunk_ids is not None:
             # Embed here rather than in forward: generate() repeats every tensor kwarg per beam/return
@@ -240,6 +246,43 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             kwargs["inputs_embeds"] = self.model.embed_inputs(input_ids, chunk_ids, chunk_mask, progress=progress)
             kwargs["input_ids"], inputs = input_ids, None
         return super().generate(inputs, generation_config, *args, **kwargs)
+
+    @torch.no_grad()
+    def encode_context(self, context: str, processor: E2LLMProcessor | None = None,
+                       progress: bool = False) -> ContextCache:
+        """Encode a document once: its chunk tokens, pooled encoder vectors and chunk offsets.
+
+        Pass the result to `generate(context_cache=..., prompt=...)` for each question; `save`/`load`
+        it as safetensors. It is refused if the encoder or adapter weights change.
+        """
+        processor = processor if processor is not None else self.get_processor()
+        chunks = processor.encode_chunks([context])
+        pooled = self.model.pool_chunks(chunks["chunk_input_ids"].to(self.device),
+                                        chunks["chunk_attention_mask"].to(self.device), progress=progress)
+        return ContextCache(chunk_features=self.model.adapter(pooled), pooled=pooled, offsets=chunks["offsets"],
+                            text_hash=text_fingerprint(context, processor), weights_hash=self.weights_fingerprint())
+
+    def _context_caches(self, context, context_cache, processor, progress: bool) -> list[ContextCache]:
+        """One checked cache per context: encoded now, or given (and then checked against text and weights)."""
+        if context_cache is None:
+            return [self.encode_context(text, processor, progress) for text in _as_list(context, "context")]
+        caches = [context_cache] if hasattr(context_cache, "chunk_features") else list(context_cache)
+        texts = [None] * len(caches) if context is None else _as_list(context, "context")
+        if len(texts) != len(caches):
+            raise ValueError(f"{len(texts)} contexts but {len(caches)} context caches: give one cache per context.")
+        weights = self.weights_fingerprint()
+        for cache, text in zip(caches, texts):
+            cache.check(weights, None if text is None else text_fingerprint(text, processor))
+        return caches
+
+    def weights_fingerprint(self) -> str:
+        """Hash of the encoder and adapter weights (chunk tokens depend on nothing else); recomputed only
+        after a parameter changes."""
+        modules = [self.model.encoder, self.model.adapter]
+        key = tuple((p.data_ptr(), p._version) for module in modules for p in module.parameters())
+        if self._weights_fingerprint is None or self._weights_fingerprint[0] != key:
+            self._weights_fingerprint = (key, weights_fingerprint(modules))
+        return self._weights_fingerprint[1]
 
     def answer(self, context: str | list[str], prompt: str | list[str] | None = None,
                processor: E2LLMProcessor | None = None, **generate_kwargs) -> str | list[str]:

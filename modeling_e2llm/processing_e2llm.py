@@ -183,24 +183,45 @@ class E2LLMProcessor(ProcessorMixin):
             labels: (B, T) only with `target`: the target's ids (plus EOS) after the prompt, -100 elsewhere.
         A `prompt` of None uses the understanding (restate) template.
         """
-        contexts, prompts, targets = _as_batch(context, prompt, target)
-        rows, labels, chunk_texts = [], [], []
-        for text, query, answer in zip(contexts, prompts, targets):
+        chunks = self.encode_chunks(_as_list(context, "context"))
+        data = self.encode_prompts(chunks.pop("num_chunks"), prompt, target, padding_side=padding_side)
+        data.update(chunk_input_ids=chunks["chunk_input_ids"], chunk_attention_mask=chunks["chunk_attention_mask"])
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    def encode_chunks(self, contexts: list[str]) -> dict:
+        """Encoder inputs of all chunks of `contexts`, in order.
+
+        Returns chunk_input_ids, chunk_attention_mask: (total_chunks, L) tensors; offsets: (total_chunks, 2)
+        character spans within their own text; num_chunks: chunks per context.
+        """
+        spans = [self.chunk(text) for text in contexts]
+        texts = [text[start:end] for text, text_spans in zip(contexts, spans) for start, end in text_spans]
+        tokens = self.encoder_tokenizer(texts, padding="longest", return_tensors="pt")
+        return {"chunk_input_ids": tokens["input_ids"], "chunk_attention_mask": tokens["attention_mask"],
+                "offsets": torch.tensor([span for text_spans in spans for span in text_spans], dtype=torch.long),
+                "num_chunks": [len(text_spans) for text_spans in spans]}
+
+    def encode_prompts(self, num_chunks: list[int], prompt: str | list[str] | None = None,
+                       target: str | list[str] | None = None, padding_side: str = "left") -> dict:
+        """Decoder inputs (input_ids, attention_mask[, labels]) for contexts of `num_chunks` chunks each.
+
+        Needs no encoder work, so a context encoded once (a context cache) can take new prompts.
+        """
+        prompts = _broadcast(prompt, len(num_chunks), "prompt")
+        targets = _broadcast(target, len(num_chunks), "target")
+        rows, labels = [], []
+        for count, query, answer in zip(num_chunks, prompts, targets):
             if query is not None:
                 _check_text(query, "prompt", allow_empty=True)
-            spans = self.chunk(text)
-            chunk_texts += [text[s:e] for s, e in spans]
-            ids = self._prompt_ids(len(spans), query)
+            ids = self._prompt_ids(count, query)
             label = [IGNORE_INDEX] * len(ids)
             if answer is not None:
                 target_ids = self._target_ids(answer)
                 ids, label = ids + target_ids, label + target_ids
             rows.append(ids)
             labels.append(label)
-        chunks = self.encoder_tokenizer(chunk_texts, padding="longest", return_tensors="pt")
-        data = _pad(rows, labels, self.tokenizer.pad_token_id, padding_side, with_labels=any(t is not None for t in targets))
-        data.update(chunk_input_ids=chunks["input_ids"], chunk_attention_mask=chunks["attention_mask"])
-        return BatchFeature(data, tensor_type=return_tensors)
+        with_labels = any(t is not None for t in targets)
+        return _pad(rows, labels, self.tokenizer.pad_token_id, padding_side, with_labels)
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -216,19 +237,21 @@ def _check_text(text, name: str, allow_empty: bool = False) -> None:
         raise ValueError(f"{name} is empty or only white space: there is nothing to encode.")
 
 
-def _as_batch(context, prompt, target) -> tuple[list, list, list]:
+def _as_list(context, name: str) -> list:
     if isinstance(context, str):
-        context = [context]
+        return [context]
     if not isinstance(context, (list, tuple)) or not context:
-        raise TypeError(f"context must be a string or a non-empty list of strings, got {type(context).__name__}.")
-    batch = []
-    for name, value in (("prompt", prompt), ("target", target)):
-        if value is None or isinstance(value, str):
-            value = [value] * len(context)
-        if not isinstance(value, (list, tuple)) or len(value) != len(context):
-            raise ValueError(f"{name} must be a string or a list with one entry per context ({len(context)}).")
-        batch.append(list(value))
-    return list(context), batch[0], batch[1]
+        raise TypeError(f"{name} must be a string or a non-empty list of strings, got {type(context).__name__}.")
+    return list(context)
+
+
+def _broadcast(value, size: int, name: str) -> list:
+    """One entry per context: a single string (or None) is repeated; a list must have `size` entries."""
+    if value is None or isinstance(value, str):
+        return [value] * size
+    if not isinstance(value, (list, tuple)) or len(value) != size:
+        raise ValueError(f"{name} must be a string or a list with one entry per context ({size}).")
+    return list(value)
 
 
 def _pad(rows: list[list[int]], labels: list[list[int]], pad_id: int, side: str, with_labels: bool) -> dict:

@@ -83,12 +83,16 @@ sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
 """
 
 
-def run_isolated(code: str, cwd: Path) -> str:
-    """Run `code` in a fresh Python whose imports cannot reach the project (as on a user's machine
-    that only has transformers); return its stdout, failing the test with stderr on error."""
+def run_isolated(code: str, cwd: Path, block_project: bool = True) -> str:
+    """Run `code` in a fresh Python; return its stdout, failing the test with stderr on error.
+
+    With `block_project`, its imports cannot reach the project (as on a user's machine that only has
+    transformers); without, the project is importable from the repository root.
+    """
     import subprocess
 
-    result = subprocess.run([sys.executable, "-c", _ISOLATION_PREAMBLE + code], capture_output=True, text=True,
+    preamble = _ISOLATION_PREAMBLE if block_project else f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+    result = subprocess.run([sys.executable, "-c", preamble + code], capture_output=True, text=True,
                             cwd=cwd, env={**os.environ, "PYTHONPATH": ""}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
