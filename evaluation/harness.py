@@ -18,6 +18,10 @@ from .data import Example
 from .metrics import aggregate, primary_metric, score_prediction
 from .systems import RAG_TOP_K, SYSTEMS, DoesNotFit, System, build_system, load_model
 
+class RunConflict(ValueError):
+    """The output folder holds a run with other settings; resuming into it would mix two runs."""
+
+
 RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE, TABLE_FILE = "run.json", "predictions.jsonl", "summary.json", "summary.md"
 
 
@@ -100,7 +104,7 @@ def _claim_folder(run_file: Path, settings: dict) -> None:
         changed = {key: (earlier.get(key), value) for key, value in settings.items() if earlier.get(key) != value}
         if changed:
             details = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())
-            raise ValueError(f"{run_file.parent} holds a different run ({details}). "
+            raise RunConflict(f"{run_file.parent} holds a different run ({details}). "
                              "Pass another --output, or delete that folder to start over.")
         return
     run_file.write_text(json.dumps(settings, indent=2) + "\n")

@@ -20,7 +20,8 @@ from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
 from .data import Example, load_examples
-from .harness import PREDICTIONS_FILE, add_system_arguments, evaluate_examples, read_predictions, system_from_arguments
+from .harness import (PREDICTIONS_FILE, RunConflict, add_system_arguments, evaluate_examples, read_predictions,
+                      system_from_arguments)
 
 DEFAULT_HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "pg_essays" / "essays.jsonl"
 VARIANTS = ("sentence", "number", "multi")
@@ -82,14 +83,16 @@ def haystack_prefix(essays: list[str], tokenizer, num_tokens: int) -> str:
     """The first `num_tokens` decoder tokens of the essays joined by blank lines, repeated as needed."""
     if num_tokens < 1:
         raise ValueError(f"A haystack needs at least 1 token, got {num_tokens}.")
-    text = "\n\n".join(essays)
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
-    copies = -(-num_tokens // len(offsets))  # ceil: long haystacks repeat the essays, as the original NIAH
-    if copies > 1:
-        text = "\n\n".join([text] * copies)
+    essays_text = "\n\n".join(essays)
+    size = 6 * num_tokens  # characters; English text has about 4 per token, so one pass is the rule
+    while True:
+        copies = -(-size // len(essays_text))  # long haystacks repeat the essays, as the original NIAH does
+        text = "\n\n".join([essays_text] * copies)[:size]
         offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                             verbose=False)["offset_mapping"]
-    return text[:offsets[num_tokens - 1][1]]
+        if len(offsets) > num_tokens:  # the last token may be cut by [:size]; the one we stop at is whole
+            return text[:offsets[num_tokens - 1][1]]
+        size *= 2
 
 
 def needle_example(variant: str, length: int, depth: float, essays: list[str], tokenizer,
@@ -195,7 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     settings.update(dataset=f"niah-{args.variant}", variant=args.variant, seed=args.seed)
     examples = needle_grid(args.variant, args.lengths, args.depths, load_haystack_essays(args.haystack),
                            system.tokenizer, args.seed)
-    evaluate_examples(system, examples, args.output, settings)
+    try:
+        evaluate_examples(system, examples, args.output, settings)
+    except RunConflict as error:
+        parser.exit(2, f"error: {error}\n")
     results = grid_results(examples, read_predictions(args.output / PREDICTIONS_FILE), settings)
     (args.output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     save_heatmap(results, args.output / HEATMAP_FILE)

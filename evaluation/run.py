@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .data import DataFormatError, dataset_name, load_examples
-from .harness import add_system_arguments, evaluate_examples, summary_table, system_from_arguments
+from .harness import RunConflict, add_system_arguments, evaluate_examples, summary_table, system_from_arguments
 from .niah import DEFAULT_HAYSTACK, hide_in_haystack, load_haystack_essays
 
 
@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> dict:
         examples = [hide_in_haystack(example, essays, system.tokenizer, args.haystack_tokens) for example in examples]
         settings["dataset"] += f"@{args.haystack_tokens}tok"
         settings["haystack_tokens"] = args.haystack_tokens
-    summary = evaluate_examples(system, examples, args.output, settings)
+    try:
+        summary = evaluate_examples(system, examples, args.output, settings)
+    except RunConflict as error:
+        parser.exit(2, f"error: {error}\n")
     sys.stdout.write(summary_table(summary))
     return summary
 

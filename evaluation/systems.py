@@ -144,17 +144,18 @@ class RAGSystem(PlainDecoderSystem):
     def predict(self, example: Example) -> str:
         if not example.question.strip():
             raise ValueError(f"Example {example.id!r} has no question, so rag has nothing to retrieve with.")
-        return self.answer_plain(self.retrieve(example.context, example.question), example.question,
-                                 True, self.new_tokens(example))
+        spans = self.retrieve(example.context, example.question)
+        text = "\n".join(example.context[start:end].strip() for start, end in spans)
+        return self.answer_plain(text, example.question, True, self.new_tokens(example))
 
-    def retrieve(self, context: str, query: str) -> str:
-        """The `top_k` chunks of `context` most similar to `query`, in document order, one per line."""
-        chunks = [context[start:end] for start, end in self.processor.chunk(context)]
-        keep = range(len(chunks))
-        if len(chunks) > self.top_k:
-            similarity = F.cosine_similarity(self.embed(chunks), self.embed([query]))  # (n_chunks,)
-            keep = sorted(similarity.topk(self.top_k).indices.tolist())
-        return "\n".join(chunks[index].strip() for index in keep)
+    def retrieve(self, context: str, query: str) -> list[tuple[int, int]]:
+        """Character spans of the `top_k` chunks of `context` most similar to `query`, in document order."""
+        spans = self.processor.chunk(context)
+        if len(spans) <= self.top_k:
+            return spans
+        chunk_vectors = self.embed([context[start:end] for start, end in spans])
+        similarity = F.cosine_similarity(chunk_vectors, self.embed([query]))  # (n_chunks,)
+        return [spans[index] for index in sorted(similarity.topk(self.top_k).indices.tolist())]
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:

@@ -1,0 +1,117 @@
+"""Needle in a haystack: needles land at the asked depth on a sentence boundary, haystacks have the asked
+length in decoder tokens, and the heatmap is drawn."""
+
+import re
+
+import pytest
+
+from evaluation.data import Example
+from evaluation.niah import (CLASSIC_NEEDLE, draw_heatmap, haystack_prefix, hide_in_haystack, insert_needles,
+                             load_haystack_essays, needle_example, needle_grid, save_heatmap, sentence_starts)
+
+SENTENCE_BOUNDARY = re.compile(r"([.!?][\"'\u201d\u2019)\]]*\s+|\n\s*)$")
+
+
+@pytest.fixture(scope="module")
+def essays() -> list[str]:
+    return load_haystack_essays()
+
+
+def assert_on_sentence_boundary(text: str, start: int) -> None:
+    before = text[:start]
+    assert start == 0 or SENTENCE_BOUNDARY.search(before) or SENTENCE_BOUNDARY.search(before[:-1]), before[-40:]
+
+
+@pytest.mark.parametrize("depth", [0, 10, 25, 50, 75, 90, 100])
+def test_needle_lands_at_the_requested_depth_on_a_sentence_boundary(essay_text, depth):
+    context, [start] = insert_needles(essay_text, [CLASSIC_NEEDLE], [depth])
+    assert context[start:start + len(CLASSIC_NEEDLE)] == CLASSIC_NEEDLE
+    assert context.count(CLASSIC_NEEDLE) == 1
+    assert abs(start / len(essay_text) - depth / 100) < 0.01  # sentences are ~100 of ~75k characters
+    assert_on_sentence_boundary(context, start)
+    # Nothing of the haystack is lost or reordered (insertion adds at most a separating space).
+    without_needle = context[:start] + context[start + len(CLASSIC_NEEDLE):]
+    assert without_needle.split() == essay_text.split()
+
+
+def test_sentence_starts_are_after_sentence_ends_and_line_breaks():
+    text = "One. Two! \"Three?\" Four\nFive 3.14 e.g.x"
+    assert sentence_starts(text) == [0, 5, 10, 19, 24, len(text)]
+
+
+def test_several_needles_keep_their_order_and_depths(essay_text):
+    needles = ["Needle one is here.", "Needle two is here.", "Needle three is here."]
+    context, starts = insert_needles(essay_text, needles, [20, 50, 50])
+    assert starts == sorted(starts) and [context.find(n) for n in needles] == starts
+    assert abs(starts[0] / len(context) - 0.2) < 0.01
+
+
+def test_depth_outside_0_to_100_is_refused(essay_text):
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        insert_needles(essay_text, ["x."], [120])
+
+
+def test_haystack_has_the_requested_number_of_decoder_tokens(essays, tiny_processor):
+    tokenizer = tiny_processor.tokenizer
+    for num_tokens in (500, 80_000):  # 80k tokens needs the ~75k-token essays repeated
+        text = haystack_prefix(essays, tokenizer, num_tokens)
+        assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) == pytest.approx(num_tokens, abs=2)
+    assert text.startswith(essays[0][:1000])
+
+
+@pytest.mark.parametrize("variant, facts", [("sentence", 1), ("number", 1), ("multi", 3)])
+def test_grid_cell_holds_its_needles_at_the_depth_in_a_context_of_the_length(essays, tiny_processor, variant, facts):
+    example = needle_example(variant, 2000, 50, essays, tiny_processor.tokenizer)
+    tokens = len(tiny_processor.tokenizer(example.context, add_special_tokens=False)["input_ids"])
+    assert tokens == pytest.approx(2000, abs=5)
+    assert len(example.meta["key_facts"]) == facts
+    for needle, fact, start in zip(example.answers, example.meta["key_facts"], example.meta["needle_starts"]):
+        assert fact in needle and example.context[start:].startswith(needle)
+        assert_on_sentence_boundary(example.context, start)
+    assert abs(example.meta["needle_starts"][0] / len(example.context) - 0.5) < 0.02
+    if variant != "sentence":
+        assert all(re.fullmatch(r"\d{7}", fact) for fact in example.meta["key_facts"])
+
+
+def test_multi_needles_spread_evenly_after_the_depth(essays, tiny_processor):
+    example = needle_example("multi", 1000, 40, essays, tiny_processor.tokenizer)
+    assert example.meta["needle_depths"] == [40, 60, 80]
+
+
+def test_grid_is_lengths_times_depths_with_reproducible_numbers(essays, tiny_processor):
+    grid = needle_grid("number", [300, 600], [0, 100], essays, tiny_processor.tokenizer)
+    again = needle_grid("number", [300, 600], [0, 100], essays, tiny_processor.tokenizer)
+    assert [(e.meta["length"], e.meta["depth"]) for e in grid] == [(300, 0), (300, 100), (600, 0), (600, 100)]
+    assert [e.meta["key_facts"] for e in grid] == [e.meta["key_facts"] for e in again]
+    assert len({e.id for e in grid}) == 4
+
+
+def test_hide_in_haystack_scatters_the_context_lines_in_order(essays, tiny_processor):
+    facts = ["Mary moved to the bathroom.", "John went to the hallway.", "Mary travelled to the office."]
+    example = Example(id="babi1", context="\n".join(facts), question="Where is Mary?", answer="office",
+                      answers=["office"], task="babi", meta={"babi_task": "qa1"})
+    hidden = hide_in_haystack(example, essays, tiny_processor.tokenizer, 1500)
+    positions = [hidden.context.find(fact) for fact in facts]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions)
+    assert len(tiny_processor.tokenizer(hidden.context)["input_ids"]) == pytest.approx(1500, abs=5)
+    assert hidden.meta["babi_task"] == "qa1" and hidden.question == example.question
+    with pytest.raises(ValueError, match="larger --haystack-tokens"):
+        hide_in_haystack(example, essays, tiny_processor.tokenizer, 10)
+
+
+def test_heatmap_puts_depth_on_y_and_length_on_x_and_marks_skipped_cells(tmp_path):
+    cells = [{"length": length, "depth": depth, "score": None if length == 8000 and depth == 0 else depth / 100}
+             for length in (4000, 8000) for depth in (0, 50, 100)]
+    results = {"system": "full", "variant": "sentence", "model": "tiny", "lengths": [4000, 8000],
+               "depths": [0, 50, 100], "cells": cells}
+    save_heatmap(results, tmp_path / "heatmap.png")
+    assert (tmp_path / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    image = draw_heatmap(ax, results)
+    matrix = image.get_array()
+    assert matrix.shape == (3, 2) and matrix[2, 1] == 1.0 and bool(matrix.mask[0, 1])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4K", "8K"]
+    assert "n/a" in [t.get_text() for t in ax.texts]
