@@ -42,11 +42,13 @@ class ContextCache:
     chunk_features: (n_chunks, dec_hidden) chunk tokens, ready for the decoder.
     pooled: (n_chunks, enc_hidden) pooled encoder outputs (for scoring chunks against a question).
     offsets: (n_chunks, 2) character spans of the chunks in the text.
+    text: the document itself (hybrid recall quotes chunks from it).
     """
 
     chunk_features: torch.Tensor
     pooled: torch.Tensor
     offsets: torch.Tensor
+    text: str
     text_hash: str
     weights_hash: str
 
@@ -55,7 +57,8 @@ class ContextCache:
         return self.chunk_features.shape[0]
 
     def save(self, path: str | Path) -> None:
-        tensors = {"chunk_features": self.chunk_features, "pooled": self.pooled, "offsets": self.offsets}
+        tensors = {"chunk_features": self.chunk_features, "pooled": self.pooled, "offsets": self.offsets,
+                   "text_utf8": torch.frombuffer(bytearray(self.text.encode("utf-8")), dtype=torch.uint8)}
         metadata = {"format": CACHE_FORMAT, "text_hash": self.text_hash, "weights_hash": self.weights_hash}
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
 
@@ -66,7 +69,9 @@ class ContextCache:
         if metadata.get("format") != CACHE_FORMAT:
             raise ValueError(f"{path} is not an E2LLM context cache (format {metadata.get('format')!r}); "
                              "make one with model.encode_context(text) and cache.save(path).")
-        return cls(**load_file(str(path)), text_hash=metadata["text_hash"], weights_hash=metadata["weights_hash"])
+        tensors = load_file(str(path))
+        text = bytes(tensors.pop("text_utf8").numpy()).decode("utf-8")
+        return cls(**tensors, text=text, text_hash=metadata["text_hash"], weights_hash=metadata["weights_hash"])
 
     def check(self, weights_hash: str, text_hash: str | None = None) -> None:
         """Refuse a stale cache: made with other encoder/adapter weights, or for another text."""

@@ -16,7 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_e2llm import E2LLMConfig
 from .context_cache import ContextCache, text_fingerprint, weights_fingerprint
-from .processing_e2llm import E2LLMProcessor, _as_list, add_chunk_token
+from .processing_e2llm import E2LLMProcessor, _as_list, _broadcast, add_chunk_token
 
 _HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
 
@@ -217,6 +217,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     def generate(self, inputs: torch.Tensor | None = None, generation_config=None, *args,
                  context: str | list[str] | None = None, prompt: str | list[str] | None = None,
                  processor: E2LLMProcessor | None = None, context_cache: ContextCache | list | None = None,
+                 hybrid_top_k: int | None = None, hybrid_token_budget: int | None = None,
                  progress: bool = False, **kwargs):
         """`GenerationMixin.generate`, plus raw text: `generate(context=long_text, prompt=question, ...)`.
 
@@ -225,12 +226,17 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         restatement. Token inputs (`input_ids` + `chunk_input_ids`/`chunk_attention_mask` from the
         processor) return prompt + new tokens as usual. Every other argument (sampling, beams, streamer,
         stopping) is passed on.
+
+        Hybrid recall (`hybrid_top_k` > 0; default: the processor's setting): the raw text of the chunks
+        most similar to the question, within `hybrid_token_budget` decoder tokens, follows the chunk
+        tokens of the whole context. Without a question it is skipped (plain E2LLM).
         """
         if context is not None or context_cache is not None:
             processor = processor if processor is not None else self.get_processor()
             self._check_processor(processor)
             caches = self._context_caches(context, context_cache, processor, progress)
-            batch = processor.encode_prompts([cache.num_chunks for cache in caches], prompt)
+            passages = self._hybrid_passages(caches, prompt, processor, hybrid_top_k, hybrid_token_budget)
+            batch = processor.encode_prompts([cache.num_chunks for cache in caches], prompt, passages=passages)
             features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)
             kwargs["inputs_embeds"] = self.model.embed_inputs(batch["input_ids"].to(self.device),
                                                               chunk_features=features)
@@ -260,7 +266,27 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         pooled = self.model.pool_chunks(chunks["chunk_input_ids"].to(self.device),
                                         chunks["chunk_attention_mask"].to(self.device), progress=progress)
         return ContextCache(chunk_features=self.model.adapter(pooled), pooled=pooled, offsets=chunks["offsets"],
-                            text_hash=text_fingerprint(context, processor), weights_hash=self.weights_fingerprint())
+                            text=context, text_hash=text_fingerprint(context, processor),
+                            weights_hash=self.weights_fingerprint())
+
+    def _hybrid_passages(self, caches: list[ContextCache], prompt, processor: E2LLMProcessor, top_k: int | None,
+                         token_budget: int | None) -> list[list[tuple[int, str]]] | None:
+        """Per context, the chunks to quote as raw text: ranked by cosine similarity between the question's
+        pooled encoder vector and each chunk's (both from the same encoder, computed once per call)."""
+        top_k = processor.hybrid_top_k if top_k is None else top_k
+        if not top_k:
+            return None
+        prompts = _broadcast(prompt, len(caches), "prompt")
+        passages = []
+        for cache, question in zip(caches, prompts):
+            if question is None:  # nothing to rank by: plain E2LLM for a restatement
+                passages.append([])
+                continue
+            tokens = processor.encoder_tokenizer([question], truncation=True, return_tensors="pt").to(self.device)
+            query = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"])
+            scores = torch.nn.functional.cosine_similarity(cache.pooled.to(query.device), query, dim=-1)
+            passages.append(processor.select_passages(cache.text, cache.offsets, scores.cpu(), top_k, token_budget))
+        return passages
 
     def _context_caches(self, context, context_cache, processor, progress: bool) -> list[ContextCache]:
         """One checked cache per context: encoded now, or given (and then checked against text and weights)."""

@@ -12,6 +12,9 @@ from transformers.processing_utils import ProcessorMixin
 
 REASONING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nAnswer the question: {query}"
 UNDERSTANDING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nRestate the aforementioned context"
+# Hybrid recall: raw text of the chunks most relevant to the question, after the chunk tokens.
+PASSAGES_TEMPLATE = "\nThe passages most relevant to the question, in document order:\n{passages}"
+PASSAGE_TEMPLATE = "[chunk {index} of {total}] {text}\n"
 DEFAULT_CHUNK_TOKEN = "<chunk>"
 # A cut goes right after one of these: a sentence end (Latin marks only before white space, so that
 # "3.14" or "e.g." inside a sentence stay whole; CJK marks anywhere) or a line break...
@@ -75,12 +78,18 @@ class E2LLMProcessor(ProcessorMixin):
             encoder tokenizer's limit, at most 512).
         reasoning_template: prompt with a question; fields `{context}` (chunk tokens) and `{query}`.
         understanding_template: prompt without a question (restate task); field `{context}`.
+        hybrid_top_k: hybrid recall: how many of the chunks most similar to the question also go into
+            the prompt as raw text (0: off, plain E2LLM). Needs a question; without one it is skipped.
+        hybrid_token_budget: decoder tokens the raw passages may take at most.
+        passages_template / passage_template: how the passages follow the chunk tokens.
     """
 
     def __init__(self, tokenizer=None, encoder_tokenizer=None, chunk_size: int = 512,
                  chunk_overlap: float = 0.0, chunk_token: str = DEFAULT_CHUNK_TOKEN,
                  max_chunk_tokens: int | None = None, reasoning_template: str = REASONING_TEMPLATE,
-                 understanding_template: str = UNDERSTANDING_TEMPLATE, **kwargs):
+                 understanding_template: str = UNDERSTANDING_TEMPLATE, hybrid_top_k: int = 0,
+                 hybrid_token_budget: int = 1024, passages_template: str = PASSAGES_TEMPLATE,
+                 passage_template: str = PASSAGE_TEMPLATE, **kwargs):
         if not 0.0 <= chunk_overlap < 1.0:
             raise ValueError(f"chunk_overlap is a fraction of chunk_size in [0, 1), got {chunk_overlap}.")
         if "{context}" not in reasoning_template or "{query}" not in reasoning_template:
@@ -89,6 +98,8 @@ class E2LLMProcessor(ProcessorMixin):
             raise ValueError("understanding_template must contain the field {context}.")
         self.chunk_size, self.chunk_overlap, self.chunk_token = chunk_size, chunk_overlap, chunk_token
         self.reasoning_template, self.understanding_template = reasoning_template, understanding_template
+        self.hybrid_top_k, self.hybrid_token_budget = hybrid_top_k, hybrid_token_budget
+        self.passages_template, self.passage_template = passages_template, passage_template
         if max_chunk_tokens is None and encoder_tokenizer is not None:
             limit = encoder_tokenizer.model_max_length
             max_chunk_tokens = 512 if limit > _UNBOUNDED_TOKENIZER_LENGTH else min(limit, 512)
@@ -142,27 +153,50 @@ class E2LLMProcessor(ProcessorMixin):
         return [len(row) for row in ids]
 
     # --- prompt -----------------------------------------------------------------------------------
-    def build_prompt(self, num_chunks: int, prompt: str | None = None) -> str:
-        """The decoder's text: the template with `num_chunks` placeholders, in the chat template if any."""
-        placeholders = self.chunk_token * num_chunks
+    def build_prompt(self, num_chunks: int, prompt: str | None = None, passages: list[tuple[int, str]] = ()) -> str:
+        """The decoder's text: the template with `num_chunks` placeholders (followed by the hybrid
+        `passages`, `(chunk index, text)` pairs, if any), in the chat template if the decoder has one."""
+        context = self.chunk_token * num_chunks
+        if passages:
+            lines = "".join(self.passage_template.format(index=i + 1, total=num_chunks, text=text)
+                            for i, text in passages)
+            context += self.passages_template.format(passages=lines)
         if prompt is None:
-            text = self.understanding_template.format(context=placeholders)
+            text = self.understanding_template.format(context=context)
         else:
-            text = self.reasoning_template.format(context=placeholders, query=prompt)
+            text = self.reasoning_template.format(context=context, query=prompt)
         if self.tokenizer.chat_template is None:
             return text
         return self.tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
-    def _prompt_ids(self, num_chunks: int, prompt: str | None) -> list[int]:
-        ids = self.tokenizer(self.build_prompt(num_chunks, prompt), add_special_tokens=False)["input_ids"]
+    def select_passages(self, text: str, offsets: torch.Tensor, scores: torch.Tensor, top_k: int | None = None,
+                        token_budget: int | None = None) -> list[tuple[int, str]]:
+        """Hybrid recall: the best-scoring chunks, at most `top_k`, whose passages fit in `token_budget`
+        decoder tokens together, as `(chunk index, text)` pairs in document order."""
+        top_k = self.hybrid_top_k if top_k is None else top_k
+        budget = self.hybrid_token_budget if token_budget is None else token_budget
+        chosen, used = [], 0
+        for index in torch.argsort(scores, descending=True).tolist():
+            if len(chosen) == top_k:
+                break
+            start, end = offsets[index].tolist()
+            line = self.passage_template.format(index=index + 1, total=len(offsets), text=text[start:end])
+            cost = len(self.tokenizer(line, add_special_tokens=False)["input_ids"])
+            if used + cost <= budget:
+                chosen.append((index, text[start:end]))
+                used += cost
+        return sorted(chosen)
+
+    def _prompt_ids(self, num_chunks: int, prompt: str | None, passages: list[tuple[int, str]] = ()) -> list[int]:
+        ids = self.tokenizer(self.build_prompt(num_chunks, prompt, passages), add_special_tokens=False)["input_ids"]
         if self.tokenizer.chat_template is None and self.tokenizer.bos_token_id is not None:
             ids = [self.tokenizer.bos_token_id] + ids
         found = ids.count(self.chunk_token_id)
         if found != num_chunks:
             raise ValueError(
                 f"The prompt holds {found - num_chunks} extra chunk placeholder(s) {self.chunk_token!r}: "
-                "that string is reserved for chunk tokens. Remove it from the prompt and the template."
+                "that string is reserved for chunk tokens. Remove it from the prompt, the passages and the template."
             )
         return ids
 
@@ -202,18 +236,21 @@ class E2LLMProcessor(ProcessorMixin):
                 "num_chunks": [len(text_spans) for text_spans in spans]}
 
     def encode_prompts(self, num_chunks: list[int], prompt: str | list[str] | None = None,
-                       target: str | list[str] | None = None, padding_side: str = "left") -> dict:
-        """Decoder inputs (input_ids, attention_mask[, labels]) for contexts of `num_chunks` chunks each.
+                       target: str | list[str] | None = None, padding_side: str = "left",
+                       passages: list[list[tuple[int, str]]] | None = None) -> dict:
+        """Decoder inputs (input_ids, attention_mask[, labels]) for contexts of `num_chunks` chunks each,
+        with each context's hybrid `passages` if given (see `select_passages`).
 
         Needs no encoder work, so a context encoded once (a context cache) can take new prompts.
         """
         prompts = _broadcast(prompt, len(num_chunks), "prompt")
         targets = _broadcast(target, len(num_chunks), "target")
+        passages = passages if passages is not None else [()] * len(num_chunks)
         rows, labels = [], []
-        for count, query, answer in zip(num_chunks, prompts, targets):
+        for count, query, answer, chosen in zip(num_chunks, prompts, targets, passages):
             if query is not None:
                 _check_text(query, "prompt", allow_empty=True)
-            ids = self._prompt_ids(count, query)
+            ids = self._prompt_ids(count, query, chosen)
             label = [IGNORE_INDEX] * len(ids)
             if answer is not None:
                 target_ids = self._target_ids(answer)

@@ -1,0 +1,73 @@
+"""Hybrid recall: chunk tokens of the whole text plus the raw text of the chunks most similar to the question."""
+
+import torch
+
+from modeling_e2llm import E2LLMProcessor
+
+SENTENCES = [f"Paragraph {i} talks about topic number {i} in some detail. " for i in range(12)]
+TEXT = "".join(SENTENCES)
+
+
+def test_off_reproduces_plain_e2llm_token_for_token(tiny_model, tiny_paths):
+    plain = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_size=64)
+    hybrid = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_size=64, hybrid_top_k=3)
+    expected = tiny_model.generate(context=TEXT, prompt="q", processor=plain, max_new_tokens=6, do_sample=False)
+    switched_off = tiny_model.generate(context=TEXT, prompt="q", processor=hybrid, hybrid_top_k=0,
+                                       max_new_tokens=6, do_sample=False)
+    assert switched_off.tolist() == expected.tolist()
+
+
+def test_chunk_equal_to_the_question_is_chosen_first(tiny_model, tiny_processor):
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    start, end = cache.offsets[7].tolist()
+    passages = tiny_model._hybrid_passages([cache], TEXT[start:end], tiny_processor, top_k=1, token_budget=1000)
+    assert passages == [[(7, TEXT[start:end])]]
+
+
+def test_selection_takes_top_scores_in_document_order_within_budget(tiny_processor):
+    offsets = torch.tensor(tiny_processor.chunk(TEXT))
+    scores = torch.linspace(0, 1, len(offsets)).flip(0)  # chunk 0 best, then 1, 2, ...
+    scores[5] = 2.0  # chunk 5 best of all
+    chosen = tiny_processor.select_passages(TEXT, offsets, scores, top_k=3, token_budget=10_000)
+    assert [index for index, _ in chosen] == [0, 1, 5]
+    assert all(text == TEXT[offsets[i][0]:offsets[i][1]] for i, text in chosen)
+
+
+def test_budget_is_never_exceeded(tiny_processor):
+    offsets = torch.tensor(tiny_processor.chunk(TEXT))
+    scores = torch.rand(len(offsets), generator=torch.Generator().manual_seed(0))
+    for budget in (0, 10, 25, 60, 200):
+        chosen = tiny_processor.select_passages(TEXT, offsets, scores, top_k=100, token_budget=budget)
+        lines = [tiny_processor.passage_template.format(index=i + 1, total=len(offsets), text=t) for i, t in chosen]
+        cost = sum(len(tiny_processor.tokenizer(line, add_special_tokens=False)["input_ids"]) for line in lines)
+        assert cost <= budget
+        if budget >= 200:
+            assert chosen  # a generous budget does take passages
+
+
+def test_prompt_quotes_the_passages_with_their_positions_after_the_chunk_tokens(tiny_processor):
+    prompt = tiny_processor.build_prompt(12, "Which topic?", passages=[(2, "third chunk"), (9, "tenth chunk")])
+    after_chunks = prompt.split("<chunk>" * 12, 1)[1]
+    assert "[chunk 3 of 12] third chunk\n[chunk 10 of 12] tenth chunk\n" in after_chunks
+    assert after_chunks.index("tenth chunk") < after_chunks.index("Answer the question: Which topic?")
+
+
+def test_cached_and_uncached_hybrid_answers_are_equal(tiny_model, tiny_processor):
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    kwargs = dict(prompt="topic number 4", processor=tiny_processor, hybrid_top_k=2, max_new_tokens=6,
+                  do_sample=False)
+    assert (tiny_model.generate(context_cache=cache, **kwargs).tolist()
+            == tiny_model.generate(context=TEXT, **kwargs).tolist())
+
+
+def test_question_less_call_falls_back_to_plain_restatement(tiny_model, tiny_processor):
+    kwargs = dict(processor=tiny_processor, max_new_tokens=6, do_sample=False)
+    plain = tiny_model.generate(context=TEXT, prompt=None, **kwargs)
+    assert tiny_model.generate(context=TEXT, prompt=None, hybrid_top_k=3, **kwargs).tolist() == plain.tolist()
+
+
+def test_hybrid_settings_are_saved_with_the_processor(tiny_paths, tmp_path):
+    processor = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, hybrid_top_k=4, hybrid_token_budget=512)
+    processor.save_pretrained(tmp_path)
+    loaded = E2LLMProcessor.from_pretrained(tmp_path)
+    assert (loaded.hybrid_top_k, loaded.hybrid_token_budget) == (4, 512)
