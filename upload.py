@@ -365,7 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-summary", nargs="+", action="extend", default=[], metavar="FILE",
                         help="summary.json files of the evaluation harness")
     parser.add_argument("--system", help="the evaluation harness's name of this model, when the summaries hold baselines")
-    parser.add_argument("--training-summary", metavar="FILE", help="training summary or config (JSON/YAML)")
+    parser.add_argument("--training-summary", nargs="+", action="extend", default=[], metavar="FILE",
+                        help="training config (YAML/JSON) and/or the trainer's log_history.json")
     parser.add_argument("--efficiency", metavar="FILE", help="efficiency figures (JSON mapping or list of rows)")
     parser.add_argument("--dataset", action="append", default=[], help="Hub id of a training data set (repeatable)")
     parser.add_argument("--license", default="apache-2.0")
@@ -384,7 +385,7 @@ def build_from_args(args: argparse.Namespace) -> Path:
     output_dir = Path(args.output_dir or Path("runs") / "hub" / args.repo_id.split("/")[-1])
     check_output_dir(output_dir)  # before the slow loading
     evaluations = [load_eval_summary(path) for path in args.eval_summary]
-    training = load_training_summary(args.training_summary) if args.training_summary else None
+    training = {key: value for path in args.training_summary for key, value in load_training_summary(path).items()}
     efficiency = load_efficiency(args.efficiency) if args.efficiency else None
     checkpoint = load_checkpoint(args.checkpoint, args.base)
     if not checkpoint.trained:

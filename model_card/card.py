@@ -2,16 +2,19 @@
 
 Inputs the card reads, all optional except the model facts:
 
-- evaluation summaries, one JSON file per (system, dataset) run of the evaluation harness::
+- evaluation summaries, the summary.json of one `python -m evaluation.run` each::
 
-      {"system": "e2llm", "dataset": "qmsum", "task": "qmsum", "count": 272,
-       "metrics": {"rouge1": 0.31, "rougeL": 0.19, "qa_f1": 0.27}, "split": "test"}
+      {"system": "e2llm", "dataset": "qmsum/val", "task": "qmsum", "count": 272,
+       "metrics": {"rouge1": 0.31, "rougeL": 0.19, "rouge_gmean": 0.2}, "split": "validation"}
 
-  `dataset` and `metrics` (name -> number) are required; `system`, `task`, `count` and `split` are
-  optional; other keys are ignored. Known metric names (`rouge1`, `rouge2`, `rougeL`, `rougeLsum`,
-  `qa_f1`, `exact_match`, `accuracy`) get their Hub metric type; others are published under their own name.
-- a training summary or config (JSON or YAML mapping): its scalar entries become the training table,
-  and `datasets` (or `dataset`) names the training data in the metadata.
+  `dataset` and `metrics` (name -> number) are required. `system`, `count`, `split` and the task,
+  as `task` or as the harness's list `tasks`, are optional; other keys (`model`, `skipped`,
+  `seconds_per_example`, ...) are ignored. Metric names of the harness get their Hub metric type and
+  a display name (`METRIC_NAMES`); others are published under their own name.
+- training summaries: the training config (YAML or JSON mapping; nested sections become dotted
+  names, data sources their file or builder names) and/or the trainer's log_history.json (steps,
+  epochs, final loss). Their entries become the training table; a top-level `datasets` (or
+  `dataset`) entry names Hub data sets in the metadata.
 - efficiency figures (JSON): a mapping (one measure per key) or a list of mappings (one row each).
 """
 
@@ -30,11 +33,14 @@ TAGS = ["e2llm", "custom_code", "long-context", "context-compression"]
 # Hub task types for the data sets of the evaluation harness; anything else is text generation.
 TASK_TYPES = {"qmsum": "summarization", "squality": "summarization", "govreport": "summarization",
               "quality": "question-answering", "squad": "question-answering", "babi": "question-answering",
-              "niah_haystack": "question-answering"}
+              "niah": "question-answering", "niah_haystack": "question-answering"}
 # Harness metric name -> (Hub metric type, display name).
 METRIC_NAMES = {"rouge1": ("rouge", "ROUGE-1"), "rouge2": ("rouge", "ROUGE-2"), "rougeL": ("rouge", "ROUGE-L"),
-                "rougeLsum": ("rouge", "ROUGE-Lsum"), "qa_f1": ("f1", "QA F1"),
-                "exact_match": ("exact_match", "Exact match"), "accuracy": ("accuracy", "Accuracy")}
+                "rougeLsum": ("rouge", "ROUGE-Lsum"), "rouge_gmean": ("rouge", "ROUGE geometric mean"),
+                "qa_f1": ("f1", "QA F1"), "qa_precision": ("precision", "QA precision"),
+                "qa_recall": ("recall", "QA recall"), "exact_match": ("exact_match", "Exact match"),
+                "option_accuracy": ("accuracy", "Option accuracy"), "accuracy": ("accuracy", "Accuracy"),
+                "needle_recall": ("recall", "Needle recall")}
 
 
 class CardInputError(ValueError):
@@ -74,10 +80,9 @@ class EvalSummary:
     dataset: str
     metrics: dict[str, float]
     system: str | None = None
-    task: str | None = None
+    tasks: list[str] = field(default_factory=list)
     count: int | None = None
     split: str | None = None
-    source: str = field(default="", repr=False)
 
 
 def about_text() -> str:
@@ -132,16 +137,52 @@ def load_eval_summary(path: str | Path) -> EvalSummary:
         metrics[name] = float(value)
     if not metrics:
         raise CardInputError(f"Evaluation summary {path} has no metrics; {expected}.")
+    tasks = data.get("tasks", [data["task"]] if data.get("task") else [])
     return EvalSummary(dataset=str(data["dataset"]), metrics=metrics, system=data.get("system"),
-                       task=data.get("task"), count=data.get("count"), split=data.get("split"), source=str(path))
+                       tasks=[str(task) for task in tasks], count=data.get("count"), split=data.get("split"))
 
 
 def load_training_summary(path: str | Path) -> dict:
-    """A training summary or config (JSON or YAML mapping)."""
+    """One flat mapping (setting -> value) from a training config or a trainer's log_history.json."""
     data = _load_mapping(path, "Training summary")
+    if isinstance(data, list) and data and all(isinstance(record, dict) for record in data):
+        return _log_history_summary(data)
     if not isinstance(data, dict):
-        raise CardInputError(f"Training summary {path} must hold a mapping (key: value), got {type(data).__name__}.")
-    return data
+        raise CardInputError(f"Training summary {path} must hold a mapping (a config) or a list of log records "
+                             f"(log_history.json), got {type(data).__name__}.")
+    return _flatten(data)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    """Nested sections -> dotted names; lists of mappings (data sources) -> their path or builder names."""
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+            flat[name] = [_public(item.get("path") or item.get("builder") or "?") if isinstance(item, dict)
+                          else item for item in value]
+        else:
+            flat[name] = _public(value)
+    return flat
+
+
+def _public(value: Any) -> Any:
+    """A file path cut to its last two parts (the data set's folder and file), so no machine path leaks."""
+    if isinstance(value, str) and value.startswith(("/", "~", "./", "../")):
+        return "/".join(Path(value).parts[-2:])
+    return value
+
+
+def _log_history_summary(records: list[dict]) -> dict:
+    losses = [record["loss"] for record in records if "loss" in record]
+    summary = {"steps": max(record.get("step", 0) for record in records),
+               "epochs": max(record.get("epoch", 0) for record in records)}
+    if losses:
+        summary["final training loss"] = losses[-1]
+    summary.update({key: records[-1][key] for key in ("train_loss", "train_runtime") if key in records[-1]})
+    return summary
 
 
 def load_efficiency(path: str | Path) -> list[dict] | dict:
@@ -195,8 +236,8 @@ def _own_results(evaluations: list[EvalSummary], system: str | None) -> list[Eva
 
 
 def _eval_results(summary: EvalSummary) -> list[EvalResult]:
-    task_type = TASK_TYPES.get(summary.task or summary.dataset, "text-generation")
-    return [EvalResult(task_type=task_type, task_name=summary.task, dataset_type=summary.dataset,
+    task_type = next((TASK_TYPES[t] for t in summary.tasks if t in TASK_TYPES), "text-generation")
+    return [EvalResult(task_type=task_type, task_name=", ".join(summary.tasks) or None, dataset_type=summary.dataset,
                        dataset_name=summary.dataset, dataset_split=summary.split,
                        metric_type=METRIC_NAMES.get(name, (name, name))[0],
                        metric_name=METRIC_NAMES.get(name, (name, name))[1], metric_value=value)
@@ -257,9 +298,7 @@ def _details_table(facts: ModelFacts) -> str:
 def _training_section(training: dict | None) -> str:
     if not training:
         return "No training summary was published with this model."
-    rows = [[key, value] for key, value in training.items()
-            if not isinstance(value, dict) and not (isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value))]
-    return "Settings and totals from the training run:\n\n" + _table(["Setting", "Value"], rows)
+    return "Settings and totals from the training run:\n\n" + _table(["Setting", "Value"], list(map(list, training.items())))
 
 
 def _evaluation_section(evaluations: list[EvalSummary]) -> str:
@@ -267,7 +306,7 @@ def _evaluation_section(evaluations: list[EvalSummary]) -> str:
         return "No evaluation results were published with this model."
     metrics = list(dict.fromkeys(name for e in evaluations for name in e.metrics))
     header = ["System", "Dataset", "Task", "Examples"] + [METRIC_NAMES.get(m, (m, m))[1] for m in metrics]
-    rows = [[e.system, e.dataset, e.task, e.count] + [e.metrics.get(m) for m in metrics] for e in evaluations]
+    rows = [[e.system, e.dataset, e.tasks, e.count] + [e.metrics.get(m) for m in metrics] for e in evaluations]
     return "Scores from the project's evaluation harness (–: not measured):\n\n" + _table(header, rows)
 
 
