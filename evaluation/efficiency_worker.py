@@ -1,0 +1,208 @@
+"""One efficiency measurement, run in a fresh process so that its peak memory is its own:
+
+    python -m evaluation.efficiency_worker SPEC.json RESULT.json
+
+`evaluation.efficiency` writes SPEC (which model, which system, which text) and reads RESULT. Modes:
+
+- `answer`: one system (`e2llm`, `full` or `rag` from `evaluation.systems`) answers one question about
+  the text with exactly `new_tokens` greedy tokens. Forward hooks time the stages: the encoder's
+  forwards, the decoder's first call (everything before it turns raw text into decoder inputs) and
+  the LM head's first call (the first token: time to first token, i.e. prefill).
+- `questions`: E2LLM answers several questions about one document, re-encoding it for each
+  (`cached` false) or encoding it once with `encode_context` (`cached` true).
+
+Memory comes from /proc/self/status. The weights are memory-mapped and page in on first use, so
+"after loading" is taken after one short warm-up answer; the kernel's peak counter (VmHWM) is then
+reset, so that the peak is the measurement's own. working_mb = peak - RSS after loading.
+"""
+
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .data import Example
+from .systems import RAGSystem, build_system, load_model
+
+WARMUP_CHARS = 1000  # a short answer pages in the weights and initializes the kernels
+
+
+def encoder_flops(encoder_config, lengths: list[int]) -> int:
+    """Matrix-multiply FLOPs (2 per multiply-add) of a BERT-style encoder over chunks of `lengths` tokens.
+
+    Per layer and chunk of s tokens, hidden h, intermediate i: the q, k, v and output projections
+    4 * 2*s*h*h, the feed-forward 2 * 2*s*h*i, attention scores QK^T 2*s*s*h and their weighted sum
+    2*s*s*h. Embeddings, layer norms, softmax and activations are left out (a few percent).
+    """
+    h, i = encoder_config.hidden_size, encoder_config.intermediate_size
+    per_layer = sum(8 * s * h * h + 4 * s * h * i + 4 * s * s * h for s in lengths)
+    return encoder_config.num_hidden_layers * per_layer
+
+
+def memory_mb() -> dict[str, float]:
+    """Current (VmRSS) and peak (VmHWM) resident memory of this process, in MB."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        raise OSError("The efficiency benchmark reads memory from /proc/self/status: run it on Linux.")
+    values = {}
+    for line in status.read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024  # kB -> MB
+    return {"rss": values["VmRSS"], "peak": values["VmHWM"]}
+
+
+def reset_peak_memory() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def load_benchmark_model(model: str | None = None, encoder: str | None = None, decoder: str | None = None):
+    """`(model, processor, label)`: a saved E2LLM folder, a new composite of an encoder and a decoder
+    (untrained adapter: timing does not depend on the weights' values), or the embedded default."""
+    if encoder or decoder:
+        if not (encoder and decoder) or model:
+            raise ValueError("Give --encoder and --decoder together, or --model alone (or nothing for the "
+                             "embedded default).")
+        from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
+
+        composite = E2LLMForCausalLM.from_encoder_decoder_pretrained(encoder, decoder).eval()
+        processor = E2LLMProcessor.from_encoder_decoder_pretrained(encoder, decoder)
+        return composite, processor, f"{Path(encoder).name} + {Path(decoder).name}"
+    return load_model(model)
+
+
+class StageClock:
+    """Timestamps one answer's stages with forward hooks on the encoder, the decoder and the LM head."""
+
+    def __init__(self, model):
+        self.start = self.decoder_start = self.first_token = None
+        self.encoder_s, self.encoder_lengths, self.decoder_input_tokens = 0.0, [], None
+        self._encoder_began = None
+        self._handles = [
+            model.model.encoder.register_forward_pre_hook(self._encoder_in, with_kwargs=True),
+            model.model.encoder.register_forward_hook(self._encoder_out),
+            model.model.language_model.register_forward_pre_hook(self._decoder_in, with_kwargs=True),
+            model.lm_head.register_forward_hook(self._token_out),
+        ]
+
+    def __enter__(self) -> "StageClock":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end = time.perf_counter()
+        for handle in self._handles:
+            handle.remove()
+
+    def _encoder_in(self, module, args, kwargs) -> None:
+        self.encoder_lengths += kwargs["attention_mask"].sum(dim=1).tolist()
+        self._encoder_began = time.perf_counter()
+
+    def _encoder_out(self, module, args, output) -> None:
+        self.encoder_s += time.perf_counter() - self._encoder_began
+
+    def _decoder_in(self, module, args, kwargs) -> None:
+        if self.decoder_start is None:
+            self.decoder_start = time.perf_counter()
+            inputs = kwargs.get("inputs_embeds")
+            self.decoder_input_tokens = int((inputs if inputs is not None else kwargs["input_ids"]).shape[1])
+
+    def _token_out(self, module, args, output) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter()
+
+    def timings(self) -> dict:
+        return {"prefill_s": self.first_token - self.start, "total_s": self.end - self.start,
+                "encode_s": self.decoder_start - self.start, "encoder_s": self.encoder_s,
+                "decoder_input_tokens": self.decoder_input_tokens, "encoder_chunks": len(self.encoder_lengths),
+                "encoder_tokens": int(sum(self.encoder_lengths))}
+
+
+def settle() -> dict:
+    """RSS once the weights are in, then a fresh peak counter for the measurement."""
+    gc.collect()
+    after_load = memory_mb()
+    return {"rss_after_load_mb": after_load["rss"], "load_peak_mb": after_load["peak"],
+            "peak_reset": reset_peak_memory()}
+
+
+def measured_memory(baseline: dict) -> dict:
+    peak = memory_mb()["peak"]
+    return {**baseline, "peak_mb": peak, "working_mb": peak - baseline["rss_after_load_mb"]}
+
+
+def measure_answer(model, processor, spec: dict) -> dict:
+    """One system answers `spec["question"]` about the text with exactly `spec["new_tokens"]` tokens."""
+    system = build_system(spec["system"], model, processor, max_new_tokens=spec["new_tokens"], top_k=spec["top_k"])
+    model.generation_config.min_new_tokens = spec["new_tokens"]  # same token count whatever the weights say
+    text = Path(spec["text_path"]).read_text(encoding="utf-8")
+    system.predict(_example(text[:WARMUP_CHARS], spec["question"]))
+    if isinstance(system, RAGSystem):
+        system.embed([spec["question"]])  # the short warm-up text needs no retrieval; page in the encoder too
+    baseline = settle()
+    cpu_start = time.process_time()
+    with StageClock(model) as clock:
+        system.predict(_example(text, spec["question"]))
+    timings, cpu_s = clock.timings(), time.process_time() - cpu_start
+    # CPU seconds per wall second and thread: well below 1 means other processes took the cores.
+    return {**timings, "cpu_s": cpu_s, "cpu_utilization": cpu_s / (timings["total_s"] * spec["threads"]),
+            "encoder_flops": encoder_flops(model.config.encoder_config, clock.encoder_lengths),
+            **measured_memory(baseline)}
+
+
+def measure_questions(model, processor, spec: dict) -> dict:
+    """Total time for all `spec["questions"]` about one text, with or without a context cache."""
+    text = Path(spec["text_path"]).read_text(encoding="utf-8")
+    generate = dict(processor=processor, max_new_tokens=spec["new_tokens"], min_new_tokens=spec["new_tokens"],
+                    do_sample=False)
+    model.generate(context=text[:WARMUP_CHARS], prompt=spec["questions"][0], **generate)
+    baseline = settle()
+    start, encode_s, per_question = time.perf_counter(), 0.0, []
+    cache = None
+    if spec["cached"]:
+        cache = model.encode_context(text, processor)
+        encode_s = time.perf_counter() - start
+    for question in spec["questions"]:
+        began = time.perf_counter()
+        if cache is None:
+            model.generate(context=text, prompt=question, **generate)
+        else:
+            model.generate(context_cache=cache, prompt=question, **generate)
+        per_question.append(time.perf_counter() - began)
+    return {"total_s": time.perf_counter() - start, "encode_s": encode_s, "per_question_s": per_question,
+            **measured_memory(baseline)}
+
+
+def _example(context: str, question: str) -> Example:
+    return Example(id="efficiency", context=context, question=question, answer="", answers=[""], task="qa")
+
+
+def run(spec: dict) -> dict:
+    torch.set_num_threads(spec["threads"])
+    began = time.perf_counter()
+    model, processor, _ = load_benchmark_model(spec.get("model"), spec.get("encoder"), spec.get("decoder"))
+    load_s = time.perf_counter() - began
+    if spec.get("chunk_size"):
+        processor.chunk_size = spec["chunk_size"]
+    measure = measure_answer if spec["mode"] == "answer" else measure_questions
+    with torch.inference_mode():
+        result = measure(model, processor, spec)
+    # The whole process's peak, loading included (the reset clears ru_maxrss as well as VmHWM).
+    return {"load_s": load_s, "process_peak_mb": max(result["load_peak_mb"], result["peak_mb"]), **result}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python -m evaluation.efficiency_worker SPEC.json RESULT.json")
+    outcome = run(json.loads(Path(sys.argv[1]).read_text()))
+    Path(sys.argv[2]).write_text(json.dumps(outcome))
+    os._exit(0)  # skip interpreter teardown: nothing is left to flush, and it can take seconds

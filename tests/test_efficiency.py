@@ -1,0 +1,113 @@
+"""Efficiency benchmark: the FLOP count, the memory probes, the length plan, and one end-to-end run on the
+tiny models that writes the JSON, the plots and the summary."""
+
+import json
+
+import pytest
+import torch
+from transformers import BertConfig
+
+from evaluation.efficiency import (RESULTS_FILE, SUMMARY_FILE, TARGETS, chunk_size_that_fits, context_lengths,
+                                   linearity, main, parse_arguments)
+from evaluation.efficiency_worker import encoder_flops, load_benchmark_model, memory_mb, reset_peak_memory
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_encoder_flops_match_a_hand_count_for_a_tiny_config():
+    config = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    projections = 4 * 2 * 10 * 32 * 32  # q, k, v, output: 2*s*h*h each, s = 10 tokens
+    feed_forward = 2 * 2 * 10 * 32 * 64  # up and down: 2*s*h*i each
+    attention = 2 * 2 * 10 * 10 * 32  # QK^T and the weighted sum of V: 2*s*s*h each
+    per_chunk = 2 * (projections + feed_forward + attention)  # 2 layers
+    assert per_chunk == 353_280
+    assert encoder_flops(config, [10]) == per_chunk
+    assert encoder_flops(config, [10, 10]) == 2 * per_chunk
+
+
+def test_peak_memory_counts_an_allocation_made_after_the_reset():
+    assert reset_peak_memory()
+    before = memory_mb()
+    assert before["peak"] == pytest.approx(before["rss"], abs=1.0)
+    block = torch.ones(50_000_000)  # 200 MB, every page written
+    del block
+    assert memory_mb()["peak"] - before["rss"] >= 190
+
+
+def test_lengths_double_up_to_the_maximum_and_split_at_the_window():
+    assert context_lengths(1024, 1_048_576, 8192) == ([1024, 2048, 4096, 8192],
+                                                      [16384, 32768, 65536, 131072, 262144, 524288, 1048576])
+    assert context_lengths(1000, 5000, 2048) == ([1000, 2000], [4000, 5000])
+    with pytest.raises(ValueError, match="--min-tokens"):
+        context_lengths(4096, 1024, 8192)
+
+
+def test_linearity_is_one_on_a_straight_line_and_flags_a_bend():
+    straight = {n: {"total_s": 5 + n / 1000} for n in (65_536, 262_144, 1_048_576)}
+    assert linearity(straight)["max_deviation"] == pytest.approx(1.0)
+    bent = {n: {"total_s": (n / 65_536) ** 2} for n in (65_536, 262_144, 1_048_576)}
+    assert linearity(bent)["max_deviation"] > TARGETS["linearity"]
+    assert linearity({16_384: {"total_s": 1.0}, 65_536: {"total_s": 4.0}}) is None  # too few points
+
+
+def test_chunk_size_grows_until_the_text_fits_and_leaves_the_processor_alone(tiny_processor, essay_text):
+    own = len(tiny_processor.chunk(essay_text))
+    assert chunk_size_that_fits(tiny_processor, essay_text, own) == tiny_processor.chunk_size
+    size = chunk_size_that_fits(tiny_processor, essay_text, own // 3)
+    assert size > tiny_processor.chunk_size == 64
+    tiny_processor.chunk_size = size
+    assert len(tiny_processor.chunk(essay_text)) <= own // 3
+
+
+def test_a_saved_model_folder_loads_like_the_encoder_and_decoder_it_was_made_of(tiny_paths, tiny_model,
+                                                                                tiny_processor, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    tiny_processor.save_pretrained(tmp_path)
+    model, processor, label = load_benchmark_model(model=str(tmp_path))
+    composite, _, _ = load_benchmark_model(encoder=tiny_paths[0], decoder=tiny_paths[1])
+    assert model.config.text_config.max_position_embeddings == composite.config.text_config.max_position_embeddings
+    assert processor.chunk_size == tiny_processor.chunk_size and label == tmp_path.name
+
+
+def test_an_encoder_without_a_decoder_is_refused(tiny_paths, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_arguments(["--output", str(tmp_path), "--encoder", tiny_paths[0]])
+    assert "--encoder and --decoder together" in capsys.readouterr().err
+
+
+def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
+    output = tmp_path / "efficiency"
+    main(["--output", str(output), "--encoder", tiny_paths[0], "--decoder", tiny_paths[1], "--threads", "1",
+          "--min-tokens", "2048", "--max-tokens", "4096", "--repeats", "1", "--new-tokens", "2",
+          "--cache-tokens", "500", "--cache-questions", "2", "--matmul-size", "256"])
+    results = json.loads((output / RESULTS_FILE).read_text())
+    assert {"cpu_model", "cores", "torch_threads", "torch_version"} <= results["machine"].keys()
+    assert results["machine"]["torch_threads"] == 1 and results["matmul"]["peak_flops_per_s"] > 0
+    runs = results["runs"]
+    assert [run for run in runs if "error" in run] == []
+    assert sorted((run["section"], run["system"]) for run in runs) == [
+        ("cache", "cached"), ("cache", "uncached"), ("compare", "e2llm"), ("compare", "full"), ("compare", "rag"),
+        ("long", "e2llm")]
+    for run in runs:
+        assert run["peak_mb"] >= run["rss_after_load_mb"] > 0 and run["working_mb"] >= 0 and run["total_s"] > 0
+
+    compare = results["medians"]["compare"]
+    [tokens] = compare["e2llm"]  # 2048 was cut so that the full prompt and answer fit the 2048 window
+    assert 1900 < int(tokens) < 2048
+    e2llm, full = compare["e2llm"][tokens], compare["full"][tokens]
+    assert e2llm["decoder_input_tokens"] * 10 < full["decoder_input_tokens"]  # one token per chunk
+    assert full["encoder_flops"] == 0 < e2llm["encoder_flops"]
+    ratios = results["ratios"][tokens]["full"]
+    assert ratios["prefill"] == pytest.approx(full["prefill_s"] / e2llm["prefill_s"])
+    assert list(results["medians"]["long"]["e2llm"]) == ["4096"]
+    assert results["encoder_efficiency"]["4096"]["end_to_end_fraction"] > 0
+    assert results["context_cache"]["speedup"] == pytest.approx(
+        results["context_cache"]["uncached_s"] / results["context_cache"]["cached_s"])
+    assert [target["name"] for target in results["targets"]] == list(TARGETS)
+
+    summary = (output / SUMMARY_FILE).read_text()
+    for heading in ("## Targets", "## Within the window", "## Beyond the window", "## Encoder throughput",
+                    "## Context cache"):
+        assert heading in summary
+    for plot in ("time.png", "memory.png"):
+        assert (output / plot).read_bytes().startswith(PNG_MAGIC)
