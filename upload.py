@@ -1,4 +1,4 @@
-"""Publish an E2LLM to the Hugging Face Hub: build a self-contained repository folder, then upload it in one commit.
+r"""Publish an E2LLM to the Hugging Face Hub: build a self-contained repository folder, then upload it in one commit.
 
 Anyone with `pip install transformers peft torch` can then run
 `AutoModelForCausalLM.from_pretrained(repo_id, trust_remote_code=True).generate(context=..., prompt=...)`.
@@ -33,9 +33,15 @@ Upload: `HfApi.create_repo` (fails if the repository exists, unless `--overwrite
 in that same commit. `--revision BRANCH` creates the branch first. The token comes from `HF_TOKEN` or
 `hf auth login`. `--dry-run` builds and checks the folder, prints its files and the card, uploads nothing.
 
+Card inputs (all optional; shapes in model_card/card.py): `--eval-summary` the harness's summary.json
+files (`--system` names this model's when baselines are among them), `--training-summary` the training
+config and/or log_history.json, `--efficiency` a JSON of timings, `--dataset` Hub ids of training data.
+
 Examples:
   python upload.py --repo-id me/e2llm-demo --checkpoint modeling_e2llm/demo --dry-run
-  python upload.py --repo-id me/e2llm-qmsum --checkpoint runs/train/adapter --eval-summary runs/eval/*/summary.json
+  python upload.py --repo-id me/e2llm-qmsum --checkpoint runs/qmsum/final \
+      --training-summary configs/qmsum.yaml runs/qmsum/final/log_history.json \
+      --eval-summary runs/eval/*/summary.json --system e2llm
   python upload.py --repo-id me/e2llm-qmsum --from-folder runs/hub/e2llm-qmsum     # retry an upload
 """
 
@@ -64,10 +70,14 @@ from modeling_e2llm.embedded_default import DEMO_DIR, default_decoder_path, defa
 
 EMBEDDED_DEFAULT_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "HuggingFaceTB/SmolLM2-135M-Instruct")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-MODEL_FILES = ("config.json", "processor_config.json", "tokenizer_config.json", "encoder_tokenizer/tokenizer_config.json")
+MODEL_FILES = ("config.json", "processor_config.json", "tokenizer_config.json",
+               "encoder_tokenizer/tokenizer_config.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 # Tokenizer settings that describe the machine that saved the files, not the model.
 MACHINE_SETTINGS = ("is_local", "local_files_only")
+# Arguments that describe a build, which --from-folder skips.
+BUILD_ARGUMENTS = ("checkpoint", "base", "keep_lora", "encoder_name", "decoder_name", "eval_summary", "system",
+                   "training_summary", "efficiency", "dataset", "output_dir")
 PROBE_PROMPT = "What does the encoder turn every chunk into?"
 PROBE_NEW_TOKENS = 8
 
@@ -170,8 +180,10 @@ def build_folder(checkpoint: Checkpoint, output_dir: str | Path, repo_id: str, n
     if keep_lora and checkpoint.adapter_dir is None:
         raise PublishError("--keep-lora needs an adapter checkpoint (formats b and c); this one is already merged.")
     output_dir = Path(output_dir)
-    machine_paths = _machine_paths(checkpoint)
-    checkpoint.model.config.encoder_config._name_or_path, checkpoint.model.config.text_config._name_or_path = names
+    config = checkpoint.model.config
+    machine_paths = _machine_paths(config.encoder_config._name_or_path, config.text_config._name_or_path,
+                                   config.name_or_path, checkpoint.adapter_dir)
+    config.encoder_config._name_or_path, config.text_config._name_or_path = names  # saved in config.json
     with _staging(output_dir) as staging:
         model = checkpoint.model
         if checkpoint.adapter_dir is not None and not keep_lora:
@@ -235,13 +247,11 @@ def _drop_machine_settings(folder: Path) -> None:
             path.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")
 
 
-def _machine_paths(checkpoint: Checkpoint) -> set[str]:
-    """Local paths that must not leak into the published files: where the parts were loaded from."""
-    config = checkpoint.model.config
-    sources = [config.encoder_config._name_or_path, config.text_config._name_or_path, config.name_or_path,
-               checkpoint.adapter_dir, Path(__file__).resolve().parent]
+def _machine_paths(*sources: str | Path | None) -> set[str]:
+    """Local paths that must not leak into the published files: the home folder, this project, and
+    the folders that `sources` (where the model's parts were loaded from) name."""
     paths = {str(Path.home())}
-    for source in sources:
+    for source in (*sources, Path(__file__).resolve().parent):
         if source and os.path.exists(source):
             paths |= {os.path.abspath(source), os.path.realpath(source)}
     return {path for path in paths if len(path) > 1}  # a home of "/" would match every path
@@ -262,8 +272,8 @@ def check_folder(folder: Path, machine_paths: set[str] = frozenset()) -> None:
             text = path.read_text(encoding="utf-8")
             leaked = sorted(p for p in machine_paths if p in text)
             if leaked:
-                raise PublishError(f"{path.relative_to(folder)} contains the local path(s) {leaked}; "
-                                   "name the models with --encoder-name / --decoder-name.")
+                raise PublishError(f"{path.relative_to(folder)} contains the local path(s) {leaked}: name the models "
+                                   "with --encoder-name / --decoder-name, and keep paths out of the card's inputs.")
 
 
 # --- checking that the folder loads on its own ---------------------------------------------------
@@ -364,7 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decoder-name", help="Hub id of the decoder LLM (default: read from the checkpoint)")
     parser.add_argument("--eval-summary", nargs="+", action="extend", default=[], metavar="FILE",
                         help="summary.json files of the evaluation harness")
-    parser.add_argument("--system", help="the evaluation harness's name of this model, when the summaries hold baselines")
+    parser.add_argument("--system", help="this model's system name in the summaries, when they hold baselines too")
     parser.add_argument("--training-summary", nargs="+", action="extend", default=[], metavar="FILE",
                         help="training config (YAML/JSON) and/or the trainer's log_history.json")
     parser.add_argument("--efficiency", metavar="FILE", help="efficiency figures (JSON mapping or list of rows)")
@@ -427,9 +437,12 @@ def main(argv: list[str] | None = None) -> int:
                                "access (or use --dry-run to build the folder only).")
         if args.from_folder:
             folder = Path(args.from_folder)
+            building = [f"--{name.replace('_', '-')}" for name in BUILD_ARGUMENTS if getattr(args, name)]
+            if building:
+                raise PublishError(f"--from-folder uploads a folder as it is; {', '.join(building)} would be ignored.")
             if not (folder / "config.json").is_file():
                 raise PublishError(f"--from-folder {folder} holds no built model (no config.json).")
-            check_folder(folder)
+            check_folder(folder, _machine_paths())
         else:
             folder = build_from_args(args)
         print(f"Folder {folder}:\n{describe_folder(folder)}")

@@ -121,7 +121,8 @@ def _load_mapping(path: str | Path, what: str) -> Any:
     try:
         return yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise CardInputError(f"{what} {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {error}") from error
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise CardInputError(f"{what} {path} is not valid {kind}: {error}") from error
 
 
 def load_eval_summary(path: str | Path) -> EvalSummary:
@@ -208,7 +209,7 @@ def build_model_card(facts: ModelFacts, evaluations: list[EvalSummary] = (), tra
     card_data = ModelCardData(
         license=license, library_name="transformers", pipeline_tag="text-generation", tags=TAGS,
         base_model=[facts.encoder_name, facts.decoder_name], datasets=datasets or None,
-        metrics=sorted({METRIC_NAMES.get(m, (m, m))[0] for e in own_results for m in e.metrics}) or None,
+        metrics=sorted({_metric(m)[0] for e in own_results for m in e.metrics}) or None,
         model_name=model_name, eval_results=[r for e in own_results for r in _eval_results(e)] or None)
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE_PATH), model_name=model_name, repo_id=facts.repo_id,
@@ -239,9 +240,13 @@ def _eval_results(summary: EvalSummary) -> list[EvalResult]:
     task_type = next((TASK_TYPES[t] for t in summary.tasks if t in TASK_TYPES), "text-generation")
     return [EvalResult(task_type=task_type, task_name=", ".join(summary.tasks) or None, dataset_type=summary.dataset,
                        dataset_name=summary.dataset, dataset_split=summary.split,
-                       metric_type=METRIC_NAMES.get(name, (name, name))[0],
-                       metric_name=METRIC_NAMES.get(name, (name, name))[1], metric_value=value)
+                       metric_type=_metric(name)[0], metric_name=_metric(name)[1], metric_value=value)
             for name, value in summary.metrics.items()]
+
+
+def _metric(name: str) -> tuple[str, str]:
+    """(Hub metric type, display name) of a harness metric; unknown names stand for themselves."""
+    return METRIC_NAMES.get(name, (name, name))
 
 
 def _training_datasets(training: dict | None) -> list[str]:
@@ -277,8 +282,12 @@ def _approx(number: float) -> str:
 
 def _details_table(facts: ModelFacts) -> str:
     overlap = f", consecutive chunks overlap by {facts.chunk_overlap:.0%}" if facts.chunk_overlap else ""
-    weights = ("LoRA merged into the encoder and decoder" if facts.lora_merged
-               else "base model plus a LoRA adapter (`adapter_model.safetensors`), applied on load")
+    if not facts.trained:
+        weights = "encoder and decoder as pretrained, adapter randomly initialized (untrained)"
+    elif facts.lora_merged:
+        weights = "trained LoRA merged into the encoder and decoder, trained adapter"
+    else:
+        weights = "pretrained base plus the trained LoRA and adapter (`adapter_model.safetensors`), applied on load"
     rows = [
         ["Chunk encoder", f"[{facts.encoder_name}](https://huggingface.co/{facts.encoder_name}), "
                           f"{facts.pooling} pooling, at most {facts.max_chunk_tokens} tokens per chunk"],
@@ -288,7 +297,8 @@ def _details_table(facts: ModelFacts) -> str:
         ["Chunk size", f"up to {facts.chunk_size} characters, cut at sentence ends where possible{overlap}"],
         ["Compression", f"one chunk token replaces about {facts.tokens_per_chunk:.0f} decoder tokens of "
                         f"English text (measured on the text of \"What E2LLM is\" above)"],
-        ["Longest context", f"about {facts.max_chunks:,} chunks, {_approx(facts.max_chunks * facts.chunk_size)} characters"],
+        ["Longest context",
+         f"about {facts.max_chunks:,} chunks, {_approx(facts.max_chunks * facts.chunk_size)} characters"],
         ["Parameters", f"{facts.num_parameters / 1e6:.1f} M ({facts.dtype})"],
         ["Weights", weights],
     ]
@@ -298,14 +308,15 @@ def _details_table(facts: ModelFacts) -> str:
 def _training_section(training: dict | None) -> str:
     if not training:
         return "No training summary was published with this model."
-    return "Settings and totals from the training run:\n\n" + _table(["Setting", "Value"], list(map(list, training.items())))
+    rows = [[setting, value] for setting, value in training.items()]
+    return "Settings and totals from the training run:\n\n" + _table(["Setting", "Value"], rows)
 
 
 def _evaluation_section(evaluations: list[EvalSummary]) -> str:
     if not evaluations:
         return "No evaluation results were published with this model."
     metrics = list(dict.fromkeys(name for e in evaluations for name in e.metrics))
-    header = ["System", "Dataset", "Task", "Examples"] + [METRIC_NAMES.get(m, (m, m))[1] for m in metrics]
+    header = ["System", "Dataset", "Task", "Examples"] + [_metric(m)[1] for m in metrics]
     rows = [[e.system, e.dataset, e.tasks, e.count] + [e.metrics.get(m) for m in metrics] for e in evaluations]
     return "Scores from the project's evaluation harness (–: not measured):\n\n" + _table(header, rows)
 

@@ -73,7 +73,8 @@ def test_only_the_named_system_enters_the_model_index_but_the_table_shows_all(fa
     card = saved_and_loaded(build_model_card(facts, evaluations, system="e2llm"), tmp_path)
     assert 0.25 not in {r.metric_value for r in card.data.eval_results}
     assert re.search(r"\| truncation \| qmsum/val \| qmsum \| 272 \| 0\.25 \|", card.text)
-    assert re.search(r"\| e2llm \| qmsum/val \| qmsum \| 272 \| 0\.312 \| 0\.081 \| 0\.205 \| 0\.17 \| – \| – \|", card.text)
+    own_row = r"\| e2llm \| qmsum/val \| qmsum \| 272 \| 0\.312 \| 0\.081 \| 0\.205 \| 0\.17 \| – \| – \|"
+    assert re.search(own_row, card.text)
 
 
 def test_summaries_of_several_systems_without_system_are_refused(facts, summaries, tmp_path):
@@ -120,6 +121,14 @@ def test_untrained_model_is_flagged_at_the_top_and_a_trained_one_is_not(facts):
     facts.trained = False
     text = build_model_card(facts).text
     assert text.index("Untrained adapter") < text.index("## What E2LLM is")
+    assert "| Weights | encoder and decoder as pretrained, adapter randomly initialized (untrained) |" in text
+
+
+def test_weights_row_says_whether_lora_is_merged_or_applied_on_load(facts):
+    assert "| Weights | trained LoRA merged into the encoder and decoder" in build_model_card(facts).text
+    facts.lora_merged = False
+    kept = build_model_card(facts).text
+    assert "plus the trained LoRA and adapter (`adapter_model.safetensors`), applied on load" in kept
 
 
 def test_training_config_and_log_history_fill_the_training_table_without_machine_paths(facts, tmp_path):
@@ -131,7 +140,8 @@ def test_training_config_and_log_history_fill_the_training_table_without_machine
     (tmp_path / "log_history.json").write_text(json.dumps(
         [{"loss": 2.5, "step": 10, "epoch": 0.1}, {"loss": 1.25, "step": 400, "epoch": 4.0},
          {"train_runtime": 812.5, "train_loss": 1.8, "step": 400, "epoch": 4.0}]))
-    training = {**load_training_summary(tmp_path / "train.yaml"), **load_training_summary(tmp_path / "log_history.json")}
+    training = {**load_training_summary(tmp_path / "train.yaml"),
+                **load_training_summary(tmp_path / "log_history.json")}
     text = build_model_card(facts, training=training).text
     for row in ("| training.max_steps | 400 |", "| model.config.lora_rank | 8 |", "| steps | 400 |",
                 "| final training loss | 1.25 |", "| data.reasoning | squad/train.jsonl, needle |"):
@@ -141,7 +151,8 @@ def test_training_config_and_log_history_fill_the_training_table_without_machine
 
 def test_training_datasets_are_named_in_the_metadata(facts, tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"datasets": ["org/qmsum-train"], "steps": 100}))
-    card = saved_and_loaded(build_model_card(facts, training=load_training_summary(tmp_path / "summary.json")), tmp_path)
+    training = load_training_summary(tmp_path / "summary.json")
+    card = saved_and_loaded(build_model_card(facts, training=training), tmp_path)
     assert card.data.datasets == ["org/qmsum-train"]
 
 

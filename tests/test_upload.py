@@ -257,6 +257,12 @@ def test_from_folder_uploads_an_existing_build_without_rebuilding(merged_build, 
     assert hub.return_value.upload_folder.call_args.kwargs["folder_path"] == str(folder)
 
 
+def test_from_folder_refuses_build_arguments_it_would_ignore(merged_build, hub, capsys):
+    code = upload.main(["--repo-id", REPO_ID, "--from-folder", str(merged_build[0]), "--checkpoint", "x"])
+    assert code == 1 and hub.return_value.method_calls == []
+    assert "--checkpoint would be ignored" in capsys.readouterr().err
+
+
 def test_revision_creates_its_branch_before_the_upload(merged_build, hub):
     upload.publish(merged_build[0], REPO_ID, "hf_test_token", revision="v1")
     calls = hub.return_value.method_calls
