@@ -43,7 +43,7 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No evaluation file at {path}: pass a uniform JSONL file with --data.")
+        raise FileNotFoundError(f"No such file: {path}")
     examples, seen = [], {}
     with open(path, encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):

@@ -124,7 +124,11 @@ def summarize(records: list[dict], settings: dict) -> dict:
 def summary_table(summary: dict) -> str:
     """The summary as a one-row markdown table, scores x 100."""
     metrics = summary["metrics"]
-    header = ["system", "model", "dataset", "n", "skipped", *metrics]
-    row = [summary["system"], summary["model"], summary.get("dataset", ""), str(summary["count"]),
-           str(summary["skipped"]), *(f"{100 * value:.1f}" for value in metrics.values())]
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(row) + " |"]) + "\n"
+    return markdown_table(["system", "model", "dataset", "n", "skipped", *metrics],
+                          [[summary["system"], summary["model"], summary.get("dataset", ""), summary["count"],
+                            summary["skipped"], *(f"{100 * value:.1f}" for value in metrics.values())]])
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = [header, ["---"] * len(header), *rows]
+    return "".join("| " + " | ".join(str(cell) for cell in line) + " |\n" for line in lines)

@@ -19,7 +19,7 @@ from pathlib import Path
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
-from .data import Example, load_examples
+from .data import DataFormatError, Example, load_examples
 from .harness import (PREDICTIONS_FILE, RunConflict, add_system_arguments, evaluate_examples, read_predictions,
                       system_from_arguments)
 
@@ -194,10 +194,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK, help="JSONL of haystack texts")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random numbers of the number variants")
     args = parser.parse_args(argv)
+    try:
+        essays = load_haystack_essays(args.haystack)
+    except (DataFormatError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error} (--haystack takes a uniform JSONL file)\n")
     system, settings = system_from_arguments(args)
     settings.update(dataset=f"niah-{args.variant}", variant=args.variant, seed=args.seed)
-    examples = needle_grid(args.variant, args.lengths, args.depths, load_haystack_essays(args.haystack),
-                           system.tokenizer, args.seed)
+    examples = needle_grid(args.variant, args.lengths, args.depths, essays, system.tokenizer, args.seed)
     try:
         evaluate_examples(system, examples, args.output, settings)
     except RunConflict as error:

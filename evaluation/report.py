@@ -12,7 +12,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .harness import SUMMARY_FILE
+from .harness import SUMMARY_FILE, markdown_table
 from .niah import RESULTS_FILE, draw_heatmap
 
 METRIC_LABELS = {"rouge_gmean": "ROUGE G-mean", "option_accuracy": "accuracy", "qa_f1": "F1",
@@ -50,10 +50,7 @@ def comparison_table(runs: list[dict]) -> str:
                              "pass only one of them.")
         cells[row, column] = (_cell(run), run["dir"])
     header = ["system", *(f"{column} ({METRIC_LABELS.get(metric, metric)})" for column, metric in columns.items())]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join([row, *(cells.get((row, column), ("",))[0] for column in columns)]) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, [[row, *(cells.get((row, column), ("",))[0] for column in columns)] for row in rows])
 
 
 def _cell(run: dict) -> str:
@@ -67,13 +64,10 @@ def _cell(run: dict) -> str:
 def metrics_table(runs: list[dict]) -> str:
     """Markdown: every metric (x 100) of every run, with example counts and seconds per example."""
     names = list(dict.fromkeys(name for run in runs for name in run["metrics"]))
-    header = ["system", "model", "dataset", "n", "skipped", "s/example", *names]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in runs:
-        scores = [f"{100 * run['metrics'][name]:.1f}" if name in run["metrics"] else "" for name in names]
-        lines.append("| " + " | ".join([run["system"], run["model"], run["dataset"], str(run["count"]),
-                                        str(run["skipped"]), str(run["seconds_per_example"]), *scores]) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[run["system"], run["model"], run["dataset"], run["count"], run["skipped"], run["seconds_per_example"],
+             *(f"{100 * run['metrics'][name]:.1f}" if name in run["metrics"] else "" for name in names)]
+            for run in runs]
+    return markdown_table(["system", "model", "dataset", "n", "skipped", "s/example", *names], rows)
 
 
 def save_heatmaps(niah_results: list[dict], path: str | Path) -> None:

@@ -28,12 +28,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     try:
         examples = load_examples(args.data, limit=args.limit)
+        essays = load_haystack_essays(args.haystack) if args.haystack_tokens else None
     except (DataFormatError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
+        parser.exit(2, f"error: {error} (--data and --haystack take uniform JSONL files)\n")
     system, settings = system_from_arguments(args)
     settings.update(dataset=dataset_name(args.data), data=str(args.data.resolve()))
     if args.haystack_tokens:
-        essays = load_haystack_essays(args.haystack)
         examples = [hide_in_haystack(example, essays, system.tokenizer, args.haystack_tokens) for example in examples]
         settings["dataset"] += f"@{args.haystack_tokens}tok"
         settings["haystack_tokens"] = args.haystack_tokens

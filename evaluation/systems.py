@@ -44,7 +44,6 @@ class System:
     def __init__(self, model, processor, max_new_tokens: int | None = None):
         self.model, self.processor, self.max_new_tokens = model.eval(), processor, max_new_tokens
         self.tokenizer = processor.tokenizer
-        self.window = model.config.text_config.max_position_embeddings
 
     def predict(self, example: Example) -> str:
         raise NotImplementedError
@@ -52,30 +51,26 @@ class System:
     def new_tokens(self, example: Example) -> int:
         return self.max_new_tokens or default_max_new_tokens(example.task)
 
-    @torch.no_grad()
-    def _generate(self, max_new_tokens: int, **inputs: torch.Tensor) -> str:
-        """Greedy answer text for one prompt (inputs: input_ids (1, T) plus any chunk tensors)."""
-        inputs = {name: tensor.to(self.model.device) for name, tensor in inputs.items()}
-        output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new_ids = output[0, inputs["input_ids"].shape[1]:]  # generate returns prompt + new tokens
-        return self.tokenizer.decode(new_ids, skip_special_tokens=True).strip()
-
 
 class E2LLMSystem(System):
+    """The model's own raw-text path, so that whatever the checkpoint's processor sets (chunk size,
+    hybrid recall, ...) applies; a prompt over the window is refused by the model itself."""
+
     name = "e2llm"
 
     def predict(self, example: Example) -> str:
-        batch = self.processor(context=example.context, prompt=example.question or None, return_tensors="pt")
-        length = batch["input_ids"].shape[1]
-        budget = self.new_tokens(example)
-        if length + budget > self.window:
-            raise DoesNotFit(f"{length} prompt tokens (chunk tokens included) + {budget} new tokens "
-                             f"exceed the decoder window of {self.window}")
-        return self._generate(budget, **batch)
+        new_ids = self.model.generate(context=example.context, prompt=example.question or None,
+                                      processor=self.processor, max_new_tokens=self.new_tokens(example),
+                                      do_sample=False)  # returns the new tokens only
+        return self.tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
 
 
 class PlainDecoderSystem(System):
     """The E2LLM model called with plain input_ids and no chunks: the bare decoder with `PLAIN_PROMPT`."""
+
+    @property
+    def window(self) -> int:
+        return self.model.config.text_config.max_position_embeddings
 
     def prompt_ids(self, text: str, query: str, truncate: bool, max_new_tokens: int) -> list[int]:
         """Decoder ids of `PLAIN_PROMPT` around `text`; with `truncate`, the text's middle tokens are cut
@@ -104,8 +99,11 @@ class PlainDecoderSystem(System):
         return head, self.tokenizer(after, add_special_tokens=False)["input_ids"]
 
     def answer_plain(self, text: str, query: str, truncate: bool, max_new_tokens: int) -> str:
-        ids = torch.tensor([self.prompt_ids(text, query, truncate, max_new_tokens)])
-        return self._generate(max_new_tokens, input_ids=ids, attention_mask=torch.ones_like(ids))
+        """Greedy answer of the plain decoder to `PLAIN_PROMPT` (see `prompt_ids` for `truncate`)."""
+        ids = torch.tensor([self.prompt_ids(text, query, truncate, max_new_tokens)], device=self.model.device)
+        output = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=max_new_tokens, do_sample=False)
+        return self.tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True).strip()  # new tokens
 
 
 def keep_head_and_tail(ids: list[int], budget: int) -> list[int]:

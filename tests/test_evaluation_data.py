@@ -88,7 +88,7 @@ def test_repeated_ids_are_refused(tmp_path):
 def test_empty_and_missing_files_are_refused(tmp_path):
     with pytest.raises(DataFormatError, match="holds no examples"):
         load_examples(write_jsonl(tmp_path / "empty.jsonl", []))
-    with pytest.raises(FileNotFoundError, match="--data"):
+    with pytest.raises(FileNotFoundError, match="No such file: .*nothing.jsonl"):
         load_examples(tmp_path / "nothing.jsonl")
 
 

@@ -134,3 +134,10 @@ def test_report_refuses_a_folder_without_summary(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main([str(tmp_path), "--output", str(tmp_path / "report")])
     assert "has no summary.json" in capsys.readouterr().err
+
+
+def test_a_missing_data_file_stops_before_loading_the_model(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--system", "e2llm", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "no.jsonl"),
+                  "--output", str(tmp_path / "out")])
+    assert "No such file: " in capsys.readouterr().err
