@@ -1,0 +1,315 @@
+"""Specification of E2LLM training: samples, data sources, config, the two-task trainer and the CLI."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+from modeling_e2llm.embedded_default import default_decoder_path
+
+from training.config import TrainConfig
+from training.dataset import mix_tasks, reasoning_dataset, understanding_dataset
+from training.samples import IGNORE_INDEX, TASKS, ContextTooLongError, E2LLMCollator, build_sample, \
+    understanding_samples, understanding_windows
+from training.sources import babi_haystack, holdout_side, load_records, needle
+from training.train import build_trainer, train
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+def write_jsonl(path: Path, records: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def qa_records(essay_text: str, count: int = 6) -> list[dict]:
+    """Short contexts cut from the essay, each with a one-word answer taken from its own text."""
+    records = []
+    for i in range(count):
+        context = essay_text[1000 + 400 * i: 1400 + 400 * i]
+        records.append({"id": f"r{i}", "context": context, "question": "Which word comes first?",
+                        "answer": context.split()[0]})
+    return records
+
+
+def tiny_config(tiny_paths, tmp_path: Path, essay_text: str, encoder: str | None = None, records: int = 6,
+                **sections) -> TrainConfig:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data_file = write_jsonl(tmp_path / "data.jsonl", qa_records(essay_text, records))
+    raw = {
+        "model": {"encoder": encoder or tiny_paths[0], "decoder": tiny_paths[1]},
+        "processor": {"chunk_size": 64},
+        "tasks": {"understanding_ratio": 0.5, "window_chunks": 2},
+        "data": {"understanding": [{"path": data_file}], "reasoning": [{"path": data_file}]},
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": 4, "per_device_train_batch_size": 2,
+                     "learning_rate": 1e-3, "logging_steps": 1, "save_steps": 2, "disable_tqdm": True},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return TrainConfig.from_dict(raw)
+
+
+def dropout_free_encoder(tiny_paths, folder: Path) -> str:
+    """A copy of the tiny encoder without dropout, so runs on different process counts see the same function."""
+    shutil.copytree(tiny_paths[0], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def sharp_decoder(tmp_path_factory) -> str:
+    """The tiny decoder with embeddings large enough for confident logits: the frozen tied LM head of the
+    conftest decoder (std 0.02, 48 dims) caps any logit near 1, so no training could overfit through it."""
+    folder = tmp_path_factory.mktemp("sharp") / "decoder"
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=49152, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=96, max_position_embeddings=2048,
+                         tie_word_embeddings=True, initializer_range=0.3, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(default_decoder_path()).save_pretrained(folder)
+    return str(folder)
+
+
+def trained_weights(trainer) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+# --- sample builders ---------------------------------------------------------------------------------
+def test_understanding_windows_restate_the_context_exactly_once(tiny_processor, essay_text):
+    windows = understanding_windows(tiny_processor, essay_text, window_chunks=4)
+    assert "".join(windows) == essay_text
+    assert len(windows) == -(-len(tiny_processor.chunk(essay_text)) // 4)
+    assert all(1 <= len(tiny_processor.chunk(w)) <= 4 for w in windows)  # a window is chunked again on its own
+
+
+def test_overlapping_chunks_give_windows_that_share_only_the_overlap(tiny_paths, essay_text):
+    from modeling_e2llm import E2LLMProcessor
+
+    processor = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_size=64, chunk_overlap=0.3)
+    text = essay_text[:3000]
+    spans = processor.chunk(text)
+    windows = understanding_windows(processor, text, window_chunks=3)
+    assert len(windows) == -(-len(spans) // 3)  # every chunk in exactly one window
+    stitched, position = "", 0
+    for window in windows:
+        start = text.index(window, max(0, position - processor.chunk_size))
+        assert start <= position  # windows leave no gap...
+        stitched += text[position:start + len(window)]
+        position = start + len(window)
+    assert stitched == text  # ...and the overlap is restated once per window boundary, not per chunk
+
+
+def test_understanding_sample_labels_only_the_window_text(tiny_processor, essay_text):
+    sample = understanding_samples(tiny_processor, essay_text[:600], window_chunks=3)[0]
+    window = understanding_windows(tiny_processor, essay_text[:600], window_chunks=3)[0]
+    targets = [t for t in sample["labels"] if t != IGNORE_INDEX]
+    assert tiny_processor.tokenizer.decode(targets[:-1]) == window
+    assert targets[-1] == tiny_processor.tokenizer.eos_token_id
+    first_target = sample["labels"].index(targets[0])
+    assert sample["input_ids"][first_target:] == targets  # the target follows the prompt
+    placeholders = sample["input_ids"][:first_target].count(tiny_processor.chunk_token_id)
+    assert placeholders == len(sample["chunk_input_ids"]) == 3
+    assert sample["task"] == "understanding"
+
+
+def test_reasoning_sample_labels_only_the_answer(tiny_processor, essay_text):
+    sample = build_sample(tiny_processor, essay_text[:2000], "Who wrote this?", "Paul Graham")
+    targets = [t for t in sample["labels"] if t != IGNORE_INDEX]
+    assert tiny_processor.tokenizer.decode(targets) == "Paul Graham" + tiny_processor.tokenizer.eos_token
+    assert sum(t != IGNORE_INDEX for t in sample["labels"]) == len(targets)
+    assert sample["input_ids"].count(tiny_processor.chunk_token_id) == len(tiny_processor.chunk(essay_text[:2000]))
+    assert sample["task"] == "reasoning"
+
+
+def test_a_context_longer_than_the_decoder_window_is_refused_by_name(tiny_processor, essay_text):
+    with pytest.raises(ContextTooLongError, match="record 'long'.*decoder window of 100"):
+        build_sample(tiny_processor, essay_text, "Q?", "A", max_length=100, name="record 'long'")
+
+
+def test_collator_pads_rows_right_and_stacks_chunks_in_sample_order(tiny_processor, essay_text):
+    rows = [build_sample(tiny_processor, essay_text[:300], "Q?", "A"),
+            understanding_samples(tiny_processor, essay_text[:900], window_chunks=4)[0]]
+    batch = E2LLMCollator(pad_token_id=tiny_processor.tokenizer.pad_token_id)(rows)
+    width = max(len(r["input_ids"]) for r in rows)
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, width)
+    short = min(range(2), key=lambda i: len(rows[i]["input_ids"]))
+    assert batch["attention_mask"][short].tolist() == [1] * len(rows[short]["input_ids"]) + \
+        [0] * (width - len(rows[short]["input_ids"]))
+    assert (batch["labels"][short, len(rows[short]["labels"]):] == IGNORE_INDEX).all()
+    chunks = rows[0]["chunk_input_ids"] + rows[1]["chunk_input_ids"]
+    assert [row[:n].tolist() for row, n in zip(batch["chunk_input_ids"], batch["chunk_attention_mask"].sum(1))] == chunks
+    assert batch["task"].tolist() == [TASKS.index("reasoning"), TASKS.index("understanding")]
+
+
+# --- data sources and mix ----------------------------------------------------------------------------
+def test_records_come_from_jsonl_or_a_datasets_dataset_with_the_same_fields(tmp_path, essay_text):
+    import datasets
+
+    records = qa_records(essay_text, 3)
+    from_file = load_records({"path": write_jsonl(tmp_path / "d.jsonl", records)})
+    from_dataset = load_records(datasets.Dataset.from_list(records))
+    assert sorted(r["id"] for r in from_file) == sorted(r["id"] for r in from_dataset) == ["r0", "r1", "r2"]
+    with pytest.raises(ValueError, match=r"lacks the field\(s\) \['answer'\]"):
+        load_records({"path": write_jsonl(tmp_path / "bad.jsonl", [{"context": "c", "question": "q"}])})
+
+
+def test_holdout_split_is_disjoint_complete_and_stable():
+    records = [{"id": f"doc{i}"} for i in range(400)]
+    train = [r["id"] for r in records if holdout_side(r, by=["id"], percent=25)]
+    dev = [r["id"] for r in records if holdout_side(r, by=["id"], percent=25, side="dev")]
+    assert not set(train) & set(dev) and len(train) + len(dev) == 400
+    assert 60 < len(dev) < 140
+    assert dev == [r["id"] for r in records if holdout_side(r, by=["id"], percent=25, side="dev")]
+
+
+def test_babi_haystack_keeps_every_fact_in_order_inside_the_background():
+    essays = {"path": str(DATA / "pg_essays" / "essays.jsonl")}
+    records = babi_haystack(str(DATA / "babi" / "qa1-5_train.jsonl"), haystack=essays, haystack_chars=[3000, 4000],
+                            where={"meta.babi_task": "qa2"}, limit=5)
+    originals = {r["id"]: r for r in load_records({"path": str(DATA / "babi" / "qa1-5_train.jsonl"),
+                                                   "where": {"meta.babi_task": "qa2"}})}
+    for record in records:
+        facts = originals[record["id"].removesuffix("_haystack")]["context"].split("\n")
+        position = 0
+        for fact in facts:  # each fact found after the previous one (a fact may repeat)
+            position = record["context"].index(fact, position) + len(fact)
+        assert len(record["context"]) >= 3000 + sum(len(f) for f in facts)
+
+
+def test_needle_answer_is_the_seven_digit_number_hidden_in_the_context():
+    essays = {"path": str(DATA / "pg_essays" / "essays.jsonl")}
+    for record in needle(essays, haystack_chars=[2000, 3000], count=4, seed=5):
+        assert len(record["answer"]) == 7 and record["answer"].isdigit()
+        assert record["context"].count(record["answer"]) == 1
+
+
+def test_mix_holds_the_configured_share_of_understanding_rows():
+    import datasets
+
+    understanding = datasets.Dataset.from_list([{"task": "understanding", "i": i} for i in range(300)])
+    reasoning = datasets.Dataset.from_list([{"task": "reasoning", "i": i} for i in range(100)])
+    mixed = mix_tasks(understanding, reasoning, understanding_ratio=0.25, seed=0, stopping_strategy="first_exhausted")
+    share = sum(t == "understanding" for t in mixed["task"]) / len(mixed)
+    assert 0.15 < share < 0.35
+    assert set(mix_tasks(understanding, reasoning, understanding_ratio=0.0)["task"]) == {"reasoning"}
+
+
+def test_understanding_and_reasoning_datasets_come_from_the_same_records(tiny_processor, tmp_path, essay_text):
+    path = write_jsonl(tmp_path / "d.jsonl", qa_records(essay_text, 3) + qa_records(essay_text, 3)[:1])
+    understanding = understanding_dataset([{"path": path}], tiny_processor, window_chunks=2, max_length=2048)
+    reasoning = reasoning_dataset([{"path": path}], tiny_processor, max_length=2048)
+    assert len(reasoning) == 4  # one per question
+    windows = sum(len(understanding_windows(tiny_processor, r["context"], 2)) for r in qa_records(essay_text, 3))
+    assert len(understanding) == windows  # one restate pass per distinct context
+
+
+# --- config ------------------------------------------------------------------------------------------
+def test_config_names_unknown_keys_and_impossible_ablations(tiny_paths, tmp_path, essay_text):
+    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['understnading'\] in config.tasks"):
+        TrainConfig.from_dict({"tasks": {"understnading": False}, "data": {"reasoning": [{}]}})
+    with pytest.raises(ValueError, match="both false"):
+        tiny_config(tiny_paths, tmp_path, essay_text, trainable={"encoder": False, "decoder": False})
+
+
+# --- trainer -----------------------------------------------------------------------------------------
+def test_trainer_overfits_a_tiny_dataset(tiny_paths, sharp_decoder, tmp_path, essay_text):
+    config = tiny_config(tiny_paths, tmp_path, essay_text, records=2, model={"decoder": sharp_decoder},
+                         tasks={"understanding": False},
+                         training={"max_steps": 20, "learning_rate": 3e-2, "per_device_train_batch_size": 2,
+                                   "save_strategy": "no"})
+    losses = [e["loss"] for e in train(config).state.log_history if "loss" in e]
+    assert sum(losses[-3:]) / 3 < 0.75 * losses[0]
+
+
+def test_understanding_weight_scales_only_understanding_tokens(tiny_paths, tmp_path, essay_text):
+    config = tiny_config(tiny_paths, tmp_path, essay_text)
+    trainer = build_trainer(config)
+    rows = [trainer.train_dataset[i] for i in range(len(trainer.train_dataset))]
+    batch = trainer.data_collator([next(r for r in rows if r["task"] == t) for t in ("understanding", "reasoning")])
+    trainer.model.eval()
+    losses = {}
+    for weight in (0.0, 1.0):
+        trainer.understanding_weight = weight
+        with torch.no_grad():
+            losses[weight] = trainer.compute_loss(trainer.model, dict(batch)).item()
+    totals = trainer._task_totals["eval"]  # [task][nll, tokens], summed over both calls
+    nll, tokens = totals[:, 0] / 2, totals[:, 1] / 2
+    und, rea = TASKS.index("understanding"), TASKS.index("reasoning")
+    assert losses[0.0] == pytest.approx(nll[rea] / tokens.sum(), rel=1e-4)
+    assert losses[1.0] == pytest.approx((nll[rea] + nll[und]) / tokens.sum(), rel=1e-4)
+
+
+class StopAt(TrainerCallback):
+    """Ends training after `step`, as a kill right after that step's checkpoint would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tiny_paths, tmp_path, essay_text):
+    whole = trained_weights(train(tiny_config(tiny_paths, tmp_path / "a", essay_text)))
+    interrupted = build_trainer(tiny_config(tiny_paths, tmp_path / "b", essay_text))
+    interrupted.add_callback(StopAt(2))
+    interrupted.train()
+    assert (tmp_path / "b" / "run" / "checkpoint-2").is_dir() and interrupted.state.global_step == 2
+    resumed = trained_weights(train(tiny_config(tiny_paths, tmp_path / "b", essay_text), resume=True))
+    assert whole.keys() == resumed.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("frozen, trained", [("encoder", "language_model"), ("language_model", "encoder")])
+def test_ablation_switch_freezes_exactly_its_part(tiny_paths, tmp_path, essay_text, frozen, trained):
+    switch = "encoder" if frozen == "encoder" else "decoder"
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text, trainable={switch: False},
+                                        training={"save_strategy": "no", "learning_rate": 1e-2}))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and not any(f".model.{frozen}." in name for name in changed)
+    assert any(f".model.{trained}." in name for name in changed)
+    assert any(".adapter." in name for name in changed)
+
+
+def test_two_cpu_processes_follow_the_loss_curve_of_one(tiny_paths, tmp_path, essay_text):
+    encoder = dropout_free_encoder(tiny_paths, tmp_path / "encoder")
+    runs = {}
+    for processes, per_device in ((1, 4), (2, 2)):
+        out = tmp_path / f"p{processes}"
+        config = tiny_config(tiny_paths, out, essay_text, encoder=encoder, model={"config": {"lora_dropout": 0.0}},
+                             training={"per_device_train_batch_size": per_device, "max_steps": 5, "seed": 3,
+                                       "save_strategy": "no", "learning_rate": 5e-3})
+        config_path = out / "config.yaml"
+        config_path.write_text(json.dumps(_as_raw(config)))  # JSON is valid YAML
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+                   "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
+                   "-m", "training.train", "--config", str(config_path)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        history = json.loads((out / "run" / "final" / "log_history.json").read_text())
+        runs[processes] = [e["loss"] for e in history if "loss" in e]
+        assert (out / "run" / "final" / "loss.png").stat().st_size > 1000
+    assert len(runs[1]) == len(runs[2]) == 5
+    assert runs[2] == pytest.approx(runs[1], rel=1e-4)
+
+
+def _as_raw(config: TrainConfig) -> dict:
+    from dataclasses import asdict
+
+    return asdict(config)

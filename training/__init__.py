@@ -1,0 +1,8 @@
+"""E2LLM training: sample builders, data sources, the two-task SFT trainer and the YAML-driven CLI."""
+
+from .config import TrainConfig
+from .samples import E2LLMCollator, build_sample, understanding_samples, understanding_windows
+from .trainer import E2LLMTrainer
+
+__all__ = ["TrainConfig", "E2LLMTrainer", "E2LLMCollator", "build_sample", "understanding_samples",
+           "understanding_windows"]

@@ -1,0 +1,66 @@
+"""The training set: understanding and reasoning samples built from a config's sources, then mixed."""
+
+import logging
+
+import datasets
+
+from modeling_e2llm import E2LLMProcessor
+
+from .config import DataSettings, TaskSettings
+from .samples import build_sample, understanding_samples
+from .sources import distinct_contexts, load_records
+
+logger = logging.getLogger(__name__)
+
+
+def understanding_dataset(sources: list, processor: E2LLMProcessor, window_chunks: int, max_length: int,
+                          seed: int = 0) -> datasets.Dataset | None:
+    """Restate samples over every distinct context of `sources` (None when there are none)."""
+    rows = []
+    for spec in sources:
+        for record in distinct_contexts(load_records(spec, seed)):
+            rows += understanding_samples(processor, record["context"], window_chunks, max_length, name=record["id"])
+    return datasets.Dataset.from_list(rows) if rows else None
+
+
+def reasoning_dataset(sources: list, processor: E2LLMProcessor, max_length: int,
+                      seed: int = 0) -> datasets.Dataset | None:
+    """One question-answer sample per record of `sources` (None when there are none)."""
+    rows = []
+    for spec in sources:
+        for record in load_records(spec, seed):
+            if not record["question"].strip():
+                raise ValueError(f"Record {record['id']!r} has no question, so it cannot be a reasoning sample; "
+                                 "list its source under data.understanding instead.")
+            rows.append(build_sample(processor, record["context"], record["question"], record["answer"],
+                                     max_length, name=f"record {record['id']!r}"))
+    return datasets.Dataset.from_list(rows) if rows else None
+
+
+def mix_tasks(understanding: datasets.Dataset | None, reasoning: datasets.Dataset | None,
+              understanding_ratio: float, seed: int = 0,
+              stopping_strategy: str = "all_exhausted") -> datasets.Dataset:
+    """Interleave the two sample kinds so that `understanding_ratio` of the rows are understanding rows."""
+    parts = [(ds, p) for ds, p in ((understanding, understanding_ratio), (reasoning, 1.0 - understanding_ratio))
+             if ds is not None and p > 0]
+    if not parts:
+        raise ValueError("No training samples: the sources gave none, or understanding_ratio leaves out the only task.")
+    if len(parts) == 1:
+        return parts[0][0].shuffle(seed=seed)
+    return datasets.interleave_datasets([ds for ds, _ in parts], probabilities=[p for _, p in parts], seed=seed,
+                                        stopping_strategy=stopping_strategy)
+
+
+def training_dataset(data: DataSettings, tasks: TaskSettings, processor: E2LLMProcessor,
+                     max_length: int) -> datasets.Dataset:
+    """The mixed training set a config describes; logs how many samples of each kind it holds."""
+    understanding = None
+    if tasks.understanding:
+        understanding = understanding_dataset(data.understanding, processor, tasks.window_chunks, max_length, data.seed)
+    reasoning = reasoning_dataset(data.reasoning, processor, max_length, data.seed)
+    ratio = tasks.understanding_ratio if reasoning is not None else 1.0
+    mixed = mix_tasks(understanding, reasoning, ratio if understanding is not None else 0.0, data.seed,
+                      tasks.stopping_strategy)
+    logger.info("Training samples: %d understanding, %d reasoning; %d rows in the mix.",
+                   len(understanding or []), len(reasoning or []), len(mixed))
+    return mixed

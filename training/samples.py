@@ -1,0 +1,109 @@
+"""Training samples for E2LLM's two tasks, and the collator that batches them.
+
+A sample is a row of plain lists:
+    input_ids, attention_mask, labels: (T,) the decoder prompt (one placeholder per chunk) and the target;
+        labels are -100 everywhere except the target tokens (and their EOS);
+    chunk_input_ids, chunk_attention_mask: (n_chunks, L_i) the encoder tokens of each chunk, unpadded;
+    task: "understanding" (restate the chunks, paper 3.2) or "reasoning" (answer a question).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from modeling_e2llm import E2LLMProcessor
+
+UNDERSTANDING, REASONING = "understanding", "reasoning"
+TASKS = (REASONING, UNDERSTANDING)  # position = the task id the collator puts in the batch
+IGNORE_INDEX = -100
+
+
+class ContextTooLongError(ValueError):
+    """A sample would not fit in the decoder's window (chunk tokens + prompt + target)."""
+
+
+def understanding_windows(processor: E2LLMProcessor, context: str, window_chunks: int) -> list[str]:
+    """Texts of consecutive windows of `window_chunks` chunks that together restate `context`.
+
+    Windows never share a chunk, so every chunk is restated once. Without chunk overlap the windows
+    concatenate back to exactly `context`; with overlap a window's text holds the text its chunks
+    share once (the text runs from its first chunk's start to its last chunk's end).
+    """
+    if window_chunks < 1:
+        raise ValueError(f"window_chunks must be at least 1, got {window_chunks}.")
+    spans = processor.chunk(context)
+    windows = []
+    for first in range(0, len(spans), window_chunks):
+        last = min(first + window_chunks, len(spans)) - 1
+        windows.append(context[spans[first][0]:spans[last][1]])
+    return windows
+
+
+def build_sample(processor: E2LLMProcessor, context: str, prompt: str | None, target: str,
+                 max_length: int | None = None, name: str = "sample") -> dict:
+    """One training row; `prompt=None` makes an understanding (restate) sample.
+
+    Raises ContextTooLongError, naming `name`, when the row is longer than `max_length` decoder tokens.
+    """
+    batch = processor(context=context, prompt=prompt, target=target, return_tensors="pt", padding_side="right")
+    length = batch["input_ids"].shape[1]
+    num_chunks = batch["chunk_input_ids"].shape[0]
+    if max_length is not None and length > max_length:
+        raise ContextTooLongError(
+            f"{name}: {len(context)} characters make {num_chunks} chunk tokens; with prompt and target the decoder "
+            f"input is {length} tokens, more than the decoder window of {max_length}. Use a larger chunk_size, "
+            "a shorter context (split the record), or leave this record out.")
+    chunk_lengths = batch["chunk_attention_mask"].sum(dim=1).tolist()
+    chunk_ids = [row[:n] for row, n in zip(batch["chunk_input_ids"].tolist(), chunk_lengths)]
+    return {
+        "input_ids": batch["input_ids"][0].tolist(),
+        "attention_mask": batch["attention_mask"][0].tolist(),
+        "labels": batch["labels"][0].tolist(),
+        "chunk_input_ids": chunk_ids,
+        "chunk_attention_mask": [[1] * n for n in chunk_lengths],
+        "task": UNDERSTANDING if prompt is None else REASONING,
+    }
+
+
+def understanding_samples(processor: E2LLMProcessor, context: str, window_chunks: int,
+                          max_length: int | None = None, name: str = "context") -> list[dict]:
+    """Restate samples over the whole `context`: each window's chunk tokens -> the window's text.
+
+    A window that starts at a chunk boundary is chunked again into the same chunks (the chunker is
+    greedy from the start), so the window's text is both the sample's context and its target.
+    """
+    return [build_sample(processor, text, None, text, max_length, name=f"{name} window {i}")
+            for i, text in enumerate(understanding_windows(processor, context, window_chunks))
+            if text.strip()]
+
+
+@dataclass
+class E2LLMCollator:
+    """Pads rows on the right and stacks the chunks of the whole batch (sample 0's chunks first).
+
+    Returns input_ids/attention_mask/labels (B, T), chunk_input_ids/chunk_attention_mask
+    (total_chunks, L) and task (B,) with the ids of `TASKS`.
+    """
+
+    pad_token_id: int
+    encoder_pad_token_id: int = 0
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        chunks = [chunk for row in rows for chunk in row["chunk_input_ids"]]
+        chunk_masks = [mask for row in rows for mask in row["chunk_attention_mask"]]
+        return {
+            "input_ids": _pad([row["input_ids"] for row in rows], self.pad_token_id),
+            "attention_mask": _pad([row["attention_mask"] for row in rows], 0),
+            "labels": _pad([row["labels"] for row in rows], IGNORE_INDEX),
+            "chunk_input_ids": _pad(chunks, self.encoder_pad_token_id),
+            "chunk_attention_mask": _pad(chunk_masks, 0),
+            "task": torch.tensor([TASKS.index(row["task"]) for row in rows]),
+        }
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    """Right-pad lists of ints to the longest: (N, longest)."""
+    out = torch.full((len(rows), max(len(row) for row in rows)), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out

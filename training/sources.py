@@ -1,0 +1,171 @@
+"""Long-context records for training: files with context/question/answer, and synthetic haystacks.
+
+A record is a dict with `id`, `context`, `question`, `answer` (the format of the project's data
+folder). A source spec (one entry of a config's `data` lists) says where records come from:
+
+    {path: file.jsonl | saved datasets folder, where: {field: [values]}, holdout: {...}, limit: N}
+    {builder: babi_haystack | squad_haystack | needle, ...builder options, haystack: <source spec>}
+
+`holdout: {by: [fields], percent: P, side: train|dev}` splits records by a stable hash of the named
+fields (dotted names read `meta`), so the same spec gives the same development split everywhere.
+"""
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+import datasets
+
+REQUIRED_FIELDS = ("context", "question", "answer")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+NEEDLE_KEYS = ("blue lagoon", "silent harbor", "amber forest", "iron valley", "crystal meadow", "golden bridge",
+               "hidden canyon", "northern lights", "quiet orchard", "velvet river", "scarlet tower", "misty island")
+NEEDLE_TEMPLATE = "The special magic number for {key} is: {number}."
+NEEDLE_QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
+
+
+def load_records(spec: dict | datasets.Dataset, seed: int = 0) -> list[dict]:
+    """Records of one source spec (or of a `datasets.Dataset` with the required columns)."""
+    if isinstance(spec, datasets.Dataset):
+        return _check_records(list(spec), "the given dataset")
+    spec = dict(spec)
+    builder = spec.pop("builder", None)
+    if builder is not None:
+        if builder not in BUILDERS:
+            raise ValueError(f"Unknown builder {builder!r}; use one of {sorted(BUILDERS)}.")
+        return BUILDERS[builder](seed=seed, **spec)
+    return _select(_read(spec.pop("path", None)), seed=seed, **spec)
+
+
+def _read(path: str | None) -> list[dict]:
+    if path is None:
+        raise ValueError("A data source needs `path:` (a JSONL file or a saved datasets folder) or `builder:`.")
+    file = Path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"Data source {path!r} does not exist (relative paths start where you run from).")
+    if file.is_dir():
+        return _check_records(list(datasets.load_from_disk(str(file))), path)
+    with open(file, encoding="utf-8") as f:
+        return _check_records([json.loads(line) for line in f if line.strip()], path)
+
+
+def _check_records(records: list[dict], origin: str) -> list[dict]:
+    if not records:
+        raise ValueError(f"{origin} holds no records.")
+    missing = [field for field in REQUIRED_FIELDS if field not in records[0]]
+    if missing:
+        raise ValueError(f"{origin} lacks the field(s) {missing}; every record needs {list(REQUIRED_FIELDS)}.")
+    for i, record in enumerate(records):
+        record.setdefault("id", f"{origin}#{i}")
+    return records
+
+
+def _select(records: list[dict], seed: int, where: dict | None = None, holdout: dict | None = None,
+            limit: int | None = None) -> list[dict]:
+    """Filter by `where` (field -> allowed values), keep one `holdout` side, shuffle with `seed`, keep `limit`."""
+    for field, allowed in (where or {}).items():
+        allowed = set(allowed if isinstance(allowed, list) else [allowed])
+        records = [r for r in records if _field(r, field) in allowed]
+    if holdout is not None:
+        records = [r for r in records if holdout_side(r, **holdout)]
+    records = list(records)
+    random.Random(seed).shuffle(records)
+    return records[:limit] if limit is not None else records
+
+
+def holdout_side(record: dict, by: list[str], percent: float, side: str = "train") -> bool:
+    """True if `record` belongs to `side` ("train" or "dev") of a stable hash split on the fields `by`."""
+    if side not in ("train", "dev"):
+        raise ValueError(f"holdout side must be 'train' or 'dev', got {side!r}.")
+    key = "\x1f".join(str(_field(record, name)) for name in by)
+    bucket = int(hashlib.md5(key.encode()).hexdigest(), 16) % 10_000
+    return (bucket < percent * 100) == (side == "dev")
+
+
+def _field(record: dict, name: str):
+    """`name` or `meta.name` from a record."""
+    value = record
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"Record {record.get('id')!r} has no field {name!r}.")
+        value = value[part]
+    return value
+
+
+def distinct_contexts(records: list[dict]) -> list[dict]:
+    """One record per distinct context, in order (files repeat a context on each of its questions)."""
+    seen, out = set(), []
+    for record in records:
+        if record["context"] not in seen:
+            seen.add(record["context"])
+            out.append(record)
+    return out
+
+
+# --- synthetic long contexts -----------------------------------------------------------------------
+def haystack_text(haystack: dict, seed: int) -> str:
+    """The distinct contexts of a source spec, joined: the background text facts are hidden in."""
+    return "\n\n".join(r["context"].strip() for r in distinct_contexts(load_records(haystack, seed)))
+
+
+def hide_in_haystack(sentences: list[str], background: str, length: int, rng: random.Random) -> str:
+    """About `length` characters of `background` (from a random sentence start, wrapping around)
+    with `sentences` inserted in their order at random sentence boundaries."""
+    starts = [0] + [m.end() for m in _SENTENCE_END.finditer(background)]
+    start = rng.choice(starts)
+    text = (background[start:] + "\n\n" + background) * (1 + length // max(1, len(background)))
+    text = text[:length]
+    cuts = [m.end() for m in _SENTENCE_END.finditer(text)] or [len(text)]
+    places = sorted(rng.choice(cuts) for _ in sentences)
+    pieces, previous = [], 0
+    for place, sentence in zip(places, sentences):
+        pieces += [text[previous:place], sentence.strip() + " "]
+        previous = place
+    return "".join(pieces + [text[previous:]])
+
+
+def babi_haystack(path: str, haystack: dict, haystack_chars: list[int], seed: int = 0, **select) -> list[dict]:
+    """BABILong-style records: each bAbI story's facts scattered in order through background text."""
+    rng = random.Random(seed)
+    background = haystack_text(haystack, seed)
+    records = []
+    for record in load_records({"path": path, **select}, seed):
+        facts = [line for line in record["context"].split("\n") if line.strip()]
+        context = hide_in_haystack(facts, background, rng.randint(*haystack_chars), rng)
+        records.append({**record, "id": f"{record['id']}_haystack", "context": context})
+    return records
+
+
+def squad_haystack(path: str, distractors: list[int], seed: int = 0, limit: int | None = None,
+                   **select) -> list[dict]:
+    """SQuAD records with their paragraph hidden among `distractors` (min, max) other paragraphs
+    (drawn from all the selected records' paragraphs, before `limit`)."""
+    rng = random.Random(seed)
+    records = load_records({"path": path, **select}, seed)
+    paragraphs = [r["context"] for r in distinct_contexts(records)]
+    out = []
+    for record in records[:limit]:
+        others = [p for p in rng.sample(paragraphs, min(len(paragraphs), distractors[1] + 1)) if p != record["context"]]
+        chosen = others[:rng.randint(*distractors)]
+        chosen.insert(rng.randint(0, len(chosen)), record["context"])
+        out.append({**record, "id": f"{record['id']}_haystack", "context": "\n\n".join(chosen)})
+    return out
+
+
+def needle(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0, digits: int = 7) -> list[dict]:
+    """RULER-style needles: one "special magic number" sentence hidden in background text."""
+    rng = random.Random(seed)
+    background = haystack_text(haystack, seed)
+    records = []
+    for i in range(count):
+        key, number = rng.choice(NEEDLE_KEYS), str(rng.randrange(10 ** (digits - 1), 10 ** digits))
+        context = hide_in_haystack([NEEDLE_TEMPLATE.format(key=key, number=number)], background,
+                                   rng.randint(*haystack_chars), rng)
+        records.append({"id": f"needle_{seed}_{i}", "context": context,
+                        "question": NEEDLE_QUESTION.format(key=key), "answer": number})
+    return records
+
+
+BUILDERS = {"babi_haystack": babi_haystack, "squad_haystack": squad_haystack, "needle": needle}

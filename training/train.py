@@ -1,0 +1,133 @@
+"""Train E2LLM from a YAML config: `python -m training.train --config training/configs/<name>.yaml [--resume]`.
+
+Shows progress, saves checkpoints (`training.save_steps`), resumes after being killed (`--resume`),
+and at the end writes to `<output_dir>/final/` what training changed (LoRA + adapter, peft format)
+with `demo.json` (the settings `load_embedded_default` reads), `log_history.json` and `loss.png`.
+Multi-GPU: `accelerate launch --config_file training/accelerate/<zero2|fsdp>.yaml -m training.train ...`.
+"""
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig
+
+from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
+
+from .config import TrainConfig
+from .dataset import training_dataset
+from .plot import plot_losses
+from .samples import E2LLMCollator
+from .trainer import E2LLMTrainer
+
+logger = logging.getLogger("training")
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def load_model_and_processor(config: TrainConfig) -> tuple[E2LLMForCausalLM, E2LLMProcessor]:
+    """The untrained composite and its processor (no encoder/decoder paths: the embedded default)."""
+    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(config.model.encoder, config.model.decoder,
+                                                            **config.model.config)
+    processor = E2LLMProcessor.from_encoder_decoder_pretrained(
+        config.model.encoder, config.model.decoder, chunk_size=config.processor.chunk_size,
+        chunk_overlap=config.processor.chunk_overlap)
+    return model, processor
+
+
+def sft_config(training: dict) -> SFTConfig:
+    """SFTConfig from the config's `training` section, with E2LLM's required settings and CPU-safe defaults."""
+    on_gpu = torch.cuda.is_available()
+    defaults = {
+        "bf16": on_gpu and torch.cuda.is_bf16_supported(),  # SFTConfig's bf16=True makes CPU steps ~14x slower
+        "use_cpu": not on_gpu,
+        "activation_checkpointing": False,  # TRL turns it on; on CPU it only costs time
+        "max_length": None,  # never cut a sample: too long ones are refused while building them
+        "report_to": "none",
+        "logging_steps": 10,
+        "save_strategy": "steps",
+    }
+    required = {"remove_unused_columns": False,  # keeps the chunk columns and the task flag
+                "dataset_kwargs": {"skip_prepare_dataset": True}}  # the rows are already tokenized
+    if "output_dir" not in training:
+        raise ValueError("training.output_dir is missing: name the folder for checkpoints and results.")
+    return SFTConfig(**{**defaults, **training, **required})
+
+
+def build_trainer(config: TrainConfig) -> E2LLMTrainer:
+    """Model, LoRA, data and trainer as the config says."""
+    args = sft_config(config.training)
+    set_seed(args.seed)  # the adapter and LoRA start from random weights: same seed, same start
+    model, processor = load_model_and_processor(config)
+    window = getattr(model.config.text_config, "max_position_embeddings", None)
+    dataset = training_dataset(config.data, config.tasks, processor, window)
+    collator = E2LLMCollator(pad_token_id=processor.tokenizer.pad_token_id,
+                             encoder_pad_token_id=processor.encoder_tokenizer.pad_token_id or 0)
+    trainer = E2LLMTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        processing_class=processor.tokenizer,  # a tokenizer, not the processor: TRL would treat a processor as a VLM
+        peft_config=model.get_lora_config(encoder=config.trainable.encoder, decoder=config.trainable.decoder),
+        understanding_weight=config.tasks.understanding_weight,
+        adapter_learning_rate=config.adapter_learning_rate)
+    return trainer
+
+
+def resume_checkpoint(output_dir: str, resume: bool | str | None) -> str | None:
+    """The checkpoint to resume from: a given path, the latest in `output_dir` (resume=True), or None."""
+    if not resume:
+        return None
+    if isinstance(resume, str):
+        return resume
+    checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir!r}; start without --resume.")
+    return checkpoint
+
+
+def save_final(trainer: E2LLMTrainer, config: TrainConfig) -> Path:
+    """Write LoRA + adapter (peft), demo.json, log_history.json and loss.png under `<output_dir>/final`."""
+    final = Path(trainer.args.output_dir) / "final"
+    trainer.save_model(str(final))  # gathers sharded weights under FSDP/DeepSpeed
+    if not trainer.is_world_process_zero():
+        return final
+    adapter_config = final / "adapter_config.json"
+    settings = json.loads(adapter_config.read_text())
+    settings["base_model_name_or_path"] = None  # in-memory composite; never record a machine path
+    adapter_config.write_text(json.dumps(settings, indent=2))
+    demo = {"config": config.model.config,
+            "processor": {"chunk_size": config.processor.chunk_size, "chunk_overlap": config.processor.chunk_overlap}}
+    (final / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
+    (final / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    plot_losses(trainer.state.log_history, final / "loss.png")
+    return final
+
+
+def train(config: TrainConfig, resume: bool | str | None = None) -> E2LLMTrainer:
+    """Build, train (from a checkpoint when resuming) and save; returns the trainer."""
+    trainer = build_trainer(config)
+    trainer.train(resume_from_checkpoint=resume_checkpoint(trainer.args.output_dir, resume))
+    save_final(trainer, config)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML training config (see training/config.py)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None,
+                        help="continue from the latest checkpoint in output_dir, or from the checkpoint given")
+    parser.add_argument("--output-dir", help="override training.output_dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    config = TrainConfig.from_yaml(args.config)
+    if args.output_dir:
+        config.training["output_dir"] = args.output_dir
+    trainer = train(config, args.resume)
+    logger.info("Done: results in %s", Path(trainer.args.output_dir) / "final")
+
+
+if __name__ == "__main__":
+    main()

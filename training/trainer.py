@@ -1,0 +1,95 @@
+"""E2LLMTrainer: TRL's SFTTrainer with E2LLM's two-task loss.
+
+The loss over a global batch is
+
+    loss = sum_i w(task_i) * NLL_i / N
+
+where NLL_i is the summed negative log-likelihood of sample i's target tokens, N the number of
+target tokens in the global batch (all processes, all accumulation steps: the Trainer's
+`num_items_in_batch`) and w = `understanding_weight` for understanding samples, 1 for reasoning.
+Normalising by the global token count keeps the gradient the same for any split of the batch over
+processes and accumulation steps. The two tasks' unweighted per-token losses are logged as
+`loss_understanding` and `loss_reasoning`.
+"""
+
+import torch
+from trl import SFTTrainer
+
+from .samples import TASKS, UNDERSTANDING
+
+_UNDERSTANDING_ID = TASKS.index(UNDERSTANDING)
+
+
+class E2LLMTrainer(SFTTrainer):
+    """SFTTrainer for E2LLM samples (see `training.samples`), with a loss weight per task.
+
+    Args:
+        understanding_weight: loss weight of understanding tokens relative to reasoning tokens.
+        adapter_learning_rate: learning rate of the MLP adapter (trained from scratch); None: `args.learning_rate`.
+        Everything else goes to `trl.SFTTrainer`; pass `dataset_kwargs={"skip_prepare_dataset": True}`
+        and `remove_unused_columns=False` in `args`, and an `E2LLMCollator` as `data_collator`.
+    """
+
+    def __init__(self, *args, understanding_weight: float = 1.0, adapter_learning_rate: float | None = None,
+                 **kwargs):
+        self.understanding_weight = understanding_weight
+        self.adapter_learning_rate = adapter_learning_rate
+        # Per task: [summed NLL, target tokens] since the last log, for "train" and "eval".
+        self._task_totals = {"train": torch.zeros(len(TASKS), 2), "eval": torch.zeros(len(TASKS), 2)}
+        super().__init__(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        task = inputs.pop("task")  # (B,); E2LLMModel.forward passes unknown keys on to the decoder
+        # TRL's fused LM head: per-token log-probs of the labels without building (B, T, vocab) logits.
+        outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+        per_sample_nll = -outputs.log_probs.sum(dim=1)  # (B,); ignored positions hold 0
+        per_sample_tokens = outputs.label_mask.sum(dim=1)  # (B,)
+        weights = torch.where(task == _UNDERSTANDING_ID, self.understanding_weight, 1.0).to(per_sample_nll.dtype)
+        num_tokens = per_sample_tokens.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = (weights * per_sample_nll).sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # num_items_in_batch counts every process's tokens while DDP averages the gradients.
+            loss = loss * self.accelerator.num_processes
+        self._record(mode, task, per_sample_nll.detach(), per_sample_tokens, outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _record(self, mode: str, task: torch.Tensor, nll: torch.Tensor, tokens: torch.Tensor, outputs) -> None:
+        """Add this micro-batch's per-task NLL and token counts (summed over processes) and TRL's metrics."""
+        totals = torch.stack([torch.stack([nll[task == t].sum(), tokens[task == t].sum().to(nll.dtype)])
+                              for t in range(len(TASKS))])  # (tasks, 2)
+        self._task_totals[mode] += self.accelerator.reduce(totals, reduction="sum").float().cpu()
+        num_valid = self.accelerator.reduce(tokens.sum(), reduction="sum")
+        entropy = self.accelerator.reduce(outputs.entropy.detach().sum(), reduction="sum")
+        correct = self.accelerator.reduce(outputs.is_top1.sum(), reduction="sum")
+        self._metrics[mode]["entropy"].append((entropy / num_valid.clamp(min=1)).item())
+        self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid.clamp(min=1)).item())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        prefix = "eval_" if mode == "eval" else ""
+        for task_id, name in enumerate(TASKS):
+            nll, tokens = self._task_totals[mode][task_id].tolist()
+            if tokens > 0:
+                logs[f"{prefix}loss_{name}"] = nll / tokens
+        self._task_totals[mode].zero_()
+        super().log(logs, start_time)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.adapter_learning_rate is not None:
+            _give_adapter_its_own_lr(optimizer, self.model if model is None else model, self.adapter_learning_rate)
+        return optimizer
+
+
+def _give_adapter_its_own_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr: float) -> None:
+    """Move the adapter's parameters into their own param groups with learning rate `lr` (before any step)."""
+    adapter = {id(p) for name, p in model.named_parameters() if ".adapter." in name and p.requires_grad}
+    groups = []
+    for group in optimizer.param_groups:
+        settings = {key: value for key, value in group.items() if key != "params"}
+        for params, group_lr in (([p for p in group["params"] if id(p) not in adapter], group["lr"]),
+                                 ([p for p in group["params"] if id(p) in adapter], lr)):
+            if params:
+                groups.append({**settings, "params": params, "lr": group_lr})
+    optimizer.param_groups[:] = groups
