@@ -210,7 +210,9 @@ def check_output_dir(output_dir: Path) -> None:
 def _staging(output_dir: Path):
     check_output_dir(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    staging = output_dir.with_name(f".{output_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted build of a process with our pid
+    staging.mkdir()
     try:
         yield staging
     except BaseException:

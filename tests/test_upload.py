@@ -166,6 +166,13 @@ def test_demo_folder_format_is_published_with_its_settings_and_adapter_merged(ch
     assert json.loads((tmp_path / "out" / "processor_config.json").read_text())["chunk_size"] == 96
 
 
+def test_a_build_that_fails_midway_leaves_neither_the_folder_nor_a_partial_one(checkpoints, tmp_path):
+    with mock.patch.object(ModelCard, "save", side_effect=OSError("No space left on device")):
+        with pytest.raises(OSError, match="No space left"):
+            build(checkpoints["adapter"], tmp_path / "out", base=checkpoints["base"])
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- checkpoint errors -------------------------------------------------------------------------------
 def test_adapter_folder_without_its_weights_is_refused_naming_the_missing_file(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
