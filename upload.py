@@ -334,13 +334,20 @@ def retry_command(repo_id: str, folder: Path, private: bool, revision: str | Non
     return shlex.join(command)
 
 
-def publish(folder: str | Path, repo_id: str, token: str | None, private: bool = False,
+def require_token() -> str:
+    """The token of `HF_TOKEN` or `hf auth login`."""
+    token = get_token()
+    if not token:
+        raise PublishError("No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write "
+                           "access (or use --dry-run to build the folder only).")
+    return token
+
+
+def publish(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False,
             revision: str | None = None, overwrite: bool = False) -> str:
     """Create `repo_id` and upload `folder` to it in one commit; return the commit's URL."""
     folder = Path(folder)
-    if not token:
-        raise PublishError("No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write access.")
-    api = HfApi(token=token)
+    api = HfApi(token=token or require_token())
     created = False
     try:
         api.create_repo(repo_id, private=private, exist_ok=overwrite)
@@ -433,10 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         validate_repo_id(args.repo_id)
-        token = None if args.dry_run else get_token()
-        if not args.dry_run and not token:
-            raise PublishError("No Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write "
-                               "access (or use --dry-run to build the folder only).")
+        token = None if args.dry_run else require_token()  # before the slow build
         if args.from_folder:
             folder = Path(args.from_folder)
             building = [f"--{name.replace('_', '-')}" for name in BUILD_ARGUMENTS if getattr(args, name)]

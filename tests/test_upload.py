@@ -287,6 +287,14 @@ def test_no_token_is_refused_before_building_and_nothing_is_contacted(tmp_path, 
     assert hf_api.mock_calls == [] and load.call_count == 0 and not (tmp_path / "out").exists()
 
 
+def test_publish_without_a_token_contacts_nothing(merged_build, monkeypatch):
+    monkeypatch.setattr(upload, "get_token", lambda: None)
+    with mock.patch.object(upload, "HfApi") as hf_api:
+        with pytest.raises(PublishError, match="No Hugging Face token"):
+            upload.publish(merged_build[0], REPO_ID)
+    assert hf_api.mock_calls == []
+
+
 def test_existing_repository_without_overwrite_is_refused_and_nothing_is_uploaded(merged_build, hub):
     hub.return_value.create_repo.side_effect = conflict()
     with pytest.raises(PublishError, match=f"repository {REPO_ID} already exists. Pass --overwrite"):
