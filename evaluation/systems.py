@@ -75,7 +75,7 @@ class PlainDecoderSystem(System):
     def prompt_ids(self, text: str, query: str, truncate: bool, max_new_tokens: int) -> list[int]:
         """Decoder ids of `PLAIN_PROMPT` around `text`; with `truncate`, the text's middle tokens are cut
         so that prompt + `max_new_tokens` fit the window, otherwise DoesNotFit is raised."""
-        head, tail = self._prompt_around_text(query)
+        head, tail = self.prompt_parts(query)
         text_ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         room = self.window - max_new_tokens - len(head) - len(tail)
         if len(text_ids) > room and not truncate:
@@ -86,7 +86,7 @@ class PlainDecoderSystem(System):
                              f"for {max_new_tokens} new tokens in the decoder window of {self.window}")
         return head + keep_head_and_tail(text_ids, room) + tail
 
-    def _prompt_around_text(self, query: str) -> tuple[list[int], list[int]]:
+    def prompt_parts(self, query: str) -> tuple[list[int], list[int]]:
         """Decoder ids before and after the context in the (chat-formatted) plain prompt."""
         text = PLAIN_PROMPT.format(text=_TEXT_SLOT, query=query)
         if self.tokenizer.chat_template is not None:

@@ -55,7 +55,7 @@ def test_truncation_keeps_head_and_tail_tokens_filling_the_window(tiny_model, ti
     system = TruncationSystem(tiny_model, tiny_processor, NEW_TOKENS)
     context = essay_text[:20_000]  # ~4.5k tokens, the tiny decoder's window is 2048
     ids = system.prompt_ids(context, "Why?", truncate=True, max_new_tokens=NEW_TOKENS)
-    head, tail = system._prompt_around_text("Why?")
+    head, tail = system.prompt_parts("Why?")
     context_ids = tiny_processor.tokenizer(context, add_special_tokens=False)["input_ids"]
     kept = ids[len(head):len(ids) - len(tail)]
     assert len(ids) + NEW_TOKENS == 2048
