@@ -273,6 +273,14 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tiny
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_a_spent_time_budget_stops_training_with_a_checkpoint(tiny_paths, tmp_path, essay_text):
+    config = tiny_config(tiny_paths, tmp_path, essay_text, training={"max_steps": 50, "save_steps": 100})
+    config.max_minutes = 0.0
+    trainer = train(config)
+    assert trainer.state.global_step == 1
+    assert (tmp_path / "run" / "checkpoint-1").is_dir() and (tmp_path / "run" / "final" / "demo.json").is_file()
+
+
 @pytest.mark.parametrize("frozen, trained", [("encoder", "language_model"), ("language_model", "encoder")])
 def test_ablation_switch_freezes_exactly_its_part(tiny_paths, tmp_path, essay_text, frozen, trained):
     switch = "encoder" if frozen == "encoder" else "decoder"

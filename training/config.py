@@ -7,6 +7,7 @@ trainable:  {encoder: true, decoder: true}                          # false: the
 tasks:      {understanding: true, understanding_ratio: 0.5, understanding_weight: 1.0, window_chunks: 4}
 data:       {seed: 0, understanding: [<source>...], reasoning: [<source>...]}   # see training/sources.py
 adapter_learning_rate: null                                         # null: the trainer's learning_rate
+max_minutes: null                                                   # stop (and save) after this much training time
 training:   {output_dir: runs/x, max_steps: 100, ...}               # trl.SFTConfig arguments
 ```
 """
@@ -66,6 +67,7 @@ class TrainConfig:
     tasks: TaskSettings = field(default_factory=TaskSettings)
     data: DataSettings = field(default_factory=DataSettings)
     adapter_learning_rate: float | None = None
+    max_minutes: float | None = None  # a time budget on shared machines; pair it with a constant LR schedule
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):

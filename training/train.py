@@ -9,10 +9,11 @@ Multi-GPU: `accelerate launch --config_file training/accelerate/<zero2|fsdp>.yam
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
-from transformers import set_seed
+from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig
 
@@ -72,7 +73,24 @@ def build_trainer(config: TrainConfig) -> E2LLMTrainer:
         peft_config=model.get_lora_config(encoder=config.trainable.encoder, decoder=config.trainable.decoder),
         understanding_weight=config.tasks.understanding_weight,
         adapter_learning_rate=config.adapter_learning_rate)
+    if config.max_minutes is not None:
+        trainer.add_callback(TimeBudget(config.max_minutes))
     return trainer
+
+
+class TimeBudget(TrainerCallback):
+    """Ends training (with a checkpoint) once `minutes` of training time have passed in this run."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.start = 60 * minutes, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.start > self.seconds:
+            logger.info("Time budget of %.0f minutes spent at step %d: stopping.", self.seconds / 60, state.global_step)
+            control.should_training_stop = control.should_save = True
 
 
 def resume_checkpoint(output_dir: str, resume: bool | str | None) -> str | None:

@@ -1,0 +1,152 @@
+"""Did the demo checkpoint learn? Measurements on development data the demo config never trains on.
+
+    python -m training.evaluate_demo prepare --output runs/eval          # dev files + untrained folder for evaluation.run
+    python -m training.evaluate_demo restate --model trained --limit 12 --output runs/eval/restate-trained.json
+    python -m training.evaluate_demo needle --model untrained --limit 10 --output runs/eval/needle-untrained.json
+
+`restate`: windows of held-out PG essays (the demo config's holdout) restated from their chunk tokens,
+ROUGE-L F1 against the source text. `needle`: a 7-digit "special magic number" hidden in held-out
+essays; accuracy = the number appears in the answer. `--model` is `trained` (the demo weights),
+`untrained` (same composite, random adapter) or `decoder` (the plain decoder reading the raw text;
+needle only). `prepare` writes, for `python -m evaluation.run`, the held-out bAbI qa1/qa2 stories,
+the held-out essays as haystack, and the untrained composite as a model folder.
+"""
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+from rouge_score.rouge_scorer import RougeScorer
+
+from modeling_e2llm.embedded_default import DEMO_DIR, load_embedded_default
+
+from .config import TrainConfig
+from .samples import understanding_windows
+from .sources import NEEDLE_KEYS, NEEDLE_QUESTION, NEEDLE_TEMPLATE, distinct_contexts, hide_in_haystack, \
+    load_records
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+DATA = Path("../shared/data")
+DEV_ESSAYS = {"path": str(DATA / "pg_essays" / "essays.jsonl"), "holdout": {"by": ["id"], "percent": 25, "side": "dev"}}
+DEV_BABI = {"path": str(DATA / "babi" / "qa1-5_train.jsonl"), "where": {"meta.babi_task": ["qa1", "qa2"]},
+            "holdout": {"by": ["meta.babi_task", "meta.story_index"], "percent": 20, "side": "dev"}}
+
+
+def load(model: str, demo_dir: Path):
+    """(model, processor) for `trained` or `untrained`; `decoder` uses the untrained composite's decoder."""
+    model_, processor = load_embedded_default(trained=model == "trained", demo_dir=demo_dir)
+    if model == "trained" and not model_.is_trained_demo:
+        raise FileNotFoundError(f"No demo weights in {demo_dir}: train first or pass --demo-dir.")
+    return model_, processor
+
+
+def dev_windows(processor, window_chunks: int, limit: int) -> list[str]:
+    """`limit` restate windows spread evenly over the held-out essays."""
+    windows = [w for record in distinct_contexts(load_records(DEV_ESSAYS))
+               for w in understanding_windows(processor, record["context"], window_chunks) if len(w.strip()) > 100]
+    step = max(1, len(windows) // limit)
+    return windows[::step][:limit]
+
+
+def restate(model, processor, limit: int, max_new_tokens: int) -> dict:
+    window_chunks = TrainConfig.from_yaml(DEMO_CONFIG).tasks.window_chunks
+    scorer = RougeScorer(["rougeL", "rouge1"], use_stemmer=True)
+    rows = []
+    for text in dev_windows(processor, window_chunks, limit):
+        output = model.answer(text, None, processor=processor, max_new_tokens=max_new_tokens, do_sample=False)
+        scores = scorer.score(text, output)
+        rows.append({"source": text, "restated": output, "rougeL": scores["rougeL"].fmeasure,
+                     "rouge1": scores["rouge1"].fmeasure})
+    return {"count": len(rows), "rougeL": _mean(rows, "rougeL"), "rouge1": _mean(rows, "rouge1"), "examples": rows}
+
+
+def needle_records(limit: int, seed: int = 123) -> list[dict]:
+    """Needles hidden in held-out essays at 2k-12k characters (4-24 chunks)."""
+    rng = random.Random(seed)
+    background = "\n\n".join(r["context"].strip() for r in distinct_contexts(load_records(DEV_ESSAYS)))
+    records = []
+    for i in range(limit):
+        key, number = rng.choice(NEEDLE_KEYS), str(rng.randrange(10 ** 6, 10 ** 7))
+        context = hide_in_haystack([NEEDLE_TEMPLATE.format(key=key, number=number)], background,
+                                   2000 + i * 10000 // max(1, limit - 1), rng)
+        records.append({"context": context, "question": NEEDLE_QUESTION.format(key=key), "answer": number})
+    return records
+
+
+def decoder_answer(model, processor, context: str, question: str, max_new_tokens: int) -> str:
+    """The plain decoder with the raw text in the same prompt (the text fits in its window here)."""
+    text = processor.reasoning_template.format(context=context, query=question)
+    ids = processor.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                  return_tensors="pt", return_dict=True)
+    out = model.generate(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
+                         max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def needle(model, processor, limit: int, use_decoder: bool) -> dict:
+    rows = []
+    for record in needle_records(limit):
+        if use_decoder:
+            output = decoder_answer(model, processor, record["context"], record["question"], 16)
+        else:
+            output = model.answer(record["context"], record["question"], processor=processor, max_new_tokens=16,
+                                  do_sample=False)
+        rows.append({"answer": record["answer"], "output": output, "chars": len(record["context"]),
+                     "correct": float(record["answer"] in output)})
+    return {"count": len(rows), "accuracy": _mean(rows, "correct"), "examples": rows}
+
+
+def prepare(output: Path, babi_per_task: int) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    essays = distinct_contexts(load_records(DEV_ESSAYS))
+    _write_jsonl(output / "dev_essays.jsonl", essays)
+    babi = []
+    for task in ("qa1", "qa2"):
+        babi += load_records({**DEV_BABI, "where": {"meta.babi_task": [task]}, "limit": babi_per_task}, seed=1)
+    _write_jsonl(output / "babi_dev.jsonl", babi)
+    model, processor = load_embedded_default(trained=False)
+    model.save_pretrained(output / "untrained")
+    processor.save_pretrained(output / "untrained")
+    print(f"Wrote {len(essays)} dev essays, {len(babi)} dev bAbI questions and the untrained model to {output}")
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / max(1, len(rows))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", choices=["prepare", "restate", "needle"])
+    parser.add_argument("--model", choices=["trained", "untrained", "decoder"], default="trained")
+    parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder with the trained demo weights")
+    parser.add_argument("--limit", type=int, default=12)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--babi-per-task", type=int, default=15)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    if args.task == "prepare":
+        return prepare(args.output, args.babi_per_task)
+    if args.model == "decoder" and args.task != "needle":
+        parser.error("--model decoder applies to needle only (restating raw text is copying).")
+    model, processor = load(args.model, args.demo_dir)
+    if args.task == "restate":
+        result = restate(model, processor, args.limit, args.max_new_tokens)
+    else:
+        result = needle(model, processor, args.limit, use_decoder=args.model == "decoder")
+    result = {"task": args.task, "model": args.model, "command": "python -m training.evaluate_demo " +
+              " ".join(argv if argv is not None else sys.argv[1:]), **result}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
+
+
+if __name__ == "__main__":
+    main()
