@@ -321,3 +321,15 @@ def _as_raw(config: TrainConfig) -> dict:
     from dataclasses import asdict
 
     return asdict(config)
+
+
+# --- demo measurement helpers ------------------------------------------------------------------------
+def test_babi_accuracy_reads_the_first_place_an_answer_names(tmp_path):
+    from training.evaluate_demo import babi_accuracy
+
+    rows = [{"prediction": "Mary is in the kitchen.", "references": ["kitchen"]},
+            {"prediction": "The garden, not the kitchen", "references": ["kitchen"]},
+            {"prediction": "I do not know.", "references": ["office"]},
+            {"skipped": "too long"}]
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert babi_accuracy(tmp_path / "predictions.jsonl") == {"count": 3, "accuracy": pytest.approx(1 / 3)}

@@ -69,8 +69,9 @@ def understanding_samples(processor: E2LLMProcessor, context: str, window_chunks
                           max_length: int | None = None, name: str = "context") -> list[dict]:
     """Restate samples over the whole `context`: each window's chunk tokens -> the window's text.
 
-    A window that starts at a chunk boundary is chunked again into the same chunks (the chunker is
-    greedy from the start), so the window's text is both the sample's context and its target.
+    The window's text is both the sample's context and its target. Chunked again on its own, a window
+    gives the same chunks as inside the context, except that its last few short chunks may merge into
+    one (the chunker then sees the window's end within reach); either way its chunks cover its text.
     """
     return [build_sample(processor, text, None, text, max_length, name=f"{name} window {i}")
             for i, text in enumerate(understanding_windows(processor, context, window_chunks))
