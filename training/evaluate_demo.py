@@ -30,6 +30,7 @@ from .sources import NEEDLE_KEYS, NEEDLE_QUESTION, NEEDLE_TEMPLATE, distinct_con
     load_records
 
 BABI_PLACES = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")  # every qa1/qa2 answer
+NEEDLE_NEW_TOKENS = 32  # room for "The special magic number for ... is: 1234567."
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 DATA = Path("../shared/data")
 DEV_ESSAYS = {"path": str(DATA / "pg_essays" / "essays.jsonl"), "holdout": {"by": ["id"], "percent": 25, "side": "dev"}}
@@ -93,9 +94,9 @@ def needle(model, processor, limit: int, use_decoder: bool) -> dict:
     rows = []
     for record in needle_records(limit):
         if use_decoder:
-            output = decoder_answer(model, processor, record["context"], record["question"], 16)
+            output = decoder_answer(model, processor, record["context"], record["question"], NEEDLE_NEW_TOKENS)
         else:
-            output = model.answer(record["context"], record["question"], processor=processor, max_new_tokens=16,
+            output = model.answer(record["context"], record["question"], processor=processor, max_new_tokens=NEEDLE_NEW_TOKENS,
                                   do_sample=False)
         rows.append({"answer": record["answer"], "output": output, "chars": len(record["context"]),
                      "correct": float(record["answer"] in output)})
