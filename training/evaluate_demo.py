@@ -96,8 +96,8 @@ def needle(model, processor, limit: int, use_decoder: bool) -> dict:
         if use_decoder:
             output = decoder_answer(model, processor, record["context"], record["question"], NEEDLE_NEW_TOKENS)
         else:
-            output = model.answer(record["context"], record["question"], processor=processor, max_new_tokens=NEEDLE_NEW_TOKENS,
-                                  do_sample=False)
+            output = model.answer(record["context"], record["question"], processor=processor,
+                                  max_new_tokens=NEEDLE_NEW_TOKENS, do_sample=False)
         rows.append({"answer": record["answer"], "output": output, "chars": len(record["context"]),
                      "correct": float(record["answer"] in output)})
     return {"count": len(rows), "accuracy": _mean(rows, "correct"), "examples": rows}
