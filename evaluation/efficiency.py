@@ -17,8 +17,10 @@
 
 Every measurement runs in its own process (`evaluation.efficiency_worker`), so peaks don't mix; the
 systems alternate within each repetition, so ratios hold on a noisy machine; medians are reported.
-Writes DIR/efficiency.json (every figure and the machine), DIR/time.png, DIR/memory.png and
-DIR/summary.md (ratios and targets). Texts: Paul Graham essays, repeated as needed.
+Writes DIR/efficiency.json (every figure and the machine), and with `evaluation.efficiency_report`
+DIR/time.png, DIR/memory.png and DIR/summary.md (ratios and targets). Texts: Paul Graham essays,
+repeated as needed. Take final figures on a quiet machine: the summary flags a run during which other
+processes used the CPU.
 """
 
 import argparse
@@ -36,16 +38,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
+from .efficiency_report import SYSTEMS, save_plots, summary_markdown
+from .efficiency_worker import load_benchmark_model
 from .niah import DEFAULT_HAYSTACK, haystack_prefix, load_haystack_essays
 from .systems import RAG_TOP_K, FullSystem
-from .efficiency_worker import load_benchmark_model
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS_FILE, SUMMARY_FILE, TIME_PLOT, MEMORY_PLOT = "efficiency.json", "summary.md", "time.png", "memory.png"
-SYSTEMS = ("e2llm", "rag", "full")
+RESULTS_FILE, SUMMARY_FILE = "efficiency.json", "summary.md"
 QUESTION = "What is the most important advice the author gives, and why?"
 CACHE_QUESTIONS = (
     "What is the most important advice the author gives, and why?",
@@ -89,7 +90,8 @@ def machine_description(threads: int) -> dict:
     return {"cpu_model": cpu_model, "cores": len(os.sched_getaffinity(0)), "torch_threads": threads,
             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_start": os.getloadavg()}
+            "platform": platform.platform(), "load_average_start": os.getloadavg(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
 
 
 def matmul_flops_per_s(size: int, threads: int, repeats: int = 5) -> float:
@@ -278,123 +280,6 @@ def check_targets(results: dict) -> list[dict]:
     ]
 
 
-def _series(results: dict, system: str, key: str) -> tuple[list[int], list[float]]:
-    """(context tokens, median `key`) of `system` over the comparison and, for E2LLM, beyond the window."""
-    points = dict(results["medians"].get("compare", {}).get(system, {}))
-    if system == "e2llm":
-        points.update(results["medians"].get("long", {}).get("e2llm", {}))
-    tokens = sorted(points)
-    return tokens, [points[n][key] for n in tokens]
-
-
-COLORS = {"e2llm": "tab:blue", "rag": "tab:green", "full": "tab:red"}
-
-
-def _plot_lines(ax, results: dict, styles: dict[str, str]) -> None:
-    """One line per system and figure (figure -> line style) over context tokens, log-log."""
-    for system in SYSTEMS:
-        for key, style in styles.items():
-            tokens, values = _series(results, system, key)
-            if tokens:
-                ax.plot(tokens, values, style, marker="o", color=COLORS[system],
-                        label=f"{system} {key.rsplit('_', 1)[0]}")
-    ax.axvline(results["settings"]["window"], color="grey", linestyle=":", label="decoder window")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("context tokens (decoder tokenizer)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-
-
-def save_plots(results: dict, folder: Path) -> None:
-    """time.png: prefill and total time vs length; memory.png: working memory and peak RSS vs length."""
-    figure = Figure(figsize=(7, 5))
-    ax = figure.add_subplot()
-    _plot_lines(ax, results, {"prefill_s": "-", "total_s": "--"})
-    ax.set_ylabel("seconds (median)")
-    ax.set_title(f"Time to first token and to {results['settings']['new_tokens']} new tokens")
-    figure.tight_layout()
-    figure.savefig(folder / TIME_PLOT, dpi=120)
-
-    figure = Figure(figsize=(12, 5))
-    for ax, key, title in zip(figure.subplots(1, 2), ("working_mb", "peak_mb"),
-                              ("Working memory (peak above the loaded weights)", "Peak RSS")):
-        _plot_lines(ax, results, {key: "-"})
-        ax.set_ylabel("MB (median)")
-        ax.set_title(title)
-    figure.tight_layout()
-    figure.savefig(folder / MEMORY_PLOT, dpi=120)
-
-
-def _fmt(value, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
-
-
-def summary_markdown(results: dict) -> str:
-    settings, machine, medians = results["settings"], results["machine"], results["medians"]
-    compare = medians.get("compare", {})
-    lines = [
-        "# E2LLM efficiency benchmark", "",
-        f"Model: {settings['model_label']}. Machine: {machine['cpu_model']}, {machine['cores']} cores, "
-        f"{machine['torch_threads']} torch threads, torch {machine['torch_version']} ({machine['cpu_capability']}). "
-        f"Load average at start {machine['load_average_start'][0]:.2f}, at end {machine['load_average_end'][0]:.2f}. "
-        f"Medians of {settings['repeats']} repetition(s), each in its own process; {settings['new_tokens']} new tokens.",
-        "", f"Command: `{results['command']}`", "",
-        "## Targets", "", "| target | value | threshold | met |", "|---|---|---|---|",
-    ]
-    for target in results["targets"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
-        lines.append(f"| {target['description']} | {_fmt(target['value'])} | {target['threshold']:g} | {met} |")
-    lines += ["", f"## Within the window: E2LLM, RAG (top {settings['top_k']} chunks) and the full context", "",
-              "| context tokens | system | decoder input tokens | prefill s | total s | working MB | peak MB "
-              "| prefill x | total x | working memory x |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for tokens in sorted(compare.get("e2llm", {})):
-        for system in SYSTEMS:
-            figures = compare.get(system, {}).get(tokens)
-            if figures is None:
-                continue
-            ratio = results["ratios"].get(tokens, {}).get(system, {})
-            lines.append(f"| {tokens:,} | {system} | {_fmt(figures['decoder_input_tokens'], 0)} | "
-                         f"{_fmt(figures['prefill_s'])} | {_fmt(figures['total_s'])} | {_fmt(figures['working_mb'], 1)} | "
-                         f"{_fmt(figures['peak_mb'], 0)} | {_fmt(ratio.get('prefill'), 1)} | "
-                         f"{_fmt(ratio.get('total'), 1)} | {_fmt(ratio.get('working_memory'), 1)} |")
-    lines += ["", "Ratios (x) are the other system's figure over E2LLM's.", "",
-              f"## Beyond the window: E2LLM alone (chunk size {settings['long_chunk_size']} characters)", "",
-              "| context tokens | chunks | prefill s | total s | s per 1K tokens | working MB | process peak MB |",
-              "|---|---|---|---|---|---|---|"]
-    for tokens, figures in sorted(medians.get("long", {}).get("e2llm", {}).items()):
-        lines.append(f"| {tokens:,} | {_fmt(figures['encoder_chunks'], 0)} | {_fmt(figures['prefill_s'])} | "
-                     f"{_fmt(figures['total_s'])} | {_fmt(1000 * figures['total_s'] / tokens, 3)} | "
-                     f"{_fmt(figures['working_mb'], 1)} | {_fmt(figures['process_peak_mb'], 0)} |")
-    if results["linearity"]:
-        line = results["linearity"]
-        lines += ["", f"Straight-line fit from 64K tokens: {1000 * line['seconds_per_token']:.3f} s per 1K tokens "
-                      f"+ {line['intercept_s']:.1f} s; largest deviation {line['max_deviation']:.3f}x."]
-    matmul = results["matmul"]
-    lines += ["", "## Encoder throughput", "",
-              f"fp32 matmul peak ({matmul['size']}x{matmul['size']}, {machine['torch_threads']} threads): "
-              f"{matmul['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (before {matmul['flops_per_s'][0] / 1e9:.1f}, "
-              f"after {matmul['flops_per_s'][1] / 1e9:.1f}).", "",
-              "| context tokens | encoder GFLOP | raw text -> chunk tokens GFLOP/s | of peak | encoder forward GFLOP/s "
-              "| of peak |", "|---|---|---|---|---|---|"]
-    for tokens, row in sorted(results["encoder_efficiency"].items()):
-        lines.append(f"| {tokens:,} | {row['encoder_flops'] / 1e9:,.1f} | {row['end_to_end_flops_per_s'] / 1e9:.1f} | "
-                     f"{row['end_to_end_fraction']:.0%} | {row['forward_flops_per_s'] / 1e9:.1f} | "
-                     f"{row['forward_fraction']:.0%} |")
-    cache = results["context_cache"]
-    lines += ["", "## Context cache", "",
-              f"{settings['cache_questions']} questions about one {cache['context_tokens']:,}-token document: "
-              f"re-encoded each time {_fmt(cache['uncached_s'], 1)} s, encoded once {_fmt(cache['cached_s'], 1)} s "
-              f"(of which encoding {_fmt(cache['cached_encode_s'], 1)} s): {_fmt(cache['speedup'], 1)}x faster.", ""]
-    errors = [run for run in results["runs"] if "error" in run]
-    if errors:
-        lines += ["## Failed runs", ""] + [f"- {r['section']} {r['system']} {r['context_tokens']:,} tokens: "
-                                           f"{r['error']}" for r in errors] + [""]
-    return "\n".join(lines)
-
-
 def context_cache_summary(medians: dict, tokens: int) -> dict:
     cache = medians.get("cache", {})
     uncached = cache.get("uncached", {}).get(tokens, {})
@@ -421,6 +306,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the matrices of the matmul peak")
     parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK, help="JSONL of the texts")
     args = parser.parse_args(argv)
+    if not 1 <= args.min_tokens <= args.max_tokens:
+        parser.error(f"need 1 <= --min-tokens <= --max-tokens, got {args.min_tokens} and {args.max_tokens}.")
     for name in ("repeats", "threads", "new_tokens", "top_k", "cache_tokens", "cache_questions", "matmul_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
@@ -429,52 +316,76 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_arguments(argv)
-    command = " ".join(["python -m evaluation.efficiency", *(sys.argv[1:] if argv is None else argv)])
+def benchmark_settings(args: argparse.Namespace) -> tuple[dict, object]:
+    """What every worker needs, with the decoder's window and the room it leaves; and the processor."""
     model, processor, label = load_benchmark_model(args.model, args.encoder, args.decoder)
     window = model.config.text_config.max_position_embeddings
-    try:
-        compare_lengths, long_lengths = context_lengths(args.min_tokens, args.max_tokens, window)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}")
     # The full-context prompt and the answer must fit the window: that caps the comparison's lengths.
     plain_prompt = len(FullSystem(model, processor).prompt_ids("", QUESTION, False, args.new_tokens))
-    room = window - args.new_tokens - plain_prompt - _PROMPT_MARGIN
-    chunk_room = window - args.new_tokens - processor.encode_prompts([0], QUESTION)["input_ids"].shape[1]
-    del model
+    chunk_prompt = processor.encode_prompts([0], QUESTION)["input_ids"].shape[1]
     settings = {"model": args.model, "encoder": args.encoder, "decoder": args.decoder, "model_label": label,
                 "threads": args.threads, "repeats": args.repeats, "new_tokens": args.new_tokens, "top_k": args.top_k,
                 "question": QUESTION, "window": window, "chunk_size": processor.chunk_size,
+                "text_room": window - args.new_tokens - plain_prompt - _PROMPT_MARGIN,
+                "chunk_room": window - args.new_tokens - chunk_prompt,
                 "cache_questions": args.cache_questions, "matmul_size": args.matmul_size}
-    args.output.mkdir(parents=True, exist_ok=True)
-    essays = load_haystack_essays(args.haystack)
-    with tempfile.TemporaryDirectory(prefix="e2llm-efficiency-") as scratch:
-        scratch = Path(scratch)
-        compare = write_texts(essays, processor.tokenizer, {n: min(n, room) for n in compare_lengths}, scratch)
-        long = write_texts(essays, processor.tokenizer, {n: n for n in long_lengths}, scratch)
-        cache = write_texts(essays, processor.tokenizer, {args.cache_tokens: args.cache_tokens}, scratch)
-        longest = long[long_lengths[-1]][1].read_text(encoding="utf-8") if long else ""
-        settings["long_chunk_size"] = chunk_size_that_fits(processor, longest, chunk_room) if long else None
-        machine = machine_description(args.threads)
-        before = matmul_flops_per_s(args.matmul_size, args.threads)
-        runs = []
-        jobs = plan_jobs(compare, long, cache[args.cache_tokens], args.repeats, settings["long_chunk_size"])
-        for job in (bar := tqdm(jobs, desc="efficiency", unit="run")):
-            bar.set_postfix_str(f"{job['section']} {job['system']} {job['context_tokens']} tokens")
-            result = run_worker(worker_spec(job, settings), scratch)
-            runs.append({key: value for key, value in job.items() if key != "text_path"} | result)
-        after = matmul_flops_per_s(args.matmul_size, args.threads)
-    machine["load_average_end"] = os.getloadavg()
-    medians = median_table(runs)
-    peak = max(before, after)
-    results = {"command": command, "settings": settings, "machine": machine,
-               "matmul": {"size": args.matmul_size, "flops_per_s": [before, after], "peak_flops_per_s": peak},
+    return settings, processor
+
+
+def prepare_texts(args: argparse.Namespace, settings: dict, processor, folder: Path) -> dict:
+    """section -> nominal length -> (token count, text file); sets settings["long_chunk_size"]."""
+    compare_lengths, long_lengths = context_lengths(args.min_tokens, args.max_tokens, settings["window"])
+    essays, tokenizer = load_haystack_essays(args.haystack), processor.tokenizer
+    texts = {"compare": write_texts(essays, tokenizer, {n: min(n, settings["text_room"]) for n in compare_lengths},
+                                    folder),
+             "long": write_texts(essays, tokenizer, {n: n for n in long_lengths}, folder),
+             "cache": write_texts(essays, tokenizer, {args.cache_tokens: args.cache_tokens}, folder)}
+    settings["long_chunk_size"] = None
+    if long_lengths:
+        longest = texts["long"][long_lengths[-1]][1].read_text(encoding="utf-8")
+        settings["long_chunk_size"] = chunk_size_that_fits(processor, longest, settings["chunk_room"])
+    return texts
+
+
+def run_jobs(jobs: list[dict], settings: dict, folder: Path) -> list[dict]:
+    """Every job's record: the job, the worker's figures (or its error) and the load average after it."""
+    runs = []
+    for job in (bar := tqdm(jobs, desc="efficiency", unit="run")):
+        bar.set_postfix_str(f"{job['section']} {job['system']} {job['context_tokens']} tokens")
+        result = run_worker(worker_spec(job, settings), folder)
+        record = {key: value for key, value in job.items() if key != "text_path"}
+        runs.append(record | result | {"load_average": os.getloadavg()[0]})
+    return runs
+
+
+def analyse(runs: list[dict], settings: dict, machine: dict, matmul: list[float], cache_tokens: int) -> dict:
+    """Every figure of the results file, from the runs and the matmul measurements."""
+    machine = machine | {"load_average_end": os.getloadavg(),
+                         "median_load_average": statistics.median(run["load_average"] for run in runs)}
+    medians, peak = median_table(runs), max(matmul)
+    results = {"settings": settings, "machine": machine,
+               "matmul": {"size": settings["matmul_size"], "flops_per_s": matmul, "peak_flops_per_s": peak},
                "runs": runs, "medians": medians, "ratios": comparison_ratios(medians.get("compare", {})),
                "linearity": linearity(medians.get("long", {}).get("e2llm", {})),
                "encoder_efficiency": encoder_efficiency(medians, peak),
-               "context_cache": context_cache_summary(medians, cache[args.cache_tokens][0])}
-    results["targets"] = check_targets(results)
+               "context_cache": context_cache_summary(medians, cache_tokens)}
+    return results | {"targets": check_targets(results)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(argv)
+    command = " ".join(["python -m evaluation.efficiency", *(sys.argv[1:] if argv is None else argv)])
+    settings, processor = benchmark_settings(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="e2llm-efficiency-") as scratch:
+        texts = prepare_texts(args, settings, processor, Path(scratch))
+        machine = machine_description(args.threads)
+        matmul = [matmul_flops_per_s(args.matmul_size, args.threads)]
+        jobs = plan_jobs(texts["compare"], texts["long"], texts["cache"][args.cache_tokens], args.repeats,
+                         settings["long_chunk_size"])
+        runs = run_jobs(jobs, settings, Path(scratch))
+        matmul.append(matmul_flops_per_s(args.matmul_size, args.threads))
+    results = {"command": command} | analyse(runs, settings, machine, matmul, texts["cache"][args.cache_tokens][0])
     (args.output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     save_plots(results, args.output)
     (args.output / SUMMARY_FILE).write_text(summary_markdown(results))

@@ -1,0 +1,160 @@
+"""The efficiency benchmark's plots (time.png, memory.png) and markdown summary, from its results dict
+(see `evaluation.efficiency`)."""
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+SYSTEMS = ("e2llm", "rag", "full")
+COLORS = {"e2llm": "tab:blue", "rag": "tab:green", "full": "tab:red"}
+TIME_PLOT, MEMORY_PLOT = "time.png", "memory.png"
+BUSY_LOAD_MARGIN = 0.5  # load average above the benchmark's own threads that flags a shared machine
+
+
+def _series(results: dict, system: str, key: str) -> tuple[list[int], list[float]]:
+    """(context tokens, median `key`) of `system` within the window and, for E2LLM, beyond it."""
+    points = dict(results["medians"].get("compare", {}).get(system, {}))
+    if system == "e2llm":
+        points.update(results["medians"].get("long", {}).get("e2llm", {}))
+    tokens = sorted(points, key=int)
+    return [int(n) for n in tokens], [points[n][key] for n in tokens]
+
+
+def _plot_lines(ax, results: dict, styles: dict[str, str]) -> None:
+    """One line per system and figure (figure name -> line style) over context tokens, log-log."""
+    for system in SYSTEMS:
+        for key, style in styles.items():
+            tokens, values = _series(results, system, key)
+            if tokens:
+                ax.plot(tokens, values, style, marker="o", color=COLORS[system],
+                        label=f"{system} {key.rsplit('_', 1)[0]}")
+    ax.axvline(results["settings"]["window"], color="grey", linestyle=":", label="decoder window")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("context tokens (decoder tokenizer)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def save_plots(results: dict, folder: Path) -> None:
+    """time.png: prefill and total time vs length; memory.png: working memory and peak RSS vs length."""
+    figure = Figure(figsize=(7, 5))
+    ax = figure.add_subplot()
+    _plot_lines(ax, results, {"prefill_s": "-", "total_s": "--"})
+    ax.set_ylabel("seconds (median)")
+    ax.set_title(f"Time to first token and to {results['settings']['new_tokens']} new tokens")
+    figure.tight_layout()
+    figure.savefig(folder / TIME_PLOT, dpi=120)
+
+    figure = Figure(figsize=(12, 5))
+    for ax, key, title in zip(figure.subplots(1, 2), ("working_mb", "peak_mb"),
+                              ("Working memory (peak above the loaded weights)", "Peak RSS")):
+        _plot_lines(ax, results, {key: "-"})
+        ax.set_ylabel("MB (median)")
+        ax.set_title(title)
+    figure.tight_layout()
+    figure.savefig(folder / MEMORY_PLOT, dpi=120)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def _header(results: dict) -> list[str]:
+    settings, machine = results["settings"], results["machine"]
+    lines = [
+        "# E2LLM efficiency benchmark", "",
+        f"Model: {settings['model_label']}. Machine: {machine['cpu_model']}, {machine['cores']} cores, "
+        f"{machine['torch_threads']} torch threads, torch {machine['torch_version']} ({machine['cpu_capability']}). "
+        f"1-minute load average: {machine['load_average_start'][0]:.2f} at start, median "
+        f"{machine['median_load_average']:.2f} after each run (this benchmark alone accounts for up to "
+        f"{machine['torch_threads']}). Medians of {settings['repeats']} repetition(s), each in its own process; "
+        f"{settings['new_tokens']} new tokens per answer.", "",
+    ]
+    if machine["median_load_average"] > machine["torch_threads"] + BUSY_LOAD_MARGIN:
+        lines += ["**Other processes shared the CPU during this run: its times are inflated and noisy (memory "
+                  "figures are not). Take final figures on a quiet machine.**", ""]
+    return lines + [f"Command: `{results['command']}`", ""]
+
+
+def _targets(results: dict) -> list[str]:
+    lines = ["## Targets", "", "| target | value | threshold | met |", "|---|---|---|---|"]
+    for target in results["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
+        lines.append(f"| {target['description']} | {_fmt(target['value'])} | {target['threshold']:g} | {met} |")
+    return lines + [""]
+
+
+def _comparison(results: dict) -> list[str]:
+    compare = results["medians"].get("compare", {})
+    lines = [f"## Within the window: E2LLM, RAG (top {results['settings']['top_k']} chunks) and the full context", "",
+             "| context tokens | system | decoder input tokens | prefill s | total s | working MB | peak MB "
+             "| prefill x | total x | working memory x |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for tokens in sorted(compare.get("e2llm", {}), key=int):
+        for system in SYSTEMS:
+            figures = compare.get(system, {}).get(tokens)
+            if figures is None:
+                continue
+            ratio = results["ratios"].get(tokens, {}).get(system, {})
+            lines.append(f"| {int(tokens):,} | {system} | {_fmt(figures['decoder_input_tokens'], 0)} | "
+                         f"{_fmt(figures['prefill_s'])} | {_fmt(figures['total_s'])} | "
+                         f"{_fmt(figures['working_mb'], 1)} | {_fmt(figures['peak_mb'], 0)} | "
+                         f"{_fmt(ratio.get('prefill'), 1)} | {_fmt(ratio.get('total'), 1)} | "
+                         f"{_fmt(ratio.get('working_memory'), 1)} |")
+    return lines + ["", "Ratios (x): the other system's figure over E2LLM's. Prefill = time from raw text to the "
+                        "first new token.", ""]
+
+
+def _long(results: dict) -> list[str]:
+    lines = [f"## Beyond the window: E2LLM alone (chunk size {results['settings']['long_chunk_size']} characters)",
+             "", "| context tokens | chunks | prefill s | total s | s per 1K tokens | working MB | process peak MB |",
+             "|---|---|---|---|---|---|---|"]
+    for tokens, figures in sorted(results["medians"].get("long", {}).get("e2llm", {}).items(), key=lambda i: int(i[0])):
+        lines.append(f"| {int(tokens):,} | {_fmt(figures['encoder_chunks'], 0)} | {_fmt(figures['prefill_s'])} | "
+                     f"{_fmt(figures['total_s'])} | {_fmt(1000 * figures['total_s'] / int(tokens), 3)} | "
+                     f"{_fmt(figures['working_mb'], 1)} | {_fmt(figures['process_peak_mb'], 0)} |")
+    line = results["linearity"]
+    if line:
+        lines += ["", f"Straight-line fit from 64K tokens: {1000 * line['seconds_per_token']:.3f} s per 1K tokens "
+                      f"+ {line['intercept_s']:.1f} s; largest deviation {line['max_deviation']:.3f}x."]
+    return lines + [""]
+
+
+def _encoder(results: dict) -> list[str]:
+    matmul = results["matmul"]
+    lines = ["## Encoder throughput", "",
+             f"fp32 matmul peak (torch.mm, {matmul['size']}x{matmul['size']}, "
+             f"{results['machine']['torch_threads']} threads): {matmul['peak_flops_per_s'] / 1e9:.1f} GFLOP/s "
+             f"(before the runs {matmul['flops_per_s'][0] / 1e9:.1f}, after {matmul['flops_per_s'][1] / 1e9:.1f}).",
+             "", "| context tokens | encoder GFLOP | raw text -> chunk tokens GFLOP/s | of peak "
+             "| encoder forwards GFLOP/s | of peak |", "|---|---|---|---|---|---|"]
+    for tokens, row in sorted(results["encoder_efficiency"].items(), key=lambda i: int(i[0])):
+        lines.append(f"| {int(tokens):,} | {row['encoder_flops'] / 1e9:,.1f} | {row['end_to_end_flops_per_s'] / 1e9:.1f} "
+                     f"| {row['end_to_end_fraction']:.0%} | {row['forward_flops_per_s'] / 1e9:.1f} | "
+                     f"{row['forward_fraction']:.0%} |")
+    return lines + ["", "Raw text -> chunk tokens: chunking, tokenization, encoder and adapter, timed up to the "
+                        "decoder's first call. FLOPs: the encoder's matrix multiplies, counted from its config.", ""]
+
+
+def _cache(results: dict) -> list[str]:
+    cache = results["context_cache"]
+    return ["## Context cache", "",
+            f"{results['settings']['cache_questions']} questions about one {cache['context_tokens']:,}-token "
+            f"document: re-encoded for each question {_fmt(cache['uncached_s'], 1)} s, encoded once "
+            f"{_fmt(cache['cached_s'], 1)} s (of which encoding {_fmt(cache['cached_encode_s'], 1)} s): "
+            f"{_fmt(cache['speedup'], 1)}x faster.", ""]
+
+
+def _failures(results: dict) -> list[str]:
+    errors = [run for run in results["runs"] if "error" in run]
+    if not errors:
+        return []
+    return ["## Failed runs", ""] + [f"- {run['section']} {run['system']} {run['context_tokens']:,} tokens: "
+                                     f"{run['error']}" for run in errors] + [""]
+
+
+def summary_markdown(results: dict) -> str:
+    sections = (_header, _targets, _comparison, _long, _encoder, _cache, _failures)
+    return "\n".join(line for section in sections for line in section(results))
