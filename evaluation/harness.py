@@ -59,7 +59,7 @@ def evaluate_examples(system: System, examples: list[Example], output_dir: str |
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _claim_folder(output_dir / RUN_FILE, settings)
-    done = read_predictions(output_dir / PREDICTIONS_FILE)
+    done = read_predictions(output_dir / PREDICTIONS_FILE, repair=True)
     todo = [example for example in examples if example.id not in done]
     with open(output_dir / PREDICTIONS_FILE, "a", encoding="utf-8") as out:
         bar = tqdm(todo, total=len(examples), initial=len(examples) - len(todo), unit="example",
@@ -86,14 +86,16 @@ def predict_and_score(system: System, example: Example) -> dict:
             "seconds": round(time.perf_counter() - start, 2)}
 
 
-def read_predictions(path: Path) -> dict[str, dict]:
-    """Records already written, by id. A last line cut off by an interrupted run is dropped from the file."""
+def read_predictions(path: Path, repair: bool = False) -> dict[str, dict]:
+    """Records already written, by id. A last line cut off by an interrupted run is ignored, and with
+    `repair` also removed from the file (before appending to it)."""
     if not path.exists():
         return {}
     text = path.read_text(encoding="utf-8")
     if text and not text.endswith("\n"):
         text = text[:text.rfind("\n") + 1]
-        path.write_text(text, encoding="utf-8")
+        if repair:
+            path.write_text(text, encoding="utf-8")
     return {record["id"]: record for record in map(json.loads, text.splitlines())}
 
 

@@ -175,10 +175,10 @@ def draw_heatmap(ax, results: dict):
 
 
 def save_heatmap(results: dict, path: str | Path) -> None:
-    figure = Figure(figsize=(1.2 * len(results["lengths"]) + 3, 0.5 * len(results["depths"]) + 2.5))
+    figure = Figure(figsize=(1.2 * len(results["lengths"]) + 3, 0.5 * len(results["depths"]) + 2.5),
+                    layout="constrained")
     ax = figure.add_subplot()
     figure.colorbar(draw_heatmap(ax, results), ax=ax, label="needle recall")
-    figure.tight_layout()
     figure.savefig(path, dpi=120)
 
 

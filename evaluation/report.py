@@ -4,6 +4,8 @@
 
 Writes DIR/comparison.md (the main table with each dataset's primary metric, then every metric of
 every run) and, when NIAH runs are among them, DIR/niah_heatmaps.png with one heatmap per run.
+Runs on the same dataset are compared on the same examples: those that every one of them attempted
+(a run with --limit 10 beside runs with --limit 3 counts its first 3).
 """
 
 import argparse
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .harness import SUMMARY_FILE, markdown_table
+from .harness import PREDICTIONS_FILE, RUN_FILE, SUMMARY_FILE, markdown_table, read_predictions, summarize
 from .niah import RESULTS_FILE, draw_heatmap
 
 METRIC_LABELS = {"rouge_gmean": "ROUGE G-mean", "option_accuracy": "accuracy", "qa_f1": "F1",
@@ -21,15 +23,32 @@ COMPARISON_FILE, HEATMAPS_FILE = "comparison.md", "niah_heatmaps.png"
 
 
 def load_run(run_dir: str | Path) -> dict:
-    """A run's summary.json, with its NIAH grid under "niah" when it has one, and "dir"."""
+    """A run's summary.json plus its "settings" (run.json), "records" (predictions by id), "dir" and,
+    for a NIAH run, its grid under "niah"."""
     run_dir = Path(run_dir)
     if not (run_dir / SUMMARY_FILE).is_file():
         raise FileNotFoundError(f"{run_dir} has no {SUMMARY_FILE}: pass folders written by evaluation.run "
                                 "or evaluation.niah (a run writes it when it finishes).")
     run = json.loads((run_dir / SUMMARY_FILE).read_text())
+    run.update(settings=json.loads((run_dir / RUN_FILE).read_text()), dir=str(run_dir),
+               records=read_predictions(run_dir / PREDICTIONS_FILE))
     if (run_dir / RESULTS_FILE).is_file():
         run["niah"] = json.loads((run_dir / RESULTS_FILE).read_text())
-    return {**run, "dir": str(run_dir)}
+    return run
+
+
+def on_common_examples(runs: list[dict]) -> list[dict]:
+    """Each run summarized again over the examples that every run on its dataset attempted (scored or
+    skipped), so that a column of the comparison compares the same examples."""
+    aligned = []
+    for run in runs:
+        peers = [peer for peer in runs if peer["dataset"] == run["dataset"]]
+        common = [key for key in run["records"] if all(key in peer["records"] for peer in peers)]
+        if not common:
+            raise ValueError(f"The runs on {run['dataset']} ({', '.join(peer['dir'] for peer in peers)}) share "
+                             "no example: run them on the same data file.")
+        aligned.append({**run, **summarize([run["records"][key] for key in common], run["settings"])})
+    return aligned
 
 
 def _row_label(run: dict, several_models: bool) -> str:
@@ -44,12 +63,13 @@ def comparison_table(runs: list[dict]) -> str:
     for run in runs:
         row, column = _row_label(run, several_models), run["dataset"]
         rows.setdefault(row, None)
-        columns.setdefault(column, run["primary_metric"])
+        columns.setdefault(column, (run["primary_metric"], run["count"] + run["skipped"]))
         if (row, column) in cells:
             raise ValueError(f"Two runs of {row} on {column}: {cells[row, column][1]} and {run['dir']}; "
                              "pass only one of them.")
         cells[row, column] = (_cell(run), run["dir"])
-    header = ["system", *(f"{column} ({METRIC_LABELS.get(metric, metric)})" for column, metric in columns.items())]
+    header = ["system", *(f"{column} ({METRIC_LABELS.get(metric, metric)}, n={size})"
+                          for column, (metric, size) in columns.items())]
     return markdown_table(header, [[row, *(cells.get((row, column), ("",))[0] for column in columns)] for row in rows])
 
 
@@ -72,12 +92,13 @@ def metrics_table(runs: list[dict]) -> str:
 
 def save_heatmaps(niah_results: list[dict], path: str | Path) -> None:
     """All NIAH grids side by side, one shared red-to-green scale."""
-    figure = Figure(figsize=(4.5 * len(niah_results) + 1, 0.5 * max(len(r["depths"]) for r in niah_results) + 3))
+    height = 0.5 * max(len(results["depths"]) for results in niah_results) + 3
+    figure = Figure(figsize=(4.5 * len(niah_results) + 1, height), layout="constrained")
     axes = figure.subplots(1, len(niah_results), squeeze=False)[0]
     for ax, results in zip(axes, niah_results):
         image = draw_heatmap(ax, results)
     figure.colorbar(image, ax=list(axes), label="needle recall")
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    figure.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -87,12 +108,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--output", required=True, type=Path)
     args = parser.parse_args(argv)
     try:
-        runs = [load_run(run_dir) for run_dir in args.runs]
-    except FileNotFoundError as error:
+        runs = on_common_examples([load_run(run_dir) for run_dir in args.runs])
+        report = (f"## Comparison (scores x 100; n: examples every run of the column attempted)\n\n"
+                  f"{comparison_table(runs)}\n## All metrics (scores x 100)\n\n{metrics_table(runs)}")
+    except (FileNotFoundError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     args.output.mkdir(parents=True, exist_ok=True)
-    report = (f"## Comparison (scores x 100)\n\n{comparison_table(runs)}\n"
-              f"## All metrics (scores x 100)\n\n{metrics_table(runs)}")
     (args.output / COMPARISON_FILE).write_text(report)
     niah_results = [run["niah"] for run in runs if "niah" in run]
     if niah_results:

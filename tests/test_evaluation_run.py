@@ -123,11 +123,21 @@ def test_report_compares_systems_across_datasets(checkpoint, data_file, tmp_path
     text = report.main([str(tmp_path / name) for name in ("e2llm", "truncation", "niah")]
                        + ["--output", str(tmp_path / "report")])
     table = text.split("\n\n")[1].splitlines()
-    assert table[0] == f"| system | {data_file.parent.name}/mixed (F1) | niah-sentence (needle recall) |"
+    assert table[0] == f"| system | {data_file.parent.name}/mixed (F1, n=3) | niah-sentence (needle recall, n=1) |"
     assert table[2].startswith(f"| e2llm | {100 * e2llm['metrics']['qa_f1']:.1f} | ")
     assert table[3] == f"| truncation | {100 * truncation['metrics']['qa_f1']:.1f} |  |"
     assert (tmp_path / "report" / "comparison.md").read_text() == text
     assert (tmp_path / "report" / "niah_heatmaps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_compares_a_column_on_the_examples_all_its_runs_attempted(checkpoint, data_file, tmp_path):
+    run.main(run_args(checkpoint, data_file, tmp_path / "e2llm", "e2llm"))
+    run.main(run_args(checkpoint, data_file, tmp_path / "rag", "rag", "--limit", "2"))
+    first_two = read_jsonl(tmp_path / "e2llm" / "predictions.jsonl")[:2]
+    text = report.main([str(tmp_path / "e2llm"), str(tmp_path / "rag"), "--output", str(tmp_path / "report")])
+    e2llm_row = text.split("\n\n")[1].splitlines()[2]
+    assert e2llm_row == f"| e2llm | {100 * sum(r['scores']['qa_f1'] for r in first_two) / 2:.1f} |"
+    assert "(F1, n=2)" in text
 
 
 def test_report_refuses_a_folder_without_summary(tmp_path, capsys):
