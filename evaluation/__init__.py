@@ -11,7 +11,7 @@ Commands:
     # QA / summarization on any uniform JSONL (metrics follow each example's `task`)
     python -m evaluation.run --system e2llm --data ../shared/data/qmsum/val.jsonl --output runs/e2llm-qmsum --limit 5
     # needle in a haystack: a grid of lengths (decoder tokens) x depths (%), results.json + heatmap.png
-    python -m evaluation.niah --system rag --lengths 4000 8000 --depths 0 50 100 --variant sentence --output runs/rag-niah
+    python -m evaluation.niah --system rag --variant number --lengths 4000 8000 --output runs/rag-niah
     # several runs -> one comparison table (systems x datasets) and the NIAH heatmaps
     python -m evaluation.report runs/e2llm-qmsum runs/rag-niah --output runs/report
 
@@ -21,5 +21,7 @@ and summary.md. Scores are fractions in [0, 1]; tables show them x 100.
 Modules: `metrics` (normalization, QA F1, option accuracy, ROUGE and G-mean, needle recall), `data`
 (load and validate the uniform JSONL), `systems` (the four systems, `predict(example) -> str`),
 `niah` (haystack, needle insertion, grid, heatmap; `python -m evaluation.niah`), `harness` (the
-predict-score-resume loop both commands share), `run` and `report` (commands).
+predict-score-resume loop both commands share), `run` and `report` (commands). `run --haystack-tokens N`
+hides each example's context in an N-token essay haystack (SQuAD- or bAbI-in-a-haystack). `report`
+compares each dataset on the examples all its runs attempted.
 """

@@ -18,6 +18,7 @@ from .data import Example
 from .metrics import aggregate, primary_metric, score_prediction
 from .systems import RAG_TOP_K, SYSTEMS, DoesNotFit, System, build_system, load_model
 
+
 class RunConflict(ValueError):
     """The output folder holds a run with other settings; resuming into it would mix two runs."""
 
@@ -107,7 +108,7 @@ def _claim_folder(run_file: Path, settings: dict) -> None:
         if changed:
             details = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())
             raise RunConflict(f"{run_file.parent} holds a different run ({details}). "
-                             "Pass another --output, or delete that folder to start over.")
+                              "Pass another --output, or delete that folder to start over.")
         return
     run_file.write_text(json.dumps(settings, indent=2) + "\n")
 
@@ -132,5 +133,6 @@ def summary_table(summary: dict) -> str:
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
+    """GitHub markdown: a header row, a separator, then one row per list (cells through str)."""
     lines = [header, ["---"] * len(header), *rows]
     return "".join("| " + " | ".join(str(cell) for cell in line) + " |\n" for line in lines)

@@ -40,7 +40,8 @@ def test_e2llm_answers_like_the_model_with_greedy_decoding(tiny_model, tiny_proc
 
 def test_full_reads_the_whole_context_and_matches_truncation_when_it_fits(tiny_model, tiny_processor, essay_text):
     context = essay_text[:2000]
-    full, truncation = FullSystem(tiny_model, tiny_processor, NEW_TOKENS), TruncationSystem(tiny_model, tiny_processor, NEW_TOKENS)
+    full = FullSystem(tiny_model, tiny_processor, NEW_TOKENS)
+    truncation = TruncationSystem(tiny_model, tiny_processor, NEW_TOKENS)
     ids = full.prompt_ids(context, "Why?", truncate=False, max_new_tokens=NEW_TOKENS)
     assert context in tiny_processor.tokenizer.decode(ids)
     assert full.predict(example(context)) == truncation.predict(example(context))
