@@ -35,6 +35,11 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="answer length (default: 256 for summaries, 64 for QA, 32 for needles)")
     parser.add_argument("--top-k", type=int, default=RAG_TOP_K, help="chunks rag retrieves (paper: 40)")
+    parser.add_argument("--hybrid-top-k", type=int, default=None,
+                        help="e2llm hybrid recall: raw text of the N chunks most similar to the question "
+                             "(0: off; default: the checkpoint's setting)")
+    parser.add_argument("--hybrid-budget", type=int, default=None,
+                        help="decoder tokens the hybrid passages may take (default: the checkpoint's setting)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -43,10 +48,16 @@ def system_from_arguments(args: argparse.Namespace) -> tuple[System, dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, processor, label = load_model(args.model)
+    if args.hybrid_top_k is not None:
+        processor.hybrid_top_k = args.hybrid_top_k
+    if args.hybrid_budget is not None:
+        processor.hybrid_token_budget = args.hybrid_budget
     system = build_system(args.system, model, processor, max_new_tokens=args.max_new_tokens, top_k=args.top_k)
     settings = {"system": args.system, "model": label, "max_new_tokens": args.max_new_tokens}
     if args.system == "rag":
         settings["top_k"] = args.top_k
+    if args.system == "e2llm":
+        settings.update(hybrid_top_k=processor.hybrid_top_k, hybrid_budget=processor.hybrid_token_budget)
     return system, settings
 
 

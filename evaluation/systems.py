@@ -51,14 +51,26 @@ class System:
     def new_tokens(self, example: Example) -> int:
         return self.max_new_tokens or default_max_new_tokens(example.task)
 
+    @property
+    def window(self) -> int:
+        return self.model.config.text_config.max_position_embeddings
+
 
 class E2LLMSystem(System):
     """The model's own raw-text path, so that whatever the checkpoint's processor sets (chunk size,
-    hybrid recall, ...) applies; a prompt over the window is refused by the model itself."""
+    hybrid recall, ...) applies. An example over the window (chunk tokens, prompt, hybrid passages at
+    their full budget, answer) is skipped and counted."""
 
     name = "e2llm"
 
     def predict(self, example: Example) -> str:
+        num_chunks = len(self.processor.chunk(example.context))
+        prompt_length = self.processor.encode_prompts([num_chunks], example.question or None)["input_ids"].shape[1]
+        if self.processor.hybrid_top_k and example.question:
+            prompt_length += self.processor.hybrid_token_budget
+        if prompt_length + self.new_tokens(example) > self.window:
+            raise DoesNotFit(f"{num_chunks} chunk tokens + the prompt ({prompt_length} tokens in all) + "
+                             f"{self.new_tokens(example)} new tokens exceed the decoder window of {self.window}")
         new_ids = self.model.generate(context=example.context, prompt=example.question or None,
                                       processor=self.processor, max_new_tokens=self.new_tokens(example),
                                       do_sample=False)  # returns the new tokens only
@@ -67,10 +79,6 @@ class E2LLMSystem(System):
 
 class PlainDecoderSystem(System):
     """The E2LLM model called with plain input_ids and no chunks: the bare decoder with `PLAIN_PROMPT`."""
-
-    @property
-    def window(self) -> int:
-        return self.model.config.text_config.max_position_embeddings
 
     def prompt_ids(self, text: str, query: str, truncate: bool, max_new_tokens: int) -> list[int]:
         """Decoder ids of `PLAIN_PROMPT` around `text`; with `truncate`, the text's middle tokens are cut

@@ -112,7 +112,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
 
         The chunks of sample 0 fill its placeholders first, then those of sample 1, ... (row-major).
         """
-        self._check_window(input_ids)
+        self.check_window(input_ids)
         inputs_embeds = self.get_input_embeddings()(input_ids)
         if chunk_features is None and chunk_input_ids is not None:
             chunk_features = self.get_chunk_features(chunk_input_ids, chunk_attention_mask, progress=progress)
@@ -123,18 +123,19 @@ class E2LLMModel(E2LLMPreTrainedModel):
         mask = self.get_placeholder_mask(input_ids, chunk_features).unsqueeze(-1)
         return inputs_embeds.masked_scatter(mask, chunk_features.to(inputs_embeds.dtype))
 
-    def _check_window(self, input_ids: torch.Tensor) -> None:
-        """Refuse (never truncate) a prompt longer than the decoder's window, saying how far over it is."""
+    def check_window(self, input_ids: torch.Tensor, new_tokens: int = 0) -> None:
+        """Refuse (never truncate) a prompt that, with `new_tokens` to generate, overflows the decoder's
+        window, saying how far over it is and what would fit."""
         window = getattr(self.config.text_config, "max_position_embeddings", None)
-        if window is None or input_ids.shape[1] <= window:
+        if window is None or input_ids.shape[1] + new_tokens <= window:
             return
         chunks = int((input_ids == self.config.chunk_token_id).sum(dim=1).max())
-        room = window - (input_ids.shape[1] - chunks)
+        room = window - new_tokens - (input_ids.shape[1] - chunks)
         fix = (f"chunk_size about {chunks / room:.1f}x larger (the window holds {room} chunks with this prompt)"
-               if room > 0 else "a shorter prompt")
+               if room > 0 else "a shorter prompt or fewer new tokens")
         raise ValueError(
-            f"The decoder input is {input_ids.shape[1]} tokens ({chunks} chunk tokens) but the decoder's window "
-            f"is {window} tokens. Use a {fix} in the processor, or a shorter context.")
+            f"The decoder input is {input_ids.shape[1]} tokens ({chunks} chunk tokens) + {new_tokens} new tokens "
+            f"but the decoder's window is {window} tokens. Use a {fix} in the processor, or a shorter context.")
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, past_key_values=None,
@@ -239,6 +240,8 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             caches = self._context_caches(context, context_cache, processor, progress)
             passages = self._hybrid_passages(caches, prompt, processor, hybrid_top_k, hybrid_token_budget)
             batch = processor.encode_prompts([cache.num_chunks for cache in caches], prompt, passages=passages)
+            new_tokens = kwargs.get("max_new_tokens") or (generation_config or self.generation_config).max_new_tokens
+            self.model.check_window(batch["input_ids"], new_tokens or 0)
             features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)
             kwargs["inputs_embeds"] = self.model.embed_inputs(batch["input_ids"].to(self.device),
                                                               chunk_features=features)

@@ -151,3 +151,12 @@ def test_a_missing_data_file_stops_before_loading_the_model(tmp_path, capsys):
         run.main(["--system", "e2llm", "--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "no.jsonl"),
                   "--output", str(tmp_path / "out")])
     assert "No such file: " in capsys.readouterr().err
+
+
+def test_hybrid_flag_switches_hybrid_recall_and_is_recorded(checkpoint, data_file, tmp_path):
+    run.main(run_args(checkpoint, data_file, tmp_path / "on", "e2llm", "--limit", "1", "--hybrid-top-k", "2",
+                      "--hybrid-budget", "300"))
+    run.main(run_args(checkpoint, data_file, tmp_path / "off", "e2llm", "--limit", "1", "--hybrid-top-k", "0"))
+    on = json.loads((tmp_path / "on" / "run.json").read_text())
+    off = json.loads((tmp_path / "off" / "run.json").read_text())
+    assert (on["hybrid_top_k"], on["hybrid_budget"], off["hybrid_top_k"]) == (2, 300, 0)

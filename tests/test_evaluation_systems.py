@@ -101,3 +101,10 @@ def test_build_system_names_the_choices(tiny_model, tiny_processor):
     assert isinstance(build_system("rag", tiny_model, tiny_processor, top_k=3), RAGSystem)
     with pytest.raises(ValueError, match="choose one of"):
         build_system("bm25", tiny_model, tiny_processor)
+
+
+def test_e2llm_skips_an_example_over_the_window(tiny_model, tiny_processor):
+    example = Example(id="long", context="This sentence is filler. " * 6000, question="q", answer="a",
+                      answers=["a"], task="squad", meta={})
+    with pytest.raises(DoesNotFit, match="exceed the decoder window of 2048"):
+        E2LLMSystem(tiny_model, tiny_processor, max_new_tokens=4).predict(example)

@@ -71,3 +71,4 @@ def test_hybrid_settings_are_saved_with_the_processor(tiny_paths, tmp_path):
     processor.save_pretrained(tmp_path)
     loaded = E2LLMProcessor.from_pretrained(tmp_path)
     assert (loaded.hybrid_top_k, loaded.hybrid_token_budget) == (4, 512)
+

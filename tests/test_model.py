@@ -234,3 +234,8 @@ def test_composing_twice_gives_identical_models(tiny_paths, tiny_processor):
     second = E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths)
     torch.testing.assert_close(first.lm_head.weight, second.lm_head.weight)
     assert first.generation_config.suppress_tokens == [first.config.chunk_token_id]
+
+
+def test_generation_past_the_window_is_refused_before_it_starts(tiny_model, tiny_processor):
+    with pytest.raises(ValueError, match=r"\+ 2040 new tokens but the decoder's window is 2048"):
+        tiny_model.generate(context=TEXT, prompt="q", processor=tiny_processor, max_new_tokens=2040)
