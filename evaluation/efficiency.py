@@ -155,7 +155,8 @@ def plan_jobs(compare: dict, long: dict, cache: tuple[int, Path], repeats: int, 
 def worker_spec(job: dict, settings: dict) -> dict:
     spec = {"model": settings["model"], "encoder": settings["encoder"], "decoder": settings["decoder"],
             "threads": settings["threads"], "new_tokens": settings["new_tokens"], "top_k": settings["top_k"],
-            "text_path": job["text_path"], "chunk_size": job.get("chunk_size")}
+            "encoder_batch_size": settings["encoder_batch_size"], "text_path": job["text_path"],
+            "chunk_size": job.get("chunk_size")}
     if job["section"] == "cache":
         questions = list(CACHE_QUESTIONS * (1 + settings["cache_questions"] // len(CACHE_QUESTIONS)))
         return {**spec, "mode": "questions", "cached": job["system"] == "cached",
@@ -301,6 +302,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens every answer generates")
     parser.add_argument("--top-k", type=int, default=RAG_TOP_K, help="chunks RAG retrieves (paper: 40)")
+    parser.add_argument("--encoder-batch-size", type=int, default=None,
+                        help="chunks per encoder forward (default: the model's config)")
     parser.add_argument("--cache-tokens", type=int, default=100_000, help="length of the context cache document")
     parser.add_argument("--cache-questions", type=int, default=10, help="questions asked about it")
     parser.add_argument("--matmul-size", type=int, default=4096, help="side of the matrices of the matmul peak")
@@ -308,8 +311,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.min_tokens <= args.max_tokens:
         parser.error(f"need 1 <= --min-tokens <= --max-tokens, got {args.min_tokens} and {args.max_tokens}.")
-    for name in ("repeats", "threads", "new_tokens", "top_k", "cache_tokens", "cache_questions", "matmul_size"):
-        if getattr(args, name) < 1:
+    for name in ("repeats", "threads", "new_tokens", "top_k", "cache_tokens", "cache_questions", "matmul_size",
+                 "encoder_batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if (args.encoder is None) != (args.decoder is None) or (args.encoder and args.model):
         parser.error("give --encoder and --decoder together, or --model alone (or neither: the embedded default).")
@@ -326,6 +330,7 @@ def benchmark_settings(args: argparse.Namespace) -> tuple[dict, object]:
     settings = {"model": args.model, "encoder": args.encoder, "decoder": args.decoder, "model_label": label,
                 "threads": args.threads, "repeats": args.repeats, "new_tokens": args.new_tokens, "top_k": args.top_k,
                 "question": QUESTION, "window": window, "chunk_size": processor.chunk_size,
+                "encoder_batch_size": args.encoder_batch_size or model.config.encoder_batch_size,
                 "text_room": window - args.new_tokens - plain_prompt - _PROMPT_MARGIN,
                 "chunk_room": window - args.new_tokens - chunk_prompt,
                 "cache_questions": args.cache_questions, "matmul_size": args.matmul_size}

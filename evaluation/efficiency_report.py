@@ -71,7 +71,8 @@ def _header(results: dict) -> list[str]:
         f"1-minute load average: {machine['load_average_start'][0]:.2f} at start, median "
         f"{machine['median_load_average']:.2f} after each run (this benchmark alone accounts for up to "
         f"{machine['torch_threads']}). Medians of {settings['repeats']} repetition(s), each in its own process; "
-        f"{settings['new_tokens']} new tokens per answer.", "",
+        f"{settings['new_tokens']} new tokens per answer; {settings['encoder_batch_size']} chunks per encoder "
+        "forward.", "",
     ]
     if machine["median_load_average"] > machine["torch_threads"] + BUSY_LOAD_MARGIN:
         lines += ["**Other processes shared the CPU during this run: its times are inflated and noisy (memory "

@@ -85,7 +85,7 @@ class StageClock:
 
     def __init__(self, model):
         self.start = self.decoder_start = self.first_token = None
-        self.encoder_s, self.encoder_lengths, self.decoder_input_tokens = 0.0, [], None
+        self.encoder_s, self.encoder_forwards, self.encoder_lengths, self.decoder_input_tokens = 0.0, 0, [], None
         self._encoder_began = None
         self._handles = [
             model.model.encoder.register_forward_pre_hook(self._encoder_in, with_kwargs=True),
@@ -104,6 +104,7 @@ class StageClock:
             handle.remove()
 
     def _encoder_in(self, module, args, kwargs) -> None:
+        self.encoder_forwards += 1
         self.encoder_lengths += kwargs["attention_mask"].sum(dim=1).tolist()
         self._encoder_began = time.perf_counter()
 
@@ -123,7 +124,8 @@ class StageClock:
     def timings(self) -> dict:
         return {"prefill_s": self.first_token - self.start, "total_s": self.end - self.start,
                 "encode_s": self.decoder_start - self.start, "encoder_s": self.encoder_s,
-                "decoder_input_tokens": self.decoder_input_tokens, "encoder_chunks": len(self.encoder_lengths),
+                "decoder_input_tokens": self.decoder_input_tokens, "encoder_forwards": self.encoder_forwards,
+                "encoder_chunks": len(self.encoder_lengths),
                 "encoder_tokens": int(sum(self.encoder_lengths))}
 
 
@@ -193,6 +195,7 @@ def run(spec: dict) -> dict:
     load_s = time.perf_counter() - began
     if spec.get("chunk_size"):
         processor.chunk_size = spec["chunk_size"]
+    model.config.encoder_batch_size = spec["encoder_batch_size"]
     measure = measure_answer if spec["mode"] == "answer" else measure_questions
     with torch.inference_mode():
         result = measure(model, processor, spec)

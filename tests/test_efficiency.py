@@ -79,7 +79,7 @@ def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
     output = tmp_path / "efficiency"
     main(["--output", str(output), "--encoder", tiny_paths[0], "--decoder", tiny_paths[1], "--threads", "1",
           "--min-tokens", "2048", "--max-tokens", "4096", "--repeats", "1", "--new-tokens", "2",
-          "--cache-tokens", "500", "--cache-questions", "2", "--matmul-size", "256"])
+          "--cache-tokens", "500", "--cache-questions", "2", "--matmul-size", "256", "--encoder-batch-size", "4"])
     results = json.loads((output / RESULTS_FILE).read_text())
     assert {"cpu_model", "cores", "torch_threads", "torch_version"} <= results["machine"].keys()
     assert results["machine"]["torch_threads"] == 1 and results["matmul"]["peak_flops_per_s"] > 0
@@ -97,6 +97,7 @@ def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
     e2llm, full = compare["e2llm"][tokens], compare["full"][tokens]
     assert e2llm["decoder_input_tokens"] * 10 < full["decoder_input_tokens"]  # one token per chunk
     assert full["encoder_flops"] == 0 < e2llm["encoder_flops"]
+    assert e2llm["encoder_forwards"] == -(-e2llm["encoder_chunks"] // 4)  # --encoder-batch-size reached the worker
     ratios = results["ratios"][tokens]["full"]
     assert ratios["prefill"] == pytest.approx(full["prefill_s"] / e2llm["prefill_s"])
     assert list(results["medians"]["long"]["e2llm"]) == ["4096"]
