@@ -4,10 +4,11 @@
 
 `evaluation.efficiency` writes SPEC (which model, which system, which text) and reads RESULT. Modes:
 
-- `answer`: one system (`e2llm`, `full` or `rag` from `evaluation.systems`) answers one question about
-  the text with exactly `new_tokens` greedy tokens. Forward hooks time the stages: the encoder's
-  forwards, the decoder's first call (everything before it turns raw text into decoder inputs) and
-  the LM head's first call (the first token: time to first token, i.e. prefill).
+- `answer`: one system answers one question about the text with exactly `new_tokens` greedy tokens:
+  `e2llm` through the model's raw-text `generate`, `full` and `rag` from `evaluation.systems`.
+  Forward hooks time the stages: the encoder's forwards, the decoder's first call (everything before
+  it turns raw text into decoder inputs) and the LM head's first call (the first token: time to
+  first token, i.e. prefill).
 - `questions`: E2LLM answers several questions about one document, re-encoding it for each
   (`cached` false) or encoding it once with `encode_context` (`cached` true).
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .data import Example
-from .systems import RAGSystem, build_system, load_model
+from .systems import build_system, load_model
 
 WARMUP_CHARS = 1000  # a short answer pages in the weights and initializes the kernels
 
@@ -144,21 +145,33 @@ def measured_memory(baseline: dict) -> dict:
 
 def measure_answer(model, processor, spec: dict) -> dict:
     """One system answers `spec["question"]` about the text with exactly `spec["new_tokens"]` tokens."""
-    system = build_system(spec["system"], model, processor, max_new_tokens=spec["new_tokens"], top_k=spec["top_k"])
     model.generation_config.min_new_tokens = spec["new_tokens"]  # same token count whatever the weights say
+    answer = _answerer(model, processor, spec)
     text = Path(spec["text_path"]).read_text(encoding="utf-8")
-    system.predict(_example(text[:WARMUP_CHARS], spec["question"]))
-    if isinstance(system, RAGSystem):
-        system.embed([spec["question"]])  # the short warm-up text needs no retrieval; page in the encoder too
+    answer(text[:WARMUP_CHARS])
+    if spec["system"] == "rag":  # the short warm-up text needs no retrieval: page in the encoder too
+        question = processor.encoder_tokenizer([spec["question"]], return_tensors="pt")
+        model.model.pool_chunks(question["input_ids"], question["attention_mask"])
     baseline = settle()
     cpu_start = time.process_time()
     with StageClock(model) as clock:
-        system.predict(_example(text, spec["question"]))
+        answer(text)
     timings, cpu_s = clock.timings(), time.process_time() - cpu_start
     # CPU seconds per wall second and thread: well below 1 means other processes took the cores.
     return {**timings, "cpu_s": cpu_s, "cpu_utilization": cpu_s / (timings["total_s"] * spec["threads"]),
             "encoder_flops": encoder_flops(model.config.encoder_config, clock.encoder_lengths),
             **measured_memory(baseline)}
+
+
+def _answerer(model, processor, spec: dict):
+    """`answer(text)` for the system: E2LLM through the model's raw-text API, as users call it; the
+    baselines through `evaluation.systems`."""
+    question, new_tokens = spec["question"], spec["new_tokens"]
+    if spec["system"] == "e2llm":
+        return lambda text: model.generate(context=text, prompt=question, processor=processor,
+                                           max_new_tokens=new_tokens, do_sample=False)
+    system = build_system(spec["system"], model, processor, max_new_tokens=new_tokens, top_k=spec["top_k"])
+    return lambda text: system.predict(_example(text, question))
 
 
 def measure_questions(model, processor, spec: dict) -> dict:
