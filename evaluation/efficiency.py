@@ -327,10 +327,13 @@ def benchmark_settings(args: argparse.Namespace) -> tuple[dict, object]:
     # The full-context prompt and the answer must fit the window: that caps the comparison's lengths.
     plain_prompt = len(FullSystem(model, processor).prompt_ids("", QUESTION, False, args.new_tokens))
     chunk_prompt = processor.encode_prompts([0], QUESTION)["input_ids"].shape[1]
+    if processor.hybrid_top_k:  # hybrid recall adds raw passages up to their budget after the chunk tokens
+        chunk_prompt += processor.hybrid_token_budget
     settings = {"model": args.model, "encoder": args.encoder, "decoder": args.decoder, "model_label": label,
                 "threads": args.threads, "repeats": args.repeats, "new_tokens": args.new_tokens, "top_k": args.top_k,
                 "question": QUESTION, "window": window, "chunk_size": processor.chunk_size,
                 "encoder_batch_size": args.encoder_batch_size or model.config.encoder_batch_size,
+                "hybrid_top_k": processor.hybrid_top_k,
                 "text_room": window - args.new_tokens - plain_prompt - _PROMPT_MARGIN,
                 "chunk_room": window - args.new_tokens - chunk_prompt,
                 "cache_questions": args.cache_questions, "matmul_size": args.matmul_size}
