@@ -157,7 +157,7 @@ def measure_answer(model, processor, spec: dict) -> dict:
     with StageClock(model) as clock:
         answer(text)
     timings, cpu_s = clock.timings(), time.process_time() - cpu_start
-    # CPU seconds per wall second and thread: well below 1 means other processes took the cores.
+    # CPU seconds per wall second and thread: how busy the threads were (read with the load average).
     return {**timings, "cpu_s": cpu_s, "cpu_utilization": cpu_s / (timings["total_s"] * spec["threads"]),
             "encoder_flops": encoder_flops(model.config.encoder_config, clock.encoder_lengths),
             **measured_memory(baseline)}
