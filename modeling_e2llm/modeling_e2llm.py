@@ -267,12 +267,17 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         it as safetensors. It is refused if the encoder or adapter weights change.
         """
         processor = processor if processor is not None else self.get_processor()
+        cache = self._encode(context, processor, progress)
+        cache.text_hash, cache.weights_hash = text_fingerprint(context, processor), self.weights_fingerprint()
+        return cache
+
+    def _encode(self, context: str, processor: E2LLMProcessor, progress: bool) -> ContextCache:
+        """An unkeyed cache for one call: hashing the weights is only worth it for a cache that is kept."""
         chunks = processor.encode_chunks([context])
         pooled = self.model.pool_chunks(chunks["chunk_input_ids"].to(self.device),
                                         chunks["chunk_attention_mask"].to(self.device), progress=progress)
         return ContextCache(chunk_features=self.model.adapter(pooled), pooled=pooled, offsets=chunks["offsets"],
-                            text=context, text_hash=text_fingerprint(context, processor),
-                            weights_hash=self.weights_fingerprint())
+                            text=context, text_hash="", weights_hash="")
 
     def _hybrid_passages(self, caches: list[ContextCache], prompt, processor: E2LLMProcessor, top_k: int | None,
                          token_budget: int | None) -> list[list[tuple[int, str]]] | None:
@@ -296,7 +301,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     def _context_caches(self, context, context_cache, processor, progress: bool) -> list[ContextCache]:
         """One checked cache per context: encoded now, or given (and then checked against text and weights)."""
         if context_cache is None:
-            return [self.encode_context(text, processor, progress) for text in _as_list(context, "context")]
+            return [self._encode(text, processor, progress) for text in _as_list(context, "context")]
         caches = [context_cache] if hasattr(context_cache, "chunk_features") else list(context_cache)
         texts = [None] * len(caches) if context is None else _as_list(context, "context")
         if len(texts) != len(caches):
