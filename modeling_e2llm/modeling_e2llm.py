@@ -279,10 +279,18 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         return ContextCache(chunk_features=self.model.adapter(pooled), pooled=pooled, offsets=chunks["offsets"],
                             text=context, text_hash="", weights_hash="")
 
+    @torch.no_grad()
+    def hybrid_passages(self, context: str, prompt: str, processor: E2LLMProcessor | None = None,
+                        top_k: int | None = None, token_budget: int | None = None) -> list[tuple[int, str]]:
+        """The `(chunk index, text)` passages hybrid recall quotes for `prompt` about `context`, in document
+        order (none when top_k is 0); `generate` chooses the same ones."""
+        processor = processor if processor is not None else self.get_processor()
+        cache = self._encode(context, processor, progress=False)
+        return (self._hybrid_passages([cache], prompt, processor, top_k, token_budget) or [[]])[0]
+
     def _hybrid_passages(self, caches: list[ContextCache], prompt, processor: E2LLMProcessor, top_k: int | None,
                          token_budget: int | None) -> list[list[tuple[int, str]]] | None:
-        """Per context, the chunks to quote as raw text: ranked by cosine similarity between the question's
-        pooled encoder vector and each chunk's (both from the same encoder, computed once per call)."""
+        """Per context, the chunks to quote as raw text: the best by `chunk_scores`, within the budget."""
         top_k = processor.hybrid_top_k if top_k is None else top_k
         if not top_k:
             return None
@@ -292,11 +300,18 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             if question is None:  # nothing to rank by: plain E2LLM for a restatement
                 passages.append([])
                 continue
-            tokens = processor.encoder_tokenizer([question], truncation=True, return_tensors="pt").to(self.device)
-            query = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"])
-            scores = torch.nn.functional.cosine_similarity(cache.pooled.to(query.device), query, dim=-1)
-            passages.append(processor.select_passages(cache.text, cache.offsets, scores.cpu(), top_k, token_budget))
+            scores = self.chunk_scores(cache, question, processor)
+            passages.append(processor.select_passages(cache.text, cache.offsets, scores, top_k, token_budget))
         return passages
+
+    @torch.no_grad()
+    def chunk_scores(self, cache: ContextCache, question: str, processor: E2LLMProcessor | None = None) -> torch.Tensor:
+        """(n_chunks,) cosine similarity between the question's pooled encoder vector and each chunk's
+        (`cache.pooled`, from the same encoder): hybrid recall's ranking."""
+        processor = processor if processor is not None else self.get_processor()
+        tokens = processor.encoder_tokenizer([question], truncation=True, return_tensors="pt").to(self.device)
+        query = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"])
+        return torch.nn.functional.cosine_similarity(cache.pooled.to(query.device), query, dim=-1).cpu()
 
     def _context_caches(self, context, context_cache, processor, progress: bool) -> list[ContextCache]:
         """One checked cache per context: encoded now, or given (and then checked against text and weights)."""

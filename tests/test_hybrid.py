@@ -1,7 +1,11 @@
 """Hybrid recall: chunk tokens of the whole text plus the raw text of the chunks most similar to the question."""
 
+from dataclasses import replace
+
 import torch
 
+from evaluation.hybrid_ranking import needle_ranks, rank_summary
+from evaluation.niah import needle_example
 from modeling_e2llm import E2LLMProcessor
 
 SENTENCES = [f"Paragraph {i} talks about topic number {i} in some detail. " for i in range(12)]
@@ -18,10 +22,9 @@ def test_off_reproduces_plain_e2llm_token_for_token(tiny_model, tiny_paths):
 
 
 def test_chunk_equal_to_the_question_is_chosen_first(tiny_model, tiny_processor):
-    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
-    start, end = cache.offsets[7].tolist()
-    passages = tiny_model._hybrid_passages([cache], TEXT[start:end], tiny_processor, top_k=1, token_budget=1000)
-    assert passages == [[(7, TEXT[start:end])]]
+    start, end = tiny_processor.chunk(TEXT)[7]
+    passages = tiny_model.hybrid_passages(TEXT, TEXT[start:end], tiny_processor, top_k=1, token_budget=1000)
+    assert passages == [(7, TEXT[start:end])]
 
 
 def test_selection_takes_top_scores_in_document_order_within_budget(tiny_processor):
@@ -72,3 +75,16 @@ def test_hybrid_settings_are_saved_with_the_processor(tiny_paths, tmp_path):
     loaded = E2LLMProcessor.from_pretrained(tmp_path)
     assert (loaded.hybrid_top_k, loaded.hybrid_token_budget) == (4, 512)
 
+
+
+def test_needle_rank_is_zero_when_the_question_is_the_needle_chunk(tiny_model, tiny_processor, essay_text):
+    example = needle_example("number", 400, 50, [essay_text], tiny_processor.tokenizer)
+    needle_start = example.meta["needle_starts"][0]
+    start, end = next((b, e) for b, e in tiny_processor.chunk(example.context) if b <= needle_start < e)
+    asked = replace(example, question=example.context[start:end])
+    assert needle_ranks(tiny_model, tiny_processor, asked) == [0]
+
+
+def test_rank_summary_counts_cells_whose_needles_are_all_within_k():
+    summary = rank_summary([[0], [2], [0, 4], [9]], top_ks=(1, 3, 5))
+    assert summary == {"all_needles_in_top_1": 0.25, "all_needles_in_top_3": 0.5, "all_needles_in_top_5": 0.75}

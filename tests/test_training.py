@@ -132,6 +132,29 @@ def test_reasoning_sample_labels_only_the_answer(tiny_processor, essay_text):
     assert sample["task"] == "reasoning"
 
 
+def test_hybrid_sample_quotes_its_passages_before_the_question_and_labels_only_the_answer(tiny_model,
+                                                                                       tiny_processor, essay_text):
+    context = essay_text[:2000]
+    passages = tiny_model.hybrid_passages(context, "Who wrote this?", tiny_processor, top_k=2)
+    sample = build_sample(tiny_processor, context, "Who wrote this?", "Paul Graham", passages=passages)
+    prompt = tiny_processor.tokenizer.decode([t for t, label in zip(sample["input_ids"], sample["labels"])
+                                              if label == IGNORE_INDEX])
+    assert len(passages) == 2
+    assert all(prompt.index(text) < prompt.index("Who wrote this?") for _, text in passages)
+    targets = [t for t in sample["labels"] if t != IGNORE_INDEX]
+    assert tiny_processor.tokenizer.decode(targets) == "Paul Graham" + tiny_processor.tokenizer.eos_token
+
+
+@pytest.mark.parametrize("ratio, quoting", [(0.0, 0), (1.0, 4)])
+def test_hybrid_ratio_sets_how_many_reasoning_samples_quote_passages(tiny_model, tiny_processor, tmp_path,
+                                                                    essay_text, ratio, quoting):
+    path = write_jsonl(tmp_path / "d.jsonl", qa_records(essay_text, 4))
+    rows = reasoning_dataset([{"path": path}], tiny_processor, max_length=2048, hybrid_ratio=ratio, hybrid_top_k=1,
+                             model=tiny_model)
+    plain = reasoning_dataset([{"path": path}], tiny_processor, max_length=2048)
+    assert sum(len(a) > len(b) for a, b in zip(rows["input_ids"], plain["input_ids"])) == quoting
+
+
 def test_a_context_longer_than_the_decoder_window_is_refused_by_name(tiny_processor, essay_text):
     with pytest.raises(ContextTooLongError, match="record 'long'.*decoder window of 100"):
         build_sample(tiny_processor, essay_text, "Q?", "A", max_length=100, name="record 'long'")
@@ -220,6 +243,8 @@ def test_config_names_unknown_keys_and_impossible_ablations(tiny_paths, tmp_path
         TrainConfig.from_dict({"tasks": {"understnading": False}, "data": {"reasoning": [{}]}})
     with pytest.raises(ValueError, match="both false"):
         tiny_config(tiny_paths, tmp_path, essay_text, trainable={"encoder": False, "decoder": False})
+    with pytest.raises(ValueError, match="hybrid_top_k >= 1"):
+        tiny_config(tiny_paths, tmp_path, essay_text, tasks={"hybrid_ratio": 0.5, "hybrid_top_k": 0})
 
 
 # --- trainer -----------------------------------------------------------------------------------------

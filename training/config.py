@@ -4,7 +4,8 @@
 model:      {encoder: null, decoder: null, config: {lora_rank: 8}}   # null paths: the embedded default
 processor:  {chunk_size: 512, chunk_overlap: 0.0}                   # chunk_overlap 0.3: the +overlap ablation
 trainable:  {encoder: true, decoder: true}                          # false: the -E / -D ablations
-tasks:      {understanding: true, understanding_ratio: 0.5, understanding_weight: 1.0, window_chunks: 4}
+tasks:      {understanding: true, understanding_ratio: 0.5, understanding_weight: 1.0, window_chunks: 4,
+             hybrid_ratio: 0.0, hybrid_top_k: 3}                    # hybrid: reasoning rows that quote passages
 data:       {seed: 0, understanding: [<source>...], reasoning: [<source>...]}   # see training/sources.py
 adapter_learning_rate: null                                         # null: the trainer's learning_rate
 max_minutes: null                                                   # stop (and save) after this much training time
@@ -29,6 +30,8 @@ class ModelSettings:
 class ProcessorSettings:
     chunk_size: int = 512
     chunk_overlap: float = 0.0
+    hybrid_top_k: int = 0  # saved with the model: hybrid recall on by default when > 0
+    hybrid_token_budget: int = 1024  # decoder tokens quoted passages may take (training and inference)
 
 
 @dataclass
@@ -43,6 +46,8 @@ class TaskSettings:
     understanding_ratio: float = 0.5  # share of understanding samples in the training mix
     understanding_weight: float = 1.0  # loss weight of understanding tokens relative to reasoning tokens
     window_chunks: int = 4  # chunks per restate sample
+    hybrid_ratio: float = 0.0  # share of reasoning samples that also quote their best chunks (hybrid recall)
+    hybrid_top_k: int = 3  # chunks those samples quote, within processor.hybrid_token_budget tokens
     stopping_strategy: str = "all_exhausted"  # datasets.interleave_datasets: when the mix ends
 
     def __post_init__(self):
@@ -50,6 +55,11 @@ class TaskSettings:
             raise ValueError(f"tasks.understanding_ratio must be in [0, 1], got {self.understanding_ratio}.")
         if self.understanding_weight < 0:
             raise ValueError(f"tasks.understanding_weight must be >= 0, got {self.understanding_weight}.")
+        if not 0.0 <= self.hybrid_ratio <= 1.0:
+            raise ValueError(f"tasks.hybrid_ratio must be in [0, 1], got {self.hybrid_ratio}.")
+        if self.hybrid_ratio > 0 and self.hybrid_top_k < 1:
+            raise ValueError(f"tasks.hybrid_ratio is {self.hybrid_ratio} but tasks.hybrid_top_k is "
+                             f"{self.hybrid_top_k}: hybrid samples need at least one quoted chunk (hybrid_top_k >= 1).")
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """The training set: understanding and reasoning samples built from a config's sources, then mixed."""
 
 import logging
+import random
 
 import datasets
 
-from modeling_e2llm import E2LLMProcessor
+from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
 
 from .config import DataSettings, TaskSettings
 from .samples import build_sample, understanding_samples
@@ -23,17 +24,32 @@ def understanding_dataset(sources: list, processor: E2LLMProcessor, window_chunk
     return datasets.Dataset.from_list(rows) if rows else None
 
 
-def reasoning_dataset(sources: list, processor: E2LLMProcessor, max_length: int,
-                      seed: int = 0) -> datasets.Dataset | None:
-    """One question-answer sample per record of `sources` (None when there are none)."""
-    rows = []
+def reasoning_dataset(sources: list, processor: E2LLMProcessor, max_length: int, seed: int = 0,
+                      hybrid_ratio: float = 0.0, hybrid_top_k: int = 3,
+                      model: E2LLMForCausalLM | None = None) -> datasets.Dataset | None:
+    """One question-answer sample per record of `sources` (None when there are none).
+
+    A random `hybrid_ratio` share of them (seeded) also quote the raw text of their `hybrid_top_k` chunks
+    most similar to the question, chosen by `model` as `generate` chooses them (with the weights it has
+    now, before training), so the decoder learns to read both views.
+    """
+    if hybrid_ratio > 0 and model is None:
+        raise ValueError("Hybrid samples (hybrid_ratio > 0) need the model that scores the chunks: pass model=.")
+    rng = random.Random(seed)
+    rows, quoting = [], 0
     for spec in sources:
         for record in load_records(spec, seed):
             if not record["question"].strip():
                 raise ValueError(f"Record {record['id']!r} has no question, so it cannot be a reasoning sample; "
                                  "list its source under data.understanding instead.")
+            passages = ()
+            if rng.random() < hybrid_ratio:
+                passages = model.hybrid_passages(record["context"], record["question"], processor, top_k=hybrid_top_k)
+                quoting += bool(passages)
             rows.append(build_sample(processor, record["context"], record["question"], record["answer"],
-                                     max_length, name=f"record {record['id']!r}"))
+                                     max_length, name=f"record {record['id']!r}", passages=passages))
+    if hybrid_ratio > 0:
+        logger.info("Reasoning samples: %d, of which %d quote passages (hybrid).", len(rows), quoting)
     return datasets.Dataset.from_list(rows) if rows else None
 
 
@@ -51,13 +67,15 @@ def mix_tasks(understanding: datasets.Dataset | None, reasoning: datasets.Datase
                                         stopping_strategy=stopping_strategy)
 
 
-def training_dataset(data: DataSettings, tasks: TaskSettings, processor: E2LLMProcessor,
-                     max_length: int) -> datasets.Dataset:
-    """The mixed training set a config describes; logs how many samples of each kind it holds."""
+def training_dataset(data: DataSettings, tasks: TaskSettings, processor: E2LLMProcessor, max_length: int,
+                     model: E2LLMForCausalLM | None = None) -> datasets.Dataset:
+    """The mixed training set a config describes (`model` scores the chunks of hybrid samples); logs how
+    many samples of each kind it holds."""
     understanding = None
     if tasks.understanding:
         understanding = understanding_dataset(data.understanding, processor, tasks.window_chunks, max_length, data.seed)
-    reasoning = reasoning_dataset(data.reasoning, processor, max_length, data.seed)
+    reasoning = reasoning_dataset(data.reasoning, processor, max_length, data.seed, tasks.hybrid_ratio,
+                                  tasks.hybrid_top_k, model)
     ratio = tasks.understanding_ratio if reasoning is not None else 1.0
     mixed = mix_tasks(understanding, reasoning, ratio if understanding is not None else 0.0, data.seed,
                       tasks.stopping_strategy)

@@ -4,13 +4,16 @@
     python -m training.evaluate_demo restate --model trained --limit 12 --output runs/eval/restate-trained.json
     python -m training.evaluate_demo needle --model untrained --limit 10 --output runs/eval/needle-untrained.json
     python -m training.evaluate_demo babi-accuracy --output runs/eval/babi-trained   # an evaluation.run folder
+    python -m training.evaluate_demo chunk-stats --model trained --output runs/eval/chunk-stats-trained.json
 
 `restate`: windows of held-out PG essays (the demo config's holdout) restated from their chunk tokens,
 ROUGE-L F1 against the source text. `needle`: a 7-digit "special magic number" hidden in held-out
 essays; accuracy = the number appears in the answer. `--model` is `trained` (the demo weights),
 `untrained` (same composite, random adapter) or `decoder` (the plain decoder reading the raw text;
 needle only). `prepare` writes, for `python -m evaluation.run`, the held-out bAbI qa1/qa2 stories,
-the held-out essays as haystack, and the untrained composite as a model folder.
+the held-out essays as haystack, and the untrained composite as a model folder. `chunk-stats`: do the
+chunk tokens of different held-out chunks still differ? (A collapsed adapter maps every chunk to about
+the same vector: mean pairwise cosine near 1.)
 """
 
 import argparse
@@ -65,6 +68,33 @@ def restate(model, processor, limit: int, max_new_tokens: int) -> dict:
         rows.append({"source": text, "restated": output, "rougeL": scores["rougeL"].fmeasure,
                      "rouge1": scores["rouge1"].fmeasure})
     return {"count": len(rows), "rougeL": _mean(rows, "rougeL"), "rouge1": _mean(rows, "rouge1"), "examples": rows}
+
+
+@torch.no_grad()
+def chunk_stats(model, processor, limit: int) -> dict:
+    """Do the chunk tokens carry their chunk's content? On `limit` held-out essay chunks:
+
+    restate NLL (nats per target token) of each chunk's text from its own chunk token and from the next
+    chunk's (a model that ignores the content scores both alike; one that reads it, the first lower);
+    mean pairwise cosine similarity of the chunk tokens (a collapsed adapter maps all chunks to about the
+    same vector: near 1); their mean norm next to that of the decoder's token embeddings.
+    """
+    texts = dev_windows(processor, 1, limit)
+    features = model.encode_context("\n".join(texts), processor).chunk_features  # (n_chunks, dec_hidden)
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    n = len(unit)
+    cosine = ((unit @ unit.T).sum() - n) / (n * (n - 1))
+    token_norm = model.get_input_embeddings().weight.norm(dim=-1).mean()
+    own = [_restate_nll(model, processor, text, text) for text in texts]
+    other = [_restate_nll(model, processor, texts[(i + 1) % len(texts)], text) for i, text in enumerate(texts)]
+    return {"count": len(texts), "restate_nll_own_chunk": sum(own) / len(own),
+            "restate_nll_other_chunk": sum(other) / len(other), "mean_pairwise_cosine": cosine.item(),
+            "mean_norm": features.norm(dim=-1).mean().item(), "token_embedding_mean_norm": token_norm.item()}
+
+
+def _restate_nll(model, processor, context: str, target: str) -> float:
+    batch = processor(context=context, target=target, padding_side="right").to(model.device)
+    return model(**batch).loss.item()
 
 
 def needle_records(limit: int, seed: int = 123) -> list[dict]:
@@ -140,7 +170,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task", choices=["prepare", "restate", "needle", "babi-accuracy"])
+    parser.add_argument("task", choices=["prepare", "restate", "needle", "babi-accuracy", "chunk-stats"])
     parser.add_argument("--model", choices=["trained", "untrained", "decoder"], default="trained")
     parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder with the trained demo weights")
     parser.add_argument("--limit", type=int, default=12)
@@ -159,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = load(args.model, args.demo_dir)
     if args.task == "restate":
         result = restate(model, processor, args.limit, args.max_new_tokens)
+    elif args.task == "chunk-stats":
+        result = chunk_stats(model, processor, args.limit)
     else:
         result = needle(model, processor, args.limit, use_decoder=args.model == "decoder")
     result = {"task": args.task, "model": args.model, "command": "python -m training.evaluate_demo " +

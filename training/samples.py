@@ -40,21 +40,24 @@ def understanding_windows(processor: E2LLMProcessor, context: str, window_chunks
 
 
 def build_sample(processor: E2LLMProcessor, context: str, prompt: str | None, target: str,
-                 max_length: int | None = None, name: str = "sample") -> dict:
-    """One training row; `prompt=None` makes an understanding (restate) sample.
+                 max_length: int | None = None, name: str = "sample",
+                 passages: list[tuple[int, str]] = ()) -> dict:
+    """One training row; `prompt=None` makes an understanding (restate) sample. `passages`, the
+    `(chunk index, text)` pairs of hybrid recall, follow the chunk tokens in the prompt.
 
     Raises ContextTooLongError, naming `name`, when the row is longer than `max_length` decoder tokens.
     """
-    batch = processor(context=context, prompt=prompt, target=target, return_tensors="pt", padding_side="right")
+    chunks = processor.encode_chunks([context])
+    batch = processor.encode_prompts(chunks["num_chunks"], prompt, target, padding_side="right", passages=[passages])
     length = batch["input_ids"].shape[1]
-    num_chunks = batch["chunk_input_ids"].shape[0]
+    num_chunks = chunks["num_chunks"][0]
     if max_length is not None and length > max_length:
         raise ContextTooLongError(
-            f"{name}: {len(context)} characters make {num_chunks} chunk tokens; with prompt and target the decoder "
-            f"input is {length} tokens, more than the decoder window of {max_length}. Use a larger chunk_size, "
-            "a shorter context (split the record), or leave this record out.")
-    chunk_lengths = batch["chunk_attention_mask"].sum(dim=1).tolist()
-    chunk_ids = [row[:n] for row, n in zip(batch["chunk_input_ids"].tolist(), chunk_lengths)]
+            f"{name}: {len(context)} characters make {num_chunks} chunk tokens; with prompt, quoted passages and "
+            f"target the decoder input is {length} tokens, more than the decoder window of {max_length}. Use a "
+            "larger chunk_size, a shorter context (split the record), or leave this record out.")
+    chunk_lengths = chunks["chunk_attention_mask"].sum(dim=1).tolist()
+    chunk_ids = [row[:n] for row, n in zip(chunks["chunk_input_ids"].tolist(), chunk_lengths)]
     return {
         "input_ids": batch["input_ids"][0].tolist(),
         "attention_mask": batch["attention_mask"][0].tolist(),

@@ -34,8 +34,7 @@ def load_model_and_processor(config: TrainConfig) -> tuple[E2LLMForCausalLM, E2L
     model = E2LLMForCausalLM.from_encoder_decoder_pretrained(config.model.encoder, config.model.decoder,
                                                             **config.model.config)
     processor = E2LLMProcessor.from_encoder_decoder_pretrained(
-        config.model.encoder, config.model.decoder, chunk_size=config.processor.chunk_size,
-        chunk_overlap=config.processor.chunk_overlap)
+        config.model.encoder, config.model.decoder, **vars(config.processor))
     return model, processor
 
 
@@ -64,7 +63,7 @@ def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     set_seed(args.seed)  # the adapter and LoRA start from random weights: same seed, same start
     model, processor = load_model_and_processor(config)
     window = getattr(model.config.text_config, "max_position_embeddings", None)
-    dataset = training_dataset(config.data, config.tasks, processor, window)
+    dataset = training_dataset(config.data, config.tasks, processor, window, model)
     collator = E2LLMCollator(pad_token_id=processor.tokenizer.pad_token_id,
                              encoder_pad_token_id=processor.encoder_tokenizer.pad_token_id or 0)
     trainer = E2LLMTrainer(
@@ -115,8 +114,7 @@ def save_final(trainer: E2LLMTrainer, config: TrainConfig) -> Path:
     settings = json.loads(adapter_config.read_text())
     settings["base_model_name_or_path"] = None  # in-memory composite; never record a machine path
     adapter_config.write_text(json.dumps(settings, indent=2))
-    demo = {"config": config.model.config,
-            "processor": {"chunk_size": config.processor.chunk_size, "chunk_overlap": config.processor.chunk_overlap}}
+    demo = {"config": config.model.config, "processor": vars(config.processor)}
     (final / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
     (final / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     plot_losses(trainer.state.log_history, final / "loss.png")

@@ -1,0 +1,66 @@
+"""Does hybrid recall's scoring find the needles? For every NIAH cell, the rank of each needle's chunk among
+all chunks by `E2LLMForCausalLM.chunk_scores`, for each model given. Compare the encoder tuned by training
+(the demo checkpoint, encoder LoRA) with the base encoder (the untrained composite):
+
+    python -m evaluation.hybrid_ranking --model runs/eval/untrained --model embedded --variant multi \\
+        --lengths 4000 8000 16000 32000 64000 --depths 0 25 50 75 100 --output runs/ranking.json
+
+No generation: the encoder alone, a few seconds per cell on a CPU.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from .niah import DEFAULT_HAYSTACK, VARIANTS, load_haystack_essays, needle_grid
+from .systems import load_model
+
+
+def needle_ranks(model, processor, example) -> list[int]:
+    """0-based rank of each needle's chunk (the chunk holding the needle's first character)."""
+    cache = model.encode_context(example.context, processor)
+    order = torch.argsort(model.chunk_scores(cache, example.question, processor), descending=True).tolist()
+    ranks = []
+    for start in example.meta["needle_starts"]:
+        chunk = next(i for i, (begin, end) in enumerate(cache.offsets.tolist()) if begin <= start < end)
+        ranks.append(order.index(chunk))
+    return ranks
+
+
+def rank_summary(ranks: list[list[int]], top_ks: tuple[int, ...] = (1, 3, 5, 8)) -> dict:
+    """Share of cells whose needles are all within the top k, for each k."""
+    return {f"all_needles_in_top_{k}": sum(max(r) < k for r in ranks) / len(ranks) for k in top_ks}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.hybrid_ranking", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True,
+                        help="E2LLM checkpoint folder or Hub id, or 'embedded' for the embedded default; repeatable")
+    parser.add_argument("--variant", choices=VARIANTS[1:], default="number")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4000, 8000, 16000, 32000])
+    parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100])
+    parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", type=Path, required=True, help="JSON file of the ranks and summary")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    essays = load_haystack_essays(args.haystack)
+    results = {}
+    for name in args.model:
+        model, processor, label = load_model(None if name == "embedded" else name)
+        examples = needle_grid(args.variant, args.lengths, args.depths, essays, processor.tokenizer)
+        ranks = [needle_ranks(model, processor, example) for example in examples]
+        results[name] = {"label": label, **rank_summary(ranks),
+                         "cells": [{"id": e.id, "needle_ranks": r} for e, r in zip(examples, ranks)]}
+        print(name, json.dumps({k: v for k, v in results[name].items() if k != "cells"}))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"variant": args.variant, "models": results}, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
