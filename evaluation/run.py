@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     except (DataFormatError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error} (--data and --haystack take uniform JSONL files)\n")
     system, settings = system_from_arguments(args)
-    settings.update(dataset=dataset_name(args.data), data=str(args.data.resolve()))
+    # The data path as given: an absolute one would tie committed results to one machine.
+    settings.update(dataset=dataset_name(args.data), data=str(args.data))
     if args.haystack_tokens:
         examples = [hide_in_haystack(example, essays, system.tokenizer, args.haystack_tokens) for example in examples]
         settings["dataset"] += f"@{args.haystack_tokens}tok"

@@ -1,9 +1,12 @@
 """The real embedded default (all-MiniLM-L6-v2 + SmolLM2-135M-Instruct from pip packages)."""
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from modeling_e2llm.embedded_default import load_embedded_default
+from modeling_e2llm.embedded_default import DEMO_DIR, load_embedded_default
 
 
 @pytest.fixture(scope="module")
@@ -39,3 +42,15 @@ def test_generates_from_a_20000_character_context(untrained, essay_text):
                          max_new_tokens=12, do_sample=False)
     assert 0 < ids.shape[1] <= 12
     assert processor.decode(ids[0], skip_special_tokens=True).strip()
+
+
+def test_the_committed_demo_weights_are_what_the_embedded_default_loads(untrained):
+    trained, processor = load_embedded_default()
+    settings = json.loads((DEMO_DIR / "demo.json").read_text())
+    saved = load_file(DEMO_DIR / "adapter_model.safetensors")
+    assert trained.is_trained_demo
+    assert processor.hybrid_top_k == settings["processor"]["hybrid_top_k"]
+    assert torch.equal(trained.model.adapter.layers[0].weight, saved["base_model.model.model.adapter.layers.0.weight"])
+    trained_query = trained.model.language_model.layers[0].self_attn.q_proj.weight
+    base_query = untrained[0].model.language_model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(trained_query, base_query)  # the decoder's LoRA is merged in
