@@ -64,6 +64,8 @@ class E2LLMSystem(System):
     name = "e2llm"
 
     def predict(self, example: Example) -> str:
+        # Chunking twice (here and in generate) costs little; encoding before this check would waste the
+        # encoder on every example that does not fit.
         num_chunks = len(self.processor.chunk(example.context))
         prompt_length = self.processor.encode_prompts([num_chunks], example.question or None)["input_ids"].shape[1]
         if self.processor.hybrid_top_k and example.question:

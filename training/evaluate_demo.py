@@ -79,8 +79,10 @@ def chunk_stats(model, processor, limit: int) -> dict:
     mean pairwise cosine similarity of the chunk tokens (a collapsed adapter maps all chunks to about the
     same vector: near 1); their mean norm next to that of the decoder's token embeddings.
     """
-    texts = dev_windows(processor, 1, limit)
-    features = model.encode_context("\n".join(texts), processor).chunk_features  # (n_chunks, dec_hidden)
+    texts = dev_windows(processor, 1, limit)  # one chunk each
+    chunks = processor.encode_chunks(texts)
+    features = model.model.get_chunk_features(chunks["chunk_input_ids"].to(model.device),
+                                              chunks["chunk_attention_mask"].to(model.device))  # (n, dec_hidden)
     unit = torch.nn.functional.normalize(features, dim=-1)
     n = len(unit)
     cosine = ((unit @ unit.T).sum() - n) / (n * (n - 1))
