@@ -217,6 +217,17 @@ def test_needle_answer_is_the_seven_digit_number_hidden_in_the_context():
         assert record["context"].count(record["answer"]) == 1
 
 
+
+def test_multi_needle_answer_lists_every_hidden_number_in_text_order():
+    essays = {"path": str(DATA / "pg_essays" / "essays.jsonl")}
+    records = needle(essays, haystack_chars=[2000, 3000], count=6, seed=5, needles=[2, 4])
+    for record in records:
+        numbers = record["answer"].split(", ")
+        assert 2 <= len(numbers) <= 4 and all(len(n) == 7 and n.isdigit() for n in numbers)
+        positions = [record["context"].index(n) for n in numbers]
+        assert positions == sorted(positions)
+        assert "List all of them" in record["question"]
+
 def test_mix_holds_the_configured_share_of_understanding_rows():
     import datasets
 

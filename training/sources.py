@@ -24,6 +24,8 @@ NEEDLE_KEYS = ("blue lagoon", "silent harbor", "amber forest", "iron valley", "c
                "hidden canyon", "northern lights", "quiet orchard", "velvet river", "scarlet tower", "misty island")
 NEEDLE_TEMPLATE = "The special magic number for {key} is: {number}."
 NEEDLE_QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
+MULTI_NEEDLE_TEMPLATE = "One of the special magic numbers for {key} is: {number}."
+MULTI_NEEDLE_QUESTION = "What are all the special magic numbers for {key} mentioned in the provided text? List all of them."
 
 
 def load_records(spec: dict | datasets.Dataset, seed: int = 0) -> list[dict]:
@@ -154,17 +156,27 @@ def squad_haystack(path: str, distractors: list[int], seed: int = 0, limit: int 
     return out
 
 
-def needle(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0, digits: int = 7) -> list[dict]:
-    """RULER-style needles: one "special magic number" sentence hidden in background text."""
+def needle(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0, digits: int = 7,
+           needles: list[int] = (1, 1)) -> list[dict]:
+    """RULER-style needles: "special magic number" sentences hidden in background text.
+
+    A record holds between `needles` (min, max) needles. One needle asks for its number; several share
+    one key, and the question asks for all of them, answered in text order ("1234567, 7654321").
+    """
     rng = random.Random(seed)
     background = haystack_text(haystack, seed)
     records = []
     for i in range(count):
-        key, number = rng.choice(NEEDLE_KEYS), str(rng.randrange(10 ** (digits - 1), 10 ** digits))
-        context = hide_in_haystack([NEEDLE_TEMPLATE.format(key=key, number=number)], background,
-                                   rng.randint(*haystack_chars), rng)
+        key = rng.choice(NEEDLE_KEYS)
+        # A fixed count draws nothing here, so configs written before `needles` existed give the same records.
+        n = needles[0] if needles[0] == needles[1] else rng.randint(*needles)
+        numbers = [str(rng.randrange(10 ** (digits - 1), 10 ** digits)) for _ in range(n)]
+        template, question = (NEEDLE_TEMPLATE, NEEDLE_QUESTION) if n == 1 else (MULTI_NEEDLE_TEMPLATE,
+                                                                               MULTI_NEEDLE_QUESTION)
+        sentences = [template.format(key=key, number=number) for number in numbers]
+        context = hide_in_haystack(sentences, background, rng.randint(*haystack_chars), rng)
         records.append({"id": f"needle_{seed}_{i}", "context": context,
-                        "question": NEEDLE_QUESTION.format(key=key), "answer": number})
+                        "question": question.format(key=key), "answer": ", ".join(numbers)})
     return records
 
 

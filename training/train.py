@@ -62,6 +62,7 @@ def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     args = sft_config(config.training)
     set_seed(args.seed)  # the adapter and LoRA start from random weights: same seed, same start
     model, processor = load_model_and_processor(config)
+    model.to(args.device)  # hybrid samples score their chunks with the model: on the GPU when there is one
     window = getattr(model.config.text_config, "max_position_embeddings", None)
     dataset = training_dataset(config.data, config.tasks, processor, window, model)
     collator = E2LLMCollator(pad_token_id=processor.tokenizer.pad_token_id,
