@@ -74,8 +74,10 @@ def restate(model, processor, limit: int, max_new_tokens: int) -> dict:
 def chunk_stats(model, processor, limit: int) -> dict:
     """Do the chunk tokens carry their chunk's content? On `limit` held-out essay chunks:
 
-    restate NLL (nats per target token) of each chunk's text from its own chunk token and from the next
-    chunk's (a model that ignores the content scores both alike; one that reads it, the first lower);
+    restate NLL (nats per target token) of each chunk's text from its own chunk token, from the next
+    chunk's in the list (often the same essay: only chunk-specific content lowers the first) and from the
+    chunk half the list away (another essay: the topic alone lowers the first); a model that ignores the
+    content scores all three alike;
     mean pairwise cosine similarity of the chunk tokens (a collapsed adapter maps all chunks to about the
     same vector: near 1); their mean norm next to that of the decoder's token embeddings.
     """
@@ -88,9 +90,10 @@ def chunk_stats(model, processor, limit: int) -> dict:
     cosine = ((unit @ unit.T).sum() - n) / (n * (n - 1))
     token_norm = model.get_input_embeddings().weight.norm(dim=-1).mean()
     own = [_restate_nll(model, processor, text, text) for text in texts]
-    other = [_restate_nll(model, processor, texts[(i + 1) % len(texts)], text) for i, text in enumerate(texts)]
-    return {"count": len(texts), "restate_nll_own_chunk": sum(own) / len(own),
-            "restate_nll_other_chunk": sum(other) / len(other), "mean_pairwise_cosine": cosine.item(),
+    other = [_restate_nll(model, processor, texts[(i + 1) % n], text) for i, text in enumerate(texts)]
+    far = [_restate_nll(model, processor, texts[(i + n // 2) % n], text) for i, text in enumerate(texts)]
+    return {"count": n, "restate_nll_own_chunk": sum(own) / n, "restate_nll_other_chunk": sum(other) / n,
+            "restate_nll_far_chunk": sum(far) / n, "mean_pairwise_cosine": cosine.item(),
             "mean_norm": features.norm(dim=-1).mean().item(), "token_embedding_mean_norm": token_norm.item()}
 
 
