@@ -217,7 +217,6 @@ def test_needle_answer_is_the_seven_digit_number_hidden_in_the_context():
         assert record["context"].count(record["answer"]) == 1
 
 
-
 def test_multi_needle_answer_lists_every_hidden_number_in_text_order():
     essays = {"path": str(DATA / "pg_essays" / "essays.jsonl")}
     records = needle(essays, haystack_chars=[2000, 3000], count=6, seed=5, needles=[2, 4])
@@ -227,6 +226,7 @@ def test_multi_needle_answer_lists_every_hidden_number_in_text_order():
         positions = [record["context"].index(n) for n in numbers]
         assert positions == sorted(positions)
         assert "List all of them" in record["question"]
+
 
 def test_mix_holds_the_configured_share_of_understanding_rows():
     import datasets

@@ -34,7 +34,7 @@ from .sources import NEEDLE_KEYS, NEEDLE_QUESTION, NEEDLE_TEMPLATE, distinct_con
 
 BABI_PLACES = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")  # every qa1/qa2 answer
 NEEDLE_NEW_TOKENS = 32  # room for "The special magic number for ... is: 1234567."
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo_gpu.yaml"  # what the shipped demo came from
 DATA = Path("../shared/data")
 DEV_ESSAYS = {"path": str(DATA / "pg_essays" / "essays.jsonl"), "holdout": {"by": ["id"], "percent": 25, "side": "dev"}}
 DEV_BABI = {"path": str(DATA / "babi" / "qa1-5_train.jsonl"), "where": {"meta.babi_task": ["qa1", "qa2"]},
@@ -89,11 +89,13 @@ def chunk_stats(model, processor, limit: int) -> dict:
     n = len(unit)
     cosine = ((unit @ unit.T).sum() - n) / (n * (n - 1))
     token_norm = model.get_input_embeddings().weight.norm(dim=-1).mean()
-    own = [_restate_nll(model, processor, text, text) for text in texts]
-    other = [_restate_nll(model, processor, texts[(i + 1) % n], text) for i, text in enumerate(texts)]
-    far = [_restate_nll(model, processor, texts[(i + n // 2) % n], text) for i, text in enumerate(texts)]
-    return {"count": n, "restate_nll_own_chunk": sum(own) / n, "restate_nll_other_chunk": sum(other) / n,
-            "restate_nll_far_chunk": sum(far) / n, "mean_pairwise_cosine": cosine.item(),
+
+    def restate_nll_from(offset: int) -> float:
+        """Mean restate NLL of each chunk from the chunk token `offset` places further down the list."""
+        return sum(_restate_nll(model, processor, texts[(i + offset) % n], text) for i, text in enumerate(texts)) / n
+
+    return {"count": n, "restate_nll_own_chunk": restate_nll_from(0), "restate_nll_other_chunk": restate_nll_from(1),
+            "restate_nll_far_chunk": restate_nll_from(n // 2), "mean_pairwise_cosine": cosine.item(),
             "mean_norm": features.norm(dim=-1).mean().item(), "token_embedding_mean_norm": token_norm.item()}
 
 

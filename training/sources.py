@@ -25,7 +25,8 @@ NEEDLE_KEYS = ("blue lagoon", "silent harbor", "amber forest", "iron valley", "c
 NEEDLE_TEMPLATE = "The special magic number for {key} is: {number}."
 NEEDLE_QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
 MULTI_NEEDLE_TEMPLATE = "One of the special magic numbers for {key} is: {number}."
-MULTI_NEEDLE_QUESTION = "What are all the special magic numbers for {key} mentioned in the provided text? List all of them."
+MULTI_NEEDLE_QUESTION = ("What are all the special magic numbers for {key} mentioned in the provided text? "
+                         "List all of them.")
 
 
 def load_records(spec: dict | datasets.Dataset, seed: int = 0) -> list[dict]:
@@ -157,7 +158,7 @@ def squad_haystack(path: str, distractors: list[int], seed: int = 0, limit: int 
 
 
 def needle(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0, digits: int = 7,
-           needles: list[int] = (1, 1)) -> list[dict]:
+           needles: tuple[int, int] = (1, 1)) -> list[dict]:
     """RULER-style needles: "special magic number" sentences hidden in background text.
 
     A record holds between `needles` (min, max) needles. One needle asks for its number; several share
