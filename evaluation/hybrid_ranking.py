@@ -1,8 +1,9 @@
 """Does hybrid recall's scoring find the needles? For every NIAH cell, the rank of each needle's chunk among
-all chunks by `E2LLMForCausalLM.chunk_scores`, for each model given. Compare the encoder tuned by training
-(the demo checkpoint, encoder LoRA) with the base encoder (the untrained composite):
+all chunks by `E2LLMForCausalLM.chunk_scores`, for each model given, ranking with each encoder asked for
+(`--scoring`: the chunk encoder as training tuned it, or the frozen pretrained copy; default: the model's own
+`hybrid_scoring`). Compare the two on the demo checkpoint:
 
-    python -m evaluation.hybrid_ranking --model runs/eval/untrained --model embedded --variant multi \\
+    python -m evaluation.hybrid_ranking --model embedded --scoring tuned --scoring base --variant multi \\
         --lengths 4000 8000 16000 32000 64000 --depths 0 25 50 75 100 --output runs/ranking.json
 
 No generation: the encoder alone, a few seconds per cell on a CPU.
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", required=True,
                         help="E2LLM checkpoint folder or Hub id, or 'embedded' for the embedded default; repeatable")
+    parser.add_argument("--scoring", action="append", choices=("tuned", "base"),
+                        help="encoder that ranks (config.hybrid_scoring); repeatable; default: the model's own")
     parser.add_argument("--variant", choices=VARIANTS[1:], default="number")
     parser.add_argument("--lengths", type=int, nargs="+", default=[4000, 8000, 16000, 32000])
     parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100])
@@ -53,10 +56,13 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.model:
         model, processor, label = load_model(None if name == "embedded" else name)
         examples = needle_grid(args.variant, args.lengths, args.depths, essays, processor.tokenizer)
-        ranks = [needle_ranks(model, processor, example) for example in examples]
-        results[name] = {"label": label, **rank_summary(ranks),
-                         "cells": [{"id": e.id, "needle_ranks": r} for e, r in zip(examples, ranks)]}
-        print(name, json.dumps({k: v for k, v in results[name].items() if k != "cells"}))
+        for scoring in args.scoring or [model.config.hybrid_scoring]:
+            model.config.hybrid_scoring = scoring
+            ranks = [needle_ranks(model, processor, example) for example in examples]
+            key = f"{name} ({scoring})"
+            results[key] = {"label": label, "scoring": scoring, **rank_summary(ranks),
+                            "cells": [{"id": e.id, "needle_ranks": r} for e, r in zip(examples, ranks)]}
+            print(key, json.dumps({k: v for k, v in results[key].items() if k != "cells"}))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"variant": args.variant, "models": results}, indent=1) + "\n")
     return results

@@ -167,12 +167,12 @@ class RAGSystem(PlainDecoderSystem):
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
-        """Pooled encoder vectors (len(texts), enc_hidden). Chunks always fit the encoder; a longer
+        """Pooled vectors (len(texts), enc_hidden) from the encoder hybrid recall ranks with. Chunks always fit the encoder; a longer
         query is cut to its first max_chunk_tokens tokens, which only affects what is retrieved."""
         encoded = self.processor.encoder_tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
                                                    max_length=self.processor.max_chunk_tokens)
         return self.model.model.pool_chunks(encoded["input_ids"].to(self.model.device),
-                                            encoded["attention_mask"].to(self.model.device))
+                                            encoded["attention_mask"].to(self.model.device), for_scoring=True)
 
 
 SYSTEMS = {cls.name: cls for cls in (E2LLMSystem, TruncationSystem, FullSystem, RAGSystem)}

@@ -6,6 +6,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 POOLING_MODES = ("mean", "cls")
+HYBRID_SCORING = ("tuned", "base")
 
 
 class E2LLMConfig(PreTrainedConfig):
@@ -23,6 +24,10 @@ class E2LLMConfig(PreTrainedConfig):
         lora_rank / lora_alpha / lora_dropout: LoRA settings shared by encoder and decoder.
         encoder_lora_layers: how many of the encoder's *last* layers get LoRA (paper: the last layers).
         encoder_lora_modules / decoder_lora_modules: linear-layer names that get LoRA.
+        hybrid_scoring: which encoder hybrid recall ranks chunks with. `"tuned"`: the chunk encoder itself.
+            `"base"`: a frozen copy of the pretrained encoder (`model.scoring_encoder`), because LoRA tuned
+            for chunk tokens can make the encoder a worse retriever. Composing a new E2LLM picks `"base"`;
+            a model holding the copy can switch between the two at any time.
     """
 
     model_type = "e2llm"
@@ -44,6 +49,7 @@ class E2LLMConfig(PreTrainedConfig):
     encoder_lora_layers: int = 2
     encoder_lora_modules: list[str] | None = None
     decoder_lora_modules: list[str] | None = None
+    hybrid_scoring: Literal["tuned", "base"] = "tuned"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -52,6 +58,8 @@ class E2LLMConfig(PreTrainedConfig):
         self.tie_word_embeddings = self.tie_word_embeddings or bool(self.text_config.tie_word_embeddings)
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")
+        if self.hybrid_scoring not in HYBRID_SCORING:
+            raise ValueError(f"hybrid_scoring must be one of {HYBRID_SCORING}, got {self.hybrid_scoring!r}.")
         if not 1 <= self.adapter_num_layers <= 3:
             raise ValueError(f"adapter_num_layers must be 1, 2 or 3, got {self.adapter_num_layers}.")
         if self.encoder_batch_size < 1:

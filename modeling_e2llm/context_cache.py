@@ -40,13 +40,14 @@ class ContextCache:
     """One encoded document.
 
     chunk_features: (n_chunks, dec_hidden) chunk tokens, ready for the decoder.
-    pooled: (n_chunks, enc_hidden) pooled encoder outputs (for scoring chunks against a question).
+    pooled: (n_chunks, enc_hidden) pooled outputs of the scoring encoder, for ranking chunks against a
+        question (`E2LLMForCausalLM.chunk_scores`); None in a one-call cache that ranks nothing.
     offsets: (n_chunks, 2) character spans of the chunks in the text.
     text: the document itself (hybrid recall quotes chunks from it).
     """
 
     chunk_features: torch.Tensor
-    pooled: torch.Tensor
+    pooled: torch.Tensor | None
     offsets: torch.Tensor
     text: str
     text_hash: str

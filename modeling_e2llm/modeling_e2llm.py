@@ -59,6 +59,10 @@ class E2LLMModel(E2LLMPreTrainedModel):
                  language_model: PreTrainedModel | None = None):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else _encoder_from_config(config.encoder_config)
+        # Hybrid recall ranks chunks with the encoder as it was before training tuned it; a checkpoint's
+        # weights load over this copy.
+        self.scoring_encoder = (copy.deepcopy(self.encoder).requires_grad_(False)
+                                if config.hybrid_scoring == "base" else None)
         self.adapter = E2LLMAdapter(config)
         self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
         self.post_init()
@@ -70,12 +74,14 @@ class E2LLMModel(E2LLMPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     def pool_chunks(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, for_scoring: bool = False) -> torch.Tensor:
         """Encoder output of every chunk pooled to one vector: (n_chunks, L) -> (n_chunks, enc_hidden).
+        `for_scoring`: with the encoder hybrid recall ranks by (`config.hybrid_scoring`).
 
         Chunks run in batches of `config.encoder_batch_size`, longest first, each batch trimmed to its
         own longest chunk: memory stays bounded for any number of chunks and little goes to padding.
         """
+        encoder = self.ranking_encoder() if for_scoring else self.encoder
         lengths = chunk_attention_mask.sum(dim=1)
         order = torch.argsort(lengths, descending=True)
         pooled = None
@@ -83,12 +89,23 @@ class E2LLMModel(E2LLMPreTrainedModel):
         for index in tqdm(batches, desc="Encoding chunks", unit="batch", disable=not progress):
             width = int(lengths[index].max())
             mask = chunk_attention_mask[index, :width]
-            hidden = self.encoder(input_ids=chunk_input_ids[index, :width], attention_mask=mask).last_hidden_state
+            hidden = encoder(input_ids=chunk_input_ids[index, :width], attention_mask=mask).last_hidden_state
             vectors = _pool(hidden, mask, self.config.pooling)
             if pooled is None:
                 pooled = vectors.new_empty(len(order), vectors.shape[-1])
             pooled = pooled.index_copy(0, index, vectors)  # out of place: keeps autograd happy in training
         return pooled
+
+    def ranking_encoder(self) -> nn.Module:
+        """The encoder hybrid recall ranks chunks with (`config.hybrid_scoring`): the frozen pretrained copy
+        for "base", the chunk encoder itself for "tuned"."""
+        if self.config.hybrid_scoring == "tuned":
+            return self.encoder
+        if self.scoring_encoder is None:
+            raise ValueError('hybrid_scoring="base" needs the pretrained encoder copy, which this model was built '
+                             'without: set config.hybrid_scoring="tuned", or compose the model with '
+                             'from_encoder_decoder_pretrained (which keeps the copy).')
+        return self.scoring_encoder
 
     def get_chunk_features(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
                            progress: bool = False) -> torch.Tensor:
@@ -237,7 +254,8 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if context is not None or context_cache is not None:
             processor = processor if processor is not None else self.get_processor()
             self._check_processor(processor)
-            caches = self._context_caches(context, context_cache, processor, progress)
+            hybrid_top_k = processor.hybrid_top_k if hybrid_top_k is None else hybrid_top_k
+            caches = self._context_caches(context, context_cache, processor, progress, scoring=bool(hybrid_top_k))
             passages = self._hybrid_passages(caches, prompt, processor, hybrid_top_k, hybrid_token_budget)
             batch = processor.encode_prompts([cache.num_chunks for cache in caches], prompt, passages=passages)
             new_tokens = kwargs.get("max_new_tokens") or (generation_config or self.generation_config).max_new_tokens
@@ -271,13 +289,17 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         cache.text_hash, cache.weights_hash = text_fingerprint(context, processor), self.weights_fingerprint()
         return cache
 
-    def _encode(self, context: str, processor: E2LLMProcessor, progress: bool) -> ContextCache:
-        """An unkeyed cache for one call: hashing the weights is only worth it for a cache that is kept."""
+    def _encode(self, context: str, processor: E2LLMProcessor, progress: bool, scoring: bool = True) -> ContextCache:
+        """An unkeyed cache for one call: hashing the weights is only worth it for a cache that is kept.
+        `scoring=False` skips the scoring encoder's pass (no ranking to do): `pooled` may then be None."""
         chunks = processor.encode_chunks([context])
-        pooled = self.model.pool_chunks(chunks["chunk_input_ids"].to(self.device),
-                                        chunks["chunk_attention_mask"].to(self.device), progress=progress)
-        return ContextCache(chunk_features=self.model.adapter(pooled), pooled=pooled, offsets=chunks["offsets"],
-                            text=context, text_hash="", weights_hash="")
+        ids, mask = chunks["chunk_input_ids"].to(self.device), chunks["chunk_attention_mask"].to(self.device)
+        pooled = self.model.pool_chunks(ids, mask, progress=progress)
+        scoring_pooled = pooled
+        if self.model.ranking_encoder() is not self.model.encoder:
+            scoring_pooled = self.model.pool_chunks(ids, mask, for_scoring=True) if scoring else None
+        return ContextCache(chunk_features=self.model.adapter(pooled), pooled=scoring_pooled,
+                            offsets=chunks["offsets"], text=context, text_hash="", weights_hash="")
 
     @torch.no_grad()
     def hybrid_passages(self, context: str, prompt: str, processor: E2LLMProcessor | None = None,
@@ -306,17 +328,18 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def chunk_scores(self, cache: ContextCache, question: str, processor: E2LLMProcessor | None = None) -> torch.Tensor:
-        """(n_chunks,) cosine similarity between the question's pooled encoder vector and each chunk's
-        (`cache.pooled`, from the same encoder): hybrid recall's ranking."""
+        """(n_chunks,) cosine similarity between the question's pooled vector and each chunk's (`cache.pooled`),
+        both from the scoring encoder (`config.hybrid_scoring`): hybrid recall's ranking."""
         processor = processor if processor is not None else self.get_processor()
         tokens = processor.encoder_tokenizer([question], truncation=True, return_tensors="pt").to(self.device)
-        query = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"])
+        query = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True)
         return torch.nn.functional.cosine_similarity(cache.pooled.to(query.device), query, dim=-1).cpu()
 
-    def _context_caches(self, context, context_cache, processor, progress: bool) -> list[ContextCache]:
+    def _context_caches(self, context, context_cache, processor, progress: bool,
+                        scoring: bool) -> list[ContextCache]:
         """One checked cache per context: encoded now, or given (and then checked against text and weights)."""
         if context_cache is None:
-            return [self._encode(text, processor, progress) for text in _as_list(context, "context")]
+            return [self._encode(text, processor, progress, scoring) for text in _as_list(context, "context")]
         caches = [context_cache] if hasattr(context_cache, "chunk_features") else list(context_cache)
         texts = [None] * len(caches) if context is None else _as_list(context, "context")
         if len(texts) != len(caches):
@@ -327,9 +350,10 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         return caches
 
     def weights_fingerprint(self) -> str:
-        """Hash of the encoder and adapter weights (chunk tokens depend on nothing else); recomputed only
-        after a parameter changes."""
+        """Hash of the weights of the encoder, the adapter and the encoder that ranks chunks (a cache depends
+        on nothing else); recomputed only after a parameter changes."""
         modules = [self.model.encoder, self.model.adapter]
+        modules += [self.model.ranking_encoder()] if self.model.ranking_encoder() is not self.model.encoder else []
         key = tuple((p.data_ptr(), p._version) for module in modules for p in module.parameters())
         if self._weights_fingerprint is None or self._weights_fingerprint[0] != key:
             self._weights_fingerprint = (key, weights_fingerprint(modules))
@@ -387,7 +411,8 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
 
         With no names, the embedded default: all-MiniLM-L6-v2 and SmolLM2-135M-Instruct from pip packages.
         `config_kwargs` go to `E2LLMConfig` (pooling, adapter_num_layers, LoRA settings, ...); pooling
-        defaults to what the encoder's sentence-transformers config says.
+        defaults to what the encoder's sentence-transformers config says, hybrid_scoring to "base" (a frozen
+        copy of this pretrained encoder ranks chunks for hybrid recall, whatever training does to the encoder).
         """
         from .embedded_default import DECODER_HUB_ID, ENCODER_HUB_ID, default_decoder_path, default_encoder_path
 
@@ -400,6 +425,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         chunk_token_id = add_chunk_token(AutoTokenizer.from_pretrained(decoder_path), chunk_token)
         _make_room_for_chunk_token(causal_lm, chunk_token_id)
         config_kwargs.setdefault("pooling", _sentence_transformers_pooling(encoder_path) or "mean")
+        config_kwargs.setdefault("hybrid_scoring", "base")
         config = E2LLMConfig(encoder_config=encoder.config, text_config=causal_lm.config,
                              chunk_token_id=chunk_token_id, **config_kwargs)
         model = cls(config, encoder=encoder, causal_lm=causal_lm)

@@ -2,11 +2,12 @@
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from evaluation.hybrid_ranking import needle_ranks, rank_summary
 from evaluation.niah import needle_example
-from modeling_e2llm import E2LLMProcessor
+from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
 
 SENTENCES = [f"Paragraph {i} talks about topic number {i} in some detail. " for i in range(12)]
 TEXT = "".join(SENTENCES)
@@ -75,6 +76,69 @@ def test_hybrid_settings_are_saved_with_the_processor(tiny_paths, tmp_path):
     loaded = E2LLMProcessor.from_pretrained(tmp_path)
     assert (loaded.hybrid_top_k, loaded.hybrid_token_budget) == (4, 512)
 
+
+
+def _tune_chunk_encoder(model) -> None:
+    """What training does to the chunk encoder, in miniature: its weights move."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.model.encoder.parameters():
+            parameter.add_(0.5 * parameter.std() * torch.randn(parameter.shape, generator=generator))
+
+
+def test_composed_model_ranks_with_the_pretrained_encoder_whatever_training_does_to_the_chunk_encoder(
+        tiny_model, tiny_processor):
+    before = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    _tune_chunk_encoder(tiny_model)
+    after = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    assert not torch.allclose(after.chunk_features, before.chunk_features, atol=1e-3)
+    torch.testing.assert_close(tiny_model.chunk_scores(after, "topic number 4", tiny_processor),
+                               tiny_model.chunk_scores(before, "topic number 4", tiny_processor))
+
+
+def test_tuned_scoring_ranks_with_the_chunk_encoder_and_keeps_no_copy(tiny_paths, tiny_processor):
+    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths, hybrid_scoring="tuned").eval()
+    assert model.model.scoring_encoder is None
+    before = model.encode_context(TEXT, processor=tiny_processor)
+    _tune_chunk_encoder(model)
+    after = model.encode_context(TEXT, processor=tiny_processor)
+    torch.testing.assert_close(model.model.adapter(after.pooled), after.chunk_features)
+    assert not torch.allclose(model.chunk_scores(after, "topic number 4", tiny_processor),
+                              model.chunk_scores(before, "topic number 4", tiny_processor), atol=1e-3)
+
+
+def test_a_model_holding_the_copy_can_switch_to_ranking_with_the_chunk_encoder(tiny_model, tiny_processor):
+    _tune_chunk_encoder(tiny_model)
+    tiny_model.config.hybrid_scoring = "tuned"
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    torch.testing.assert_close(tiny_model.model.adapter(cache.pooled), cache.chunk_features)
+
+
+def test_base_scoring_without_the_pretrained_copy_is_refused_with_the_fix(tiny_paths, tiny_processor):
+    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths, hybrid_scoring="tuned")
+    model.config.hybrid_scoring = "base"
+    with pytest.raises(ValueError, match='set config.hybrid_scoring="tuned"'):
+        model.hybrid_passages(TEXT, "topic 4", tiny_processor, top_k=2)
+
+
+def test_a_saved_model_keeps_its_scoring_encoder(tiny_model, tiny_processor, tmp_path):
+    _tune_chunk_encoder(tiny_model)
+    tiny_model.save_pretrained(tmp_path)
+    loaded = E2LLMForCausalLM.from_pretrained(tmp_path).eval()
+    expected = tiny_model.chunk_scores(tiny_model.encode_context(TEXT, processor=tiny_processor), "topic 4",
+                                       tiny_processor)
+    scores = loaded.chunk_scores(loaded.encode_context(TEXT, processor=tiny_processor), "topic 4", tiny_processor)
+    torch.testing.assert_close(scores, expected)
+
+
+def test_lora_leaves_the_scoring_encoder_frozen_and_untouched(tiny_model):
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(tiny_model, tiny_model.get_lora_config())
+    trainable = [name for name, parameter in peft_model.named_parameters() if parameter.requires_grad]
+    assert any(".encoder." in name and "lora_" in name for name in trainable)
+    assert not any("scoring_encoder" in name for name, _ in peft_model.named_modules() if "lora_" in name)
+    assert not any("scoring_encoder" in name for name in trainable)
 
 
 def test_needle_rank_is_zero_when_the_question_is_the_needle_chunk(tiny_model, tiny_processor, essay_text):

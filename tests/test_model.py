@@ -224,6 +224,9 @@ def test_invalid_config_values_are_refused(tiny_model):
     with pytest.raises(ValueError, match="pooling"):
         E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
                     pooling="max")
+    with pytest.raises(ValueError, match="hybrid_scoring must be one of"):
+        E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
+                    hybrid_scoring="frozen")
 
 
 def test_composing_twice_gives_identical_models(tiny_paths, tiny_processor):
