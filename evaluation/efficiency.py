@@ -129,7 +129,7 @@ def write_texts(essays: list[str], tokenizer, lengths: dict[int, int], folder: P
     texts = {}
     for nominal, tokens in lengths.items():
         text = haystack_prefix(essays, tokenizer, tokens)
-        path = folder / f"context-{nominal}.txt"
+        path = folder / f"context-{tokens}.txt"  # by content: sections may share a nominal length
         path.write_text(text, encoding="utf-8")
         texts[nominal] = (len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]), path)
     return texts

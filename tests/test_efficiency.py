@@ -8,7 +8,7 @@ import torch
 from transformers import BertConfig
 
 from evaluation.efficiency import (RESULTS_FILE, SUMMARY_FILE, TARGETS, chunk_size_that_fits, context_lengths,
-                                   linearity, main, parse_arguments)
+                                   linearity, main, parse_arguments, write_texts)
 from evaluation.efficiency_worker import encoder_flops, load_benchmark_model, memory_mb, reset_peak_memory
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -40,6 +40,17 @@ def test_lengths_double_up_to_the_maximum_and_split_at_the_window():
     assert context_lengths(1000, 5000, 2048) == ([1000, 2000], [4000, 5000])
     with pytest.raises(ValueError, match="--min-tokens"):
         context_lengths(4096, 1024, 8192)
+
+
+def test_texts_of_one_nominal_length_cut_to_different_sizes_keep_their_own_files(tiny_processor, essay_text,
+                                                                                 tmp_path):
+    # The comparison cuts its longest text to fit the window; the cache section may ask for that same length uncut.
+    cut = write_texts([essay_text], tiny_processor.tokenizer, {2048: 1500}, tmp_path)
+    whole = write_texts([essay_text], tiny_processor.tokenizer, {2048: 2048}, tmp_path)
+    tokens = [len(tiny_processor.tokenizer(path.read_text(), add_special_tokens=False)["input_ids"])
+              for _, path in (cut[2048], whole[2048])]
+    assert (cut[2048][0], whole[2048][0]) == (1500, 2048)
+    assert tokens == [1500, 2048]
 
 
 def test_linearity_is_one_on_a_straight_line_and_flags_a_bend():
