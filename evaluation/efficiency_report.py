@@ -109,6 +109,8 @@ def _comparison(results: dict) -> list[str]:
 
 
 def _long(results: dict) -> list[str]:
+    if not results["medians"].get("long"):  # --max-tokens within the window: nothing was measured beyond it
+        return []
     lines = [f"## Beyond the window: E2LLM alone (chunk size {results['settings']['long_chunk_size']} characters)",
              "", "| context tokens | chunks | prefill s | total s | s per 1K tokens | working MB | process peak MB |",
              "|---|---|---|---|---|---|---|"]

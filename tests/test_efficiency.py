@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from evaluation.efficiency import (RESULTS_FILE, SUMMARY_FILE, TARGETS, chunk_size_that_fits, context_lengths,
+from evaluation.efficiency import (RESULTS_FILE, SUMMARY_FILE, TARGETS, check_targets, chunk_size_that_fits, context_lengths,
                                    linearity, main, parse_arguments, write_texts)
 from evaluation.efficiency_worker import encoder_flops, load_benchmark_model, memory_mb, reset_peak_memory
 
@@ -51,6 +51,12 @@ def test_texts_of_one_nominal_length_cut_to_different_sizes_keep_their_own_files
               for _, path in (cut[2048], whole[2048])]
     assert (cut[2048][0], whole[2048][0]) == (1500, 2048)
     assert tokens == [1500, 2048]
+
+
+def test_the_memory_target_names_its_million_tokens_when_no_run_went_beyond_the_window():
+    targets = check_targets({"ratios": {}, "medians": {}, "linearity": None, "encoder_efficiency": {}})
+    peak = next(target for target in targets if target["name"] == "peak_rss_1m_mb")
+    assert peak["description"] == "process peak RSS at 1000000 tokens < 4096 MB" and peak["met"] is None
 
 
 def test_linearity_is_one_on_a_straight_line_and_flags_a_bend():
