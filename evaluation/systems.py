@@ -167,8 +167,8 @@ class RAGSystem(PlainDecoderSystem):
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
-        """Pooled vectors (len(texts), enc_hidden) from the encoder hybrid recall ranks with. Chunks always fit the encoder; a longer
-        query is cut to its first max_chunk_tokens tokens, which only affects what is retrieved."""
+        """Pooled vectors (len(texts), enc_hidden) from the encoder hybrid recall ranks with. Chunks always
+        fit the encoder; a longer query is cut to its first max_chunk_tokens tokens, which only affects what is retrieved."""
         encoded = self.processor.encoder_tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
                                                    max_length=self.processor.max_chunk_tokens)
         return self.model.model.pool_chunks(encoded["input_ids"].to(self.model.device),

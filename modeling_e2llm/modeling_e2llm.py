@@ -295,7 +295,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         chunks = processor.encode_chunks([context])
         ids, mask = chunks["chunk_input_ids"].to(self.device), chunks["chunk_attention_mask"].to(self.device)
         pooled = self.model.pool_chunks(ids, mask, progress=progress)
-        scoring_pooled = pooled
+        scoring_pooled = pooled  # one pass serves both unless a separate encoder ranks
         if self.model.ranking_encoder() is not self.model.encoder:
             scoring_pooled = self.model.pool_chunks(ids, mask, for_scoring=True) if scoring else None
         return ContextCache(chunk_features=self.model.adapter(pooled), pooled=scoring_pooled,
@@ -352,8 +352,8 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     def weights_fingerprint(self) -> str:
         """Hash of the weights of the encoder, the adapter and the encoder that ranks chunks (a cache depends
         on nothing else); recomputed only after a parameter changes."""
-        modules = [self.model.encoder, self.model.adapter]
-        modules += [self.model.ranking_encoder()] if self.model.ranking_encoder() is not self.model.encoder else []
+        ranking = self.model.ranking_encoder()
+        modules = [self.model.encoder, self.model.adapter] + ([ranking] if ranking is not self.model.encoder else [])
         key = tuple((p.data_ptr(), p._version) for module in modules for p in module.parameters())
         if self._weights_fingerprint is None or self._weights_fingerprint[0] != key:
             self._weights_fingerprint = (key, weights_fingerprint(modules))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from evaluation.efficiency import (RESULTS_FILE, SUMMARY_FILE, TARGETS, check_targets, chunk_size_that_fits, context_lengths,
-                                   linearity, main, parse_arguments, write_texts)
+from evaluation.efficiency import (RESULTS_FILE, SUMMARY_FILE, TARGETS, check_targets, chunk_size_that_fits,
+                                   context_lengths, linearity, main, parse_arguments, write_texts)
 from evaluation.efficiency_worker import encoder_flops, load_benchmark_model, memory_mb, reset_peak_memory
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
