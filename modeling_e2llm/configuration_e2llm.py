@@ -3,7 +3,6 @@
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 POOLING_MODES = ("mean", "cls")
 HYBRID_SCORING = ("tuned", "base")
@@ -31,10 +30,11 @@ class E2LLMConfig(PreTrainedConfig):
     """
 
     model_type = "e2llm"
-    sub_configs_defaults = {
-        "encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    # The plain `sub_configs` mapping works with every transformers 5 release (5.20 added `sub_configs_defaults`).
+    # There are deliberately no default sub-configs: BERT-base + a 7B Llama would be built for any folder that
+    # is not an E2LLM checkpoint, so a config must name both models.
+    sub_configs = {"encoder_config": AutoConfig, "text_config": AutoConfig}
+    has_no_defaults_at_init = True
 
     encoder_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -53,8 +53,19 @@ class E2LLMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        for key in self.sub_configs:
+            sub_config = getattr(self, key)
+            if not isinstance(sub_config, (dict, PreTrainedConfig)) or (
+                    isinstance(sub_config, dict) and "model_type" not in sub_config):
+                raise ValueError(
+                    f"This is not an E2LLM config: it has no {key} (with its model_type). Load a folder saved by "
+                    "E2LLMForCausalLM.save_pretrained, or compose a new model with "
+                    "E2LLMForCausalLM.from_encoder_decoder_pretrained(encoder_path, decoder_path).")
+            if isinstance(sub_config, dict):
+                setattr(self, key, AutoConfig.for_model(**sub_config))
         super().__post_init__(**kwargs)
-        # The decoder's own flag decides whether lm_head shares the input embeddings (HF_NOTES pitfall 5).
+        # The decoder's own flag decides whether lm_head shares the input embeddings; without this copy a
+        # tied decoder's head would load untied.
         self.tie_word_embeddings = self.tie_word_embeddings or bool(self.text_config.tie_word_embeddings)
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")
