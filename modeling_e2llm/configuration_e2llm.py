@@ -1,5 +1,6 @@
 """E2LLM configuration: a sentence encoder, an MLP adapter and a decoder-only LLM."""
 
+import os
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -53,6 +54,13 @@ class E2LLMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        # transformers would fill a missing sub-config with BERT-base and a 7B-shaped Llama, and building
+        # that random model can take tens of GB: an E2LLM is always composed from a real encoder and decoder.
+        missing = [name for name in ("encoder_config", "text_config") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"E2LLMConfig needs both encoder_config and text_config; {' and '.join(missing)} "
+                             "missing. Compose a model with E2LLMForCausalLM.from_encoder_decoder_pretrained("
+                             "encoder_path, decoder_path), or load a folder saved by its save_pretrained.")
         super().__post_init__(**kwargs)
         # The decoder's own flag decides whether lm_head shares the input embeddings (HF_NOTES pitfall 5).
         self.tie_word_embeddings = self.tie_word_embeddings or bool(self.text_config.tie_word_embeddings)
@@ -68,6 +76,29 @@ class E2LLMConfig(PreTrainedConfig):
             self.encoder_lora_modules = ["query", "key", "value", "dense"]
         if self.decoder_lora_modules is None:
             self.decoder_lora_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """The saved config, refused unless it is an E2LLM's (a folder without config.json, or a plain
+        decoder's, would otherwise become a default-sized random model)."""
+        source = str(pretrained_model_name_or_path)
+        try:
+            config_dict, kwargs = super().get_config_dict(source, **kwargs)
+        except (OSError, ValueError) as error:
+            if os.path.exists(source):
+                raise
+            # The Hub's reason alone ("Repo id must be in the form 'repo_name'") hides a mistyped folder path.
+            reason = str(error).splitlines()[0]
+            raise OSError(f"{source!r} is not a folder here, and as a Hub id it failed ({reason}). "
+                          "Check the path.") from error
+        if not config_dict:
+            raise OSError(f"{source!r} holds no config.json, so it is not a saved E2LLM: load a folder written by "
+                          "E2LLMForCausalLM.save_pretrained, or compose one with from_encoder_decoder_pretrained.")
+        found = config_dict.get("model_type")
+        if found != cls.model_type:
+            raise ValueError(f"{source!r} holds a {found!r} model, not an E2LLM. Use it as the encoder or decoder "
+                             "of E2LLMForCausalLM.from_encoder_decoder_pretrained(encoder_path, decoder_path).")
+        return config_dict, kwargs
 
 
 E2LLMConfig.register_for_auto_class()

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import logging as transformers_logging
 
 from .configuration_e2llm import E2LLMConfig
-from .context_cache import ContextCache, text_fingerprint, weights_fingerprint
+from .context_cache import ContextCache, as_caches, text_fingerprint, weights_fingerprint
 from .processing_e2llm import E2LLMProcessor, _as_list, _broadcast, add_chunk_token
 
 _HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
@@ -254,7 +254,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if context is not None or context_cache is not None:
             processor = processor if processor is not None else self.get_processor()
             self._check_processor(processor)
-            hybrid_top_k = processor.hybrid_top_k if hybrid_top_k is None else hybrid_top_k
+            hybrid_top_k, hybrid_token_budget = processor.hybrid_settings(hybrid_top_k, hybrid_token_budget)
             caches = self._context_caches(context, context_cache, processor, progress, scoring=bool(hybrid_top_k))
             passages = self._hybrid_passages(caches, prompt, processor, hybrid_top_k, hybrid_token_budget)
             batch = processor.encode_prompts([cache.num_chunks for cache in caches], prompt, passages=passages)
@@ -340,7 +340,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         """One checked cache per context: encoded now, or given (and then checked against text and weights)."""
         if context_cache is None:
             return [self._encode(text, processor, progress, scoring) for text in _as_list(context, "context")]
-        caches = [context_cache] if hasattr(context_cache, "chunk_features") else list(context_cache)
+        caches = as_caches(context_cache)
         texts = [None] * len(caches) if context is None else _as_list(context, "context")
         if len(texts) != len(caches):
             raise ValueError(f"{len(texts)} contexts but {len(caches)} context caches: give one cache per context.")
