@@ -4,6 +4,7 @@ Data flow: text -> `chunk()` character spans -> encoder token ids (one row per c
 prompt holding one placeholder token per chunk, whose embedding the model later replaces.
 """
 
+import os
 import re
 import string
 import warnings
@@ -25,6 +26,8 @@ _SENTENCE_OR_LINE_END = re.compile(r"[.!?](?=\s)|[。！？]|\n")
 _WHITESPACE = re.compile(r"\s")
 _UNBOUNDED_TOKENIZER_LENGTH = 100_000  # tokenizers store ~1e30 when they declare no limit
 IGNORE_INDEX = -100
+# What processor.save_pretrained writes beside the decoder's tokenizer.
+PROCESSOR_FILES = ("processor_config.json", "encoder_tokenizer")
 # Share of a context's characters the encoder may see only as unknown or no tokens before a warning.
 UNSEEN_WARNING_SHARE = 0.25
 # Template fields: (required, allowed). An unknown field would fail only when a prompt is built.
@@ -159,6 +162,13 @@ class E2LLMProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        folder = os.path.normpath(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+        missing = [name for name in PROCESSOR_FILES if not os.path.exists(os.path.join(folder, name))]
+        if os.path.isdir(folder) and missing:  # transformers would fall back to the decoder's tokenizer
+            raise OSError(
+                f"{folder} lacks {' and '.join(missing)}, so no E2LLM processor can be loaded from it (the "
+                "decoder's tokenizer would stand in for the encoder's). Save one beside the model with "
+                "processor.save_pretrained(folder).")
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (OSError, ValueError) as error:  # HF_NOTES pitfall 16: the raw error blames sentencepiece
