@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from .data import DataFormatError, dataset_name, load_examples
-from .harness import RunConflict, add_system_arguments, at_least, evaluate_examples, summary_table, system_from_arguments
+from .harness import (RunConflict, add_system_arguments, at_least, evaluate_examples, summary_table,
+                      system_from_arguments)
 from .niah import DEFAULT_HAYSTACK, hide_in_haystack, load_haystack_essays
 
 

@@ -210,7 +210,7 @@ class E2LLMProcessor(ProcessorMixin):
         `passages`, `(chunk index, text)` pairs, if any), in the chat template if the decoder has one."""
         context = self.chunk_token * num_chunks
         if passages:
-            lines = "".join(self.passage_template.format(index=i + 1, total=num_chunks, text=text)
+            lines = "".join(self.passage_template.format(index=i + 1, total=num_chunks, text=self.as_text(text))
                             for i, text in passages)
             context += self.passages_template.format(passages=lines)
         if prompt is None:
@@ -232,7 +232,8 @@ class E2LLMProcessor(ProcessorMixin):
             if len(chosen) == top_k:
                 break
             start, end = offsets[index].tolist()
-            line = self.passage_template.format(index=index + 1, total=len(offsets), text=text[start:end])
+            passage = self.as_text(text[start:end])
+            line = self.passage_template.format(index=index + 1, total=len(offsets), text=passage)
             cost = len(self.tokenizer(line, add_special_tokens=False)["input_ids"])
             if used + cost <= budget:
                 chosen.append((index, text[start:end]))
@@ -247,13 +248,19 @@ class E2LLMProcessor(ProcessorMixin):
         if found != num_chunks:
             raise ValueError(
                 f"The prompt holds {found - num_chunks} extra chunk placeholder(s) {self.chunk_token!r}: "
-                "that string is reserved for chunk tokens. Remove it from the prompt, the passages and the template."
+                "that string is reserved for chunk tokens. Remove it from the prompt and the template."
             )
         return ids
 
     def _target_ids(self, target: str) -> list[int]:
         _check_text(target, "target")
-        return self.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        ids = self.tokenizer(self.as_text(target), add_special_tokens=False)["input_ids"]
+        return ids + [self.tokenizer.eos_token_id]
+
+    def as_text(self, text: str) -> str:
+        """`text` with the placeholder string broken up (`<chunk>` -> `< chunk>`), so that a document that
+        contains it is read (quoted, restated) as text rather than as a chunk token."""
+        return text.replace(self.chunk_token, self.chunk_token[:1] + " " + self.chunk_token[1:])
 
     # --- batch ------------------------------------------------------------------------------------
     def __call__(self, context: str | list[str], prompt: str | list[str] | None = None,

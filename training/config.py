@@ -59,7 +59,8 @@ class ProcessorSettings:
         _check_range("processor.hybrid_top_k", self.hybrid_top_k, 0)
         _check_range("processor.hybrid_token_budget", self.hybrid_token_budget, 1)
         if not 0.0 <= self.chunk_overlap < 1.0:
-            raise ValueError(f"processor.chunk_overlap is a fraction of chunk_size in [0, 1), got {self.chunk_overlap}.")
+            raise ValueError(f"processor.chunk_overlap is a fraction of chunk_size in [0, 1), "
+                             f"got {self.chunk_overlap}.")
 
 
 @dataclass
