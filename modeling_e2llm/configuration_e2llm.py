@@ -1,6 +1,7 @@
 """E2LLM configuration: a sentence encoder, an MLP adapter and a decoder-only LLM."""
 
 import os
+import re
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -81,16 +82,8 @@ class E2LLMConfig(PreTrainedConfig):
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
         """The saved config, refused unless it is an E2LLM's (a folder without config.json, or a plain
         decoder's, would otherwise become a default-sized random model)."""
-        source = str(pretrained_model_name_or_path)
-        try:
-            config_dict, kwargs = super().get_config_dict(source, **kwargs)
-        except (OSError, ValueError) as error:
-            if os.path.exists(source):
-                raise
-            # The Hub's reason alone ("Repo id must be in the form 'repo_name'") hides a mistyped folder path.
-            reason = str(error).splitlines()[0]
-            raise OSError(f"{source!r} is not a folder here, and as a Hub id it failed ({reason}). "
-                          "Check the path.") from error
+        source = check_source(pretrained_model_name_or_path)
+        config_dict, kwargs = super().get_config_dict(source, **kwargs)
         if not config_dict:
             raise OSError(f"{source!r} holds no config.json, so it is not a saved E2LLM: load a folder written by "
                           "E2LLMForCausalLM.save_pretrained, or compose one with from_encoder_decoder_pretrained.")
@@ -99,6 +92,15 @@ class E2LLMConfig(PreTrainedConfig):
             raise ValueError(f"{source!r} holds a {found!r} model, not an E2LLM. Use it as the encoder or decoder "
                              "of E2LLMForCausalLM.from_encoder_decoder_pretrained(encoder_path, decoder_path).")
         return config_dict, kwargs
+
+
+def check_source(source) -> str:
+    """`source` as a string, refused when it is neither an existing path nor shaped like a Hub id: the Hub's
+    own complaint ("Repo id must be in the form 'repo_name'") hides a mistyped folder path."""
+    source = str(source)
+    if not os.path.exists(source) and not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source):
+        raise OSError(f"{source!r} is not a folder here, nor a Hub id (ORG/NAME): check the path.")
+    return source
 
 
 E2LLMConfig.register_for_auto_class()

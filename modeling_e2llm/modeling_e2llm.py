@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, Generat
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging as transformers_logging
 
-from .configuration_e2llm import E2LLMConfig
+from .configuration_e2llm import E2LLMConfig, check_source
 from .context_cache import ContextCache, as_caches, text_fingerprint, weights_fingerprint
 from .processing_e2llm import E2LLMProcessor, _as_list, _broadcast, add_chunk_token
 
@@ -409,6 +409,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     # --- building and loading -----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        check_source(pretrained_model_name_or_path)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         # Remember where the weights came from so that get_processor() finds the files saved beside them.
         model._processor_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}

@@ -314,7 +314,7 @@ class E2LLMProcessor(ProcessorMixin):
             share = min(1.0, sum(unseen) / len(text))
             if share >= UNSEEN_WARNING_SHARE:
                 warnings.warn(
-                    f"The encoder cannot represent {share:.0%} of {which} ({len(unseen)} of {len(text_spans)} chunks "
+                    f"The encoder cannot represent {int(100 * share)}% of {which} ({len(unseen)} of {len(text_spans)} chunks "
                     "become unknown or no tokens): answers about that part are guesses. Clean the text, or use an "
                     "encoder whose vocabulary covers it.", UserWarning, stacklevel=3)
 

@@ -19,12 +19,13 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import datasets
 import yaml
 from trl import SFTConfig
 
 from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM
 
-from .sources import check_source
+from .sources import source_keys
 
 # model.config keys: E2LLMConfig's own settings (not the sub-configs and placeholder id that composing fills
 # in) and the keyword arguments of from_encoder_decoder_pretrained.
@@ -101,7 +102,7 @@ class DataSettings:
     def __post_init__(self):
         for task in ("understanding", "reasoning"):
             for i, spec in enumerate(getattr(self, task)):
-                check_source(spec, f"config.data.{task}[{i}]")
+                _check_source(spec, f"config.data.{task}[{i}]")
 
 
 @dataclass
@@ -164,6 +165,16 @@ def _check_type(value, annotation, where: str):
     names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in dict.fromkeys(allowed))
     hint = " (PyYAML reads 1e-3 as text: write 1.0e-3)" if float in allowed and _is_number(value) else ""
     raise TypeError(f"{where} must be {names}, got {type(value).__name__} {value!r}{hint}.")
+
+
+def _check_source(spec, where: str) -> None:
+    if isinstance(spec, datasets.Dataset):  # given in Python rather than YAML: its columns are checked on use
+        return
+    if not isinstance(spec, dict):
+        raise TypeError(f"{where} must be a mapping such as {{path: data.jsonl}}, got {type(spec).__name__}.")
+    _check_keys(spec, source_keys(spec, where), where)
+    if isinstance(spec.get("haystack"), dict):
+        _check_source(spec["haystack"], f"{where}.haystack")
 
 
 def _is_number(value) -> bool:

@@ -186,23 +186,14 @@ def needle(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0,
 BUILDERS = {"babi_haystack": babi_haystack, "squad_haystack": squad_haystack, "needle": needle}
 
 
-def check_source(spec, where: str) -> None:
-    """Refuse a source spec with a key its loader does not take, while the config is read: a typo such as
-    `limt` would otherwise fail deep inside data loading, after the models have loaded."""
-    if isinstance(spec, datasets.Dataset):
-        return
-    if not isinstance(spec, dict):
-        raise TypeError(f"{where} must be a mapping such as {{path: data.jsonl}}, got {type(spec).__name__}.")
-    allowed = set(SELECT_KEYS)
-    if "builder" in spec:
-        if spec["builder"] not in BUILDERS:
-            raise ValueError(f"Unknown builder {spec['builder']!r} in {where}; use one of {sorted(BUILDERS)}.")
-        parameters = inspect.signature(BUILDERS[spec["builder"]]).parameters.values()
-        takes_select = any(p.kind is p.VAR_KEYWORD for p in parameters)
-        allowed = {p.name for p in parameters if p.kind is not p.VAR_KEYWORD} - {"seed"} | {"builder"}
-        allowed |= set(SELECT_KEYS) if takes_select else set()
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in {where}; known keys: {sorted(allowed)}.")
-    if isinstance(spec.get("haystack"), dict):
-        check_source(spec["haystack"], f"{where}.haystack")
+def source_keys(spec: dict, where: str) -> set[str]:
+    """The keys a source spec may hold: a file source's, or its builder's options (checked while the config
+    is read: a typo such as `limt` would otherwise fail deep inside data loading, after the models load)."""
+    if "builder" not in spec:
+        return set(SELECT_KEYS)
+    if spec["builder"] not in BUILDERS:
+        raise ValueError(f"Unknown builder {spec['builder']!r} in {where}; use one of {sorted(BUILDERS)}.")
+    parameters = inspect.signature(BUILDERS[spec["builder"]]).parameters.values()
+    takes_select = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    allowed = {p.name for p in parameters if p.kind is not p.VAR_KEYWORD} - {"seed"} | {"builder"}
+    return allowed | (set(SELECT_KEYS) if takes_select else set())
