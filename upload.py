@@ -111,6 +111,10 @@ def checkpoint_format(path: Path) -> str:
     else:
         raise PublishError(f"{path} holds no checkpoint: expected config.json (a saved E2LLM folder), "
                            "adapter_config.json (a peft adapter) or demo.json (a demo folder).")
+    model_type = json.loads((path / "config.json").read_text()).get("model_type") if kind == "model" else "e2llm"
+    if model_type != "e2llm":
+        raise PublishError(f"{path} holds a {model_type!r} model, not an E2LLM: train one from it with "
+                           "python -m training.train (model.decoder or model.encoder) and publish its final/ folder.")
     missing = [name for name in required if not (path / name).exists()]
     if kind == "model" and not any((path / name).exists() for name in WEIGHT_FILES):
         missing.append(" or ".join(WEIGHT_FILES))

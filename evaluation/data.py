@@ -45,8 +45,9 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     if not path.is_file():
         raise FileNotFoundError(f"No such file: {path}")
     examples, seen = [], {}
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with open(path, "rb") as lines:  # decoded line by line, so that a bad byte is reported with its line
+        for number, raw in enumerate(lines, start=1):
+            line = _decode(raw, f"{path}, line {number}")
             if not line.strip():
                 continue
             example = parse_line(line, f"{path}, line {number}")
@@ -60,6 +61,14 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     if not examples:
         raise DataFormatError(f"{path} holds no examples.")
     return examples
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{where}: not UTF-8 text (byte {raw[error.start]:#04x} at column {error.start + 1}); "
+                              "convert the file to UTF-8, e.g. with iconv -f latin1 -t utf-8.") from None
 
 
 def parse_line(line: str, where: str) -> Example:

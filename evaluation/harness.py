@@ -16,14 +16,29 @@ from tqdm.auto import tqdm
 
 from .data import Example
 from .metrics import aggregate, primary_metric, score_prediction
-from .systems import RAG_TOP_K, SYSTEMS, DoesNotFit, System, build_system, load_model
+from .systems import RAG_TOP_K, SYSTEMS, System, build_system, load_model
 
 
 class RunConflict(ValueError):
-    """The output folder holds a run with other settings; resuming into it would mix two runs."""
+    """The output folder cannot be resumed into: it holds a run with other settings (resuming would mix two
+    runs), or a run file that is not valid JSON."""
 
 
 RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE, TABLE_FILE = "run.json", "predictions.jsonl", "summary.json", "summary.md"
+
+
+def at_least(minimum: int):
+    """argparse type: a whole number >= `minimum`, refused while the arguments are read (before any model
+    loads) rather than recorded and misread later."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
 def add_system_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,15 +47,15 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="E2LLM checkpoint folder or Hub id (default: the embedded default)")
     parser.add_argument("--output", required=True, type=Path, help="folder of this run (resumed if it exists)")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
+    parser.add_argument("--max-new-tokens", type=at_least(1), default=None,
                         help="answer length (default: 256 for summaries, 64 for QA, 32 for needles)")
-    parser.add_argument("--top-k", type=int, default=RAG_TOP_K, help="chunks rag retrieves (paper: 40)")
-    parser.add_argument("--hybrid-top-k", type=int, default=None,
+    parser.add_argument("--top-k", type=at_least(1), default=RAG_TOP_K, help="chunks rag retrieves (paper: 40)")
+    parser.add_argument("--hybrid-top-k", type=at_least(0), default=None,
                         help="e2llm hybrid recall: raw text of the N chunks most similar to the question "
                              "(0: off; default: the checkpoint's setting)")
-    parser.add_argument("--hybrid-budget", type=int, default=None,
+    parser.add_argument("--hybrid-budget", type=at_least(1), default=None,
                         help="decoder tokens the hybrid passages may take (default: the checkpoint's setting)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads")
 
 
 def system_from_arguments(args: argparse.Namespace) -> tuple[System, dict]:
@@ -91,7 +106,7 @@ def predict_and_score(system: System, example: Example) -> dict:
     start = time.perf_counter()
     try:
         prediction = system.predict(example)
-    except DoesNotFit as reason:
+    except ValueError as reason:  # does not fit, or unusable (empty context, a placeholder in the question)
         return {"id": example.id, "task": example.task, "skipped": str(reason)}
     return {"id": example.id, "task": example.task, "prediction": prediction, "references": example.answers,
             "scores": score_prediction(example.task, prediction, example.answers, example.meta),
@@ -108,13 +123,22 @@ def read_predictions(path: Path, repair: bool = False) -> dict[str, dict]:
         text = text[:text.rfind("\n") + 1]
         if repair:
             path.write_text(text, encoding="utf-8")
-    return {record["id"]: record for record in map(json.loads, text.splitlines())}
+    records = [_json_line(line, f"{path}, line {number}") for number, line in enumerate(text.splitlines(), start=1)]
+    return {record["id"]: record for record in records}
+
+
+def _json_line(text: str, where: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise RunConflict(f"{where} is not valid JSON ({error}): fix or delete that line, or pass another "
+                          "--output to start over.") from None
 
 
 def _claim_folder(run_file: Path, settings: dict) -> None:
     """Write run.json, or check that the folder holds a run with the same settings (safe to resume)."""
     if run_file.exists():
-        earlier = json.loads(run_file.read_text())
+        earlier = _json_line(run_file.read_text(), str(run_file))
         changed = {key: (earlier.get(key), value) for key, value in settings.items() if earlier.get(key) != value}
         if changed:
             details = "; ".join(f"{key}: {old!r} there, {new!r} now" for key, (old, new) in changed.items())

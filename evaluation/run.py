@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from .data import DataFormatError, dataset_name, load_examples
-from .harness import RunConflict, add_system_arguments, evaluate_examples, summary_table, system_from_arguments
+from .harness import (RunConflict, add_system_arguments, at_least, evaluate_examples, summary_table,
+                      system_from_arguments)
 from .niah import DEFAULT_HAYSTACK, hide_in_haystack, load_haystack_essays
 
 
@@ -21,8 +22,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_system_arguments(parser)
     parser.add_argument("--data", required=True, type=Path, help="uniform JSONL file")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N examples")
-    parser.add_argument("--haystack-tokens", type=int, default=None,
+    parser.add_argument("--limit", type=at_least(1), default=None, help="only the first N examples")
+    parser.add_argument("--haystack-tokens", type=at_least(1), default=None,
                         help="hide each context in a haystack of this many decoder tokens")
     parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK, help="JSONL of haystack texts")
     args = parser.parse_args(argv)

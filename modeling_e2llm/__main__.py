@@ -10,6 +10,18 @@ from . import E2LLMForCausalLM
 from .embedded_default import load_embedded_default
 
 
+def read_text_file(path: str, parser: argparse.ArgumentParser) -> str:
+    """The file's text; a missing or non-UTF-8 file ends the command with what to do instead."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as error:
+        parser.error(f"--file {path}: {error.strerror}.")
+    except UnicodeDecodeError as error:
+        parser.error(f"--file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                     f"{error.start:,}): convert it first, e.g. iconv -f latin1 -t utf-8 {path} > out.txt.")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--file", required=True, help="UTF-8 text file to read")
@@ -18,30 +30,42 @@ def main(argv: list[str] | None = None) -> None:
                         help="saved E2LLM folder or Hub id (default: the embedded default models with the "
                              "trained demo weights when present)")
     parser.add_argument("--untrained", action="store_true", help="embedded default without the demo weights")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    with open(args.file, encoding="utf-8") as f:
-        text = f.read()
-
-    if args.model is None:
-        model, processor = load_embedded_default(trained=not args.untrained)
-        if not model.is_trained_demo:
-            print("Note: embedded default models with an UNTRAINED adapter: the answer shows that the pipeline "
-                  "runs, not what a trained E2LLM can do.", file=sys.stderr)
-    else:
-        model = E2LLMForCausalLM.from_pretrained(args.model, trust_remote_code=True)
-        processor = model.get_processor()
-    model.eval()
-    start = time.perf_counter()
-    answer = model.answer(text, args.question, processor=processor, max_new_tokens=args.max_new_tokens,
-                          do_sample=False, progress=True)
+    text = read_text_file(args.file, parser)
+    try:  # a bad folder or text gets its one-line reason, not a traceback
+        model, processor = load_model(args.model, args.untrained)
+        start = time.perf_counter()
+        answer = model.answer(text, args.question, processor=processor, max_new_tokens=args.max_new_tokens,
+                              do_sample=False, progress=True)
+    except (OSError, ValueError, TypeError) as error:
+        parser.exit(2, f"error: {error}\n")
     print(answer)
     print(f"[{len(text):,} characters, {len(processor.chunk(text)):,} chunks, "
           f"{time.perf_counter() - start:.1f} s]", file=sys.stderr)
 
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (0 new tokens or threads would run and say nothing)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def load_model(model_path: str | None, untrained: bool):
+    """The model and processor of `--model`, else the embedded default (with a note when untrained)."""
+    if model_path is None:
+        model, processor = load_embedded_default(trained=not untrained)
+        if not model.is_trained_demo:
+            print("Note: embedded default models with an UNTRAINED adapter: the answer shows that the pipeline "
+                  "runs, not what a trained E2LLM can do.", file=sys.stderr)
+    else:
+        model = E2LLMForCausalLM.from_pretrained(model_path, trust_remote_code=True)
+        processor = model.get_processor()
+    return model.eval(), processor
 
 if __name__ == "__main__":
     main()

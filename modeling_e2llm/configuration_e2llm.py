@@ -1,5 +1,7 @@
 """E2LLM configuration: a sentence encoder, an MLP adapter and a decoder-only LLM."""
 
+import os
+import re
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
@@ -53,16 +55,19 @@ class E2LLMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
-        for key in self.sub_configs:
-            sub_config = getattr(self, key)
-            if not isinstance(sub_config, (dict, PreTrainedConfig)) or (
-                    isinstance(sub_config, dict) and "model_type" not in sub_config):
-                raise ValueError(
-                    f"This is not an E2LLM config: it has no {key} (with its model_type). Load a folder saved by "
-                    "E2LLMForCausalLM.save_pretrained, or compose a new model with "
-                    "E2LLMForCausalLM.from_encoder_decoder_pretrained(encoder_path, decoder_path).")
+        # transformers would fill a missing sub-config with BERT-base and a 7B-shaped Llama, and building
+        # that random model can take tens of GB: an E2LLM is always composed from a real encoder and decoder.
+        missing = [name for name in self.sub_configs if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"E2LLMConfig needs both encoder_config and text_config; {' and '.join(missing)} "
+                             "missing. Compose a model with E2LLMForCausalLM.from_encoder_decoder_pretrained("
+                             "encoder_path, decoder_path), or load a folder saved by its save_pretrained.")
+        for name in self.sub_configs:
+            sub_config = getattr(self, name)
             if isinstance(sub_config, dict):
-                setattr(self, key, AutoConfig.for_model(**sub_config))
+                if "model_type" not in sub_config:
+                    raise ValueError(f"{name} names no model_type: give the sub-config of a saved model.")
+                setattr(self, name, AutoConfig.for_model(**sub_config))
         super().__post_init__(**kwargs)
         # The decoder's own flag decides whether lm_head shares the input embeddings; without this copy a
         # tied decoder's head would load untied.
@@ -79,6 +84,30 @@ class E2LLMConfig(PreTrainedConfig):
             self.encoder_lora_modules = ["query", "key", "value", "dense"]
         if self.decoder_lora_modules is None:
             self.decoder_lora_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs) -> tuple[dict, dict]:
+        """The saved config, refused unless it is an E2LLM's (a folder without config.json, or a plain
+        decoder's, would otherwise become a default-sized random model)."""
+        source = check_source(pretrained_model_name_or_path)
+        config_dict, kwargs = super().get_config_dict(source, **kwargs)
+        if not config_dict:
+            raise OSError(f"{source!r} holds no config.json, so it is not a saved E2LLM: load a folder written by "
+                          "E2LLMForCausalLM.save_pretrained, or compose one with from_encoder_decoder_pretrained.")
+        found = config_dict.get("model_type")
+        if found != cls.model_type:
+            raise ValueError(f"{source!r} holds a {found!r} model, not an E2LLM. Use it as the encoder or decoder "
+                             "of E2LLMForCausalLM.from_encoder_decoder_pretrained(encoder_path, decoder_path).")
+        return config_dict, kwargs
+
+
+def check_source(source) -> str:
+    """`source` as a string, refused when it is neither an existing path nor shaped like a Hub id: the Hub's
+    own complaint ("Repo id must be in the form 'repo_name'") hides a mistyped folder path."""
+    source = str(source)
+    if not os.path.exists(source) and not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source):
+        raise OSError(f"{source!r} is not a folder here, nor a Hub id (ORG/NAME): check the path.")
+    return source
 
 
 E2LLMConfig.register_for_auto_class()

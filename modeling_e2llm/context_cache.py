@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 
 CACHE_FORMAT = "e2llm-context-cache-1"
 
@@ -32,6 +32,16 @@ def weights_fingerprint(modules: list[torch.nn.Module]) -> str:
         for name, tensor in sorted(module.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def content_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of a saved cache's tensors: the text and weight hashes say what a cache was made from, this
+    one that its file still holds what was saved (no flipped bytes, no edited text)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(tensors.items()):
+        digest.update(name.encode())
+        digest.update(tensor.contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -60,17 +70,27 @@ class ContextCache:
     def save(self, path: str | Path) -> None:
         tensors = {"chunk_features": self.chunk_features, "pooled": self.pooled, "offsets": self.offsets,
                    "text_utf8": torch.frombuffer(bytearray(self.text.encode("utf-8")), dtype=torch.uint8)}
-        metadata = {"format": CACHE_FORMAT, "text_hash": self.text_hash, "weights_hash": self.weights_hash}
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        metadata = {"format": CACHE_FORMAT, "text_hash": self.text_hash, "weights_hash": self.weights_hash,
+                    "content_hash": content_fingerprint(tensors)}
+        save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> "ContextCache":
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+        remake = "make it again with model.encode_context(text) and cache.save(path)"
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"No context cache file at {path}: {remake}.")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            tensors = load_file(str(path))
+        except SafetensorError as error:  # "header too large", "incomplete metadata": not readable safetensors
+            raise ValueError(f"{path} is not a readable safetensors file ({error}): {remake}.") from None
         if metadata.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{path} is not an E2LLM context cache (format {metadata.get('format')!r}); "
-                             "make one with model.encode_context(text) and cache.save(path).")
-        tensors = load_file(str(path))
+            raise ValueError(f"{path} is not an E2LLM context cache (format {metadata.get('format')!r}): {remake}.")
+        if metadata.get("content_hash") != content_fingerprint(tensors):
+            raise ValueError(f"The context cache {path} does not hold what was saved (the file was changed or "
+                             f"damaged, or saved before caches carried a content hash): {remake}.")
         text = bytes(tensors.pop("text_utf8").numpy()).decode("utf-8")
         return cls(**tensors, text=text, text_hash=metadata["text_hash"], weights_hash=metadata["weights_hash"])
 
@@ -84,4 +104,15 @@ class ContextCache:
                              "the context given. Re-encode it with model.encode_context(text), or pass no context.")
 
 
-__all__ = ["ContextCache", "text_fingerprint", "weights_fingerprint"]
+def as_caches(context_cache) -> list[ContextCache]:
+    """A ContextCache, or a list of them, as a list (a file name is refused: it has to be loaded first)."""
+    caches = list(context_cache) if isinstance(context_cache, (list, tuple)) else [context_cache]
+    for cache in caches:
+        # By its fields, not its class: a model loaded with trust_remote_code has its own copy of this class.
+        if not hasattr(cache, "chunk_features"):
+            raise TypeError(f"context_cache takes ContextCache objects, got {type(cache).__name__} {cache!r:.80}: "
+                            "load a saved one with ContextCache.load(path).")
+    return caches
+
+
+__all__ = ["ContextCache", "as_caches", "text_fingerprint", "weights_fingerprint"]

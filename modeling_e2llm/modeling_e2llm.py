@@ -16,8 +16,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, Generat
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging as transformers_logging
 
-from .configuration_e2llm import E2LLMConfig
-from .context_cache import ContextCache, text_fingerprint, weights_fingerprint
+from .configuration_e2llm import E2LLMConfig, check_source
+from .context_cache import ContextCache, as_caches, text_fingerprint, weights_fingerprint
 from .processing_e2llm import E2LLMProcessor, _as_list, _broadcast, add_chunk_token
 
 _HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
@@ -153,11 +153,11 @@ class E2LLMModel(E2LLMPreTrainedModel):
             return
         chunks = int((input_ids == self.config.chunk_token_id).sum(dim=1).max())
         room = window - new_tokens - (input_ids.shape[1] - chunks)
-        fix = (f"chunk_size about {chunks / room:.1f}x larger (the window holds {room} chunks with this prompt)"
-               if room > 0 else "a shorter prompt or fewer new tokens")
-        raise ValueError(
-            f"The decoder input is {input_ids.shape[1]} tokens ({chunks} chunk tokens) + {new_tokens} new tokens "
-            f"but the decoder's window is {window} tokens. Use a {fix} in the processor, or a shorter context.")
+        fix = (f"Use a chunk_size about {chunks / room:.1f}x larger in the processor (the window holds {room} chunks "
+               "with this prompt), or a shorter context." if room > 0 else
+               "Ask for fewer new tokens, or shorten the prompt or the hybrid passages (smaller hybrid_token_budget).")
+        raise ValueError(f"The decoder input is {input_ids.shape[1]} tokens ({chunks} chunk tokens) + {new_tokens} "
+                         f"new tokens but the decoder's window is {window} tokens. {fix}")
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
@@ -255,10 +255,13 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if context is not None or context_cache is not None:
             processor = processor if processor is not None else self.get_processor()
             self._check_processor(processor)
-            hybrid_top_k = processor.hybrid_top_k if hybrid_top_k is None else hybrid_top_k
+            hybrid_top_k, hybrid_token_budget = processor.hybrid_settings(hybrid_top_k, hybrid_token_budget)
             caches = self._context_caches(context, context_cache, processor, progress, scoring=bool(hybrid_top_k))
             passages = self._hybrid_passages(caches, prompt, processor, hybrid_top_k, hybrid_token_budget)
             batch = processor.encode_prompts([cache.num_chunks for cache in caches], prompt, passages=passages)
+            if kwargs.get("max_length") is not None and kwargs.get("max_new_tokens") is None:
+                raise ValueError(f"max_length={kwargs['max_length']} counts the prompt, which generate(context=...) "
+                                 f"builds itself ({batch['input_ids'].shape[1]} tokens here): pass max_new_tokens.")
             new_tokens = kwargs.get("max_new_tokens") or (generation_config or self.generation_config).max_new_tokens
             self.model.check_window(batch["input_ids"], new_tokens or 0)
             features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)
@@ -285,6 +288,9 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         Pass the result to `generate(context_cache=..., prompt=...)` for each question; `save`/`load`
         it as safetensors. It is refused if the encoder or adapter weights change.
         """
+        if not isinstance(context, str):  # a list would fail later saying lists are accepted
+            raise TypeError(f"encode_context takes one text (a string), got {type(context).__name__}: "
+                            "encode each text with its own call.")
         processor = processor if processor is not None else self.get_processor()
         cache = self._encode(context, processor, progress)
         cache.text_hash, cache.weights_hash = text_fingerprint(context, processor), self.weights_fingerprint()
@@ -294,6 +300,11 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         """An unkeyed cache for one call: hashing the weights is only worth it for a cache that is kept.
         `scoring=False` skips the scoring encoder's pass (no ranking to do): `pooled` may then be None."""
         chunks = processor.encode_chunks([context])
+        # More chunks than the whole window holds can never be read: say so before encoding them takes minutes.
+        count, window = len(chunks["offsets"]), getattr(self.config.text_config, "max_position_embeddings", None)
+        if window is not None and count > window:
+            raise ValueError(f"The context makes {count:,} chunks, more than the decoder's whole window of {window} "
+                             f"tokens: use a chunk_size over {count / window:.1f}x larger, or a shorter context.")
         ids, mask = chunks["chunk_input_ids"].to(self.device), chunks["chunk_attention_mask"].to(self.device)
         pooled = self.model.pool_chunks(ids, mask, progress=progress)
         scoring_pooled = pooled  # one pass serves both unless a separate encoder ranks
@@ -341,7 +352,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         """One checked cache per context: encoded now, or given (and then checked against text and weights)."""
         if context_cache is None:
             return [self._encode(text, processor, progress, scoring) for text in _as_list(context, "context")]
-        caches = [context_cache] if hasattr(context_cache, "chunk_features") else list(context_cache)
+        caches = as_caches(context_cache)
         texts = [None] * len(caches) if context is None else _as_list(context, "context")
         if len(texts) != len(caches):
             raise ValueError(f"{len(texts)} contexts but {len(caches)} context caches: give one cache per context.")
@@ -399,6 +410,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     # --- building and loading -----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        check_source(pretrained_model_name_or_path)
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         # Remember where the weights came from so that get_processor() finds the files saved beside them.
         model._processor_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}

@@ -4,7 +4,10 @@ Data flow: text -> `chunk()` character spans -> encoder token ids (one row per c
 prompt holding one placeholder token per chunk, whose embedding the model later replaces.
 """
 
+import os
 import re
+import string
+import warnings
 
 import torch
 from transformers import AutoTokenizer, BatchFeature
@@ -23,6 +26,17 @@ _SENTENCE_OR_LINE_END = re.compile(r"[.!?](?=\s)|[。！？]|\n")
 _WHITESPACE = re.compile(r"\s")
 _UNBOUNDED_TOKENIZER_LENGTH = 100_000  # tokenizers store ~1e30 when they declare no limit
 IGNORE_INDEX = -100
+# What processor.save_pretrained writes beside the decoder's tokenizer.
+PROCESSOR_FILES = ("processor_config.json", "encoder_tokenizer")
+# Share of a context's characters the encoder may see only as unknown or no tokens before a warning.
+UNSEEN_WARNING_SHARE = 0.25
+# Template fields: (required, allowed). An unknown field would fail only when a prompt is built.
+TEMPLATE_FIELDS = {
+    "reasoning_template": ({"context", "query"}, {"context", "query"}),
+    "understanding_template": ({"context"}, {"context"}),
+    "passages_template": ({"passages"}, {"passages"}),
+    "passage_template": ({"text"}, {"index", "total", "text"}),
+}
 
 
 def add_chunk_token(tokenizer, chunk_token: str = DEFAULT_CHUNK_TOKEN) -> int:
@@ -90,22 +104,50 @@ class E2LLMProcessor(ProcessorMixin):
                  understanding_template: str = UNDERSTANDING_TEMPLATE, hybrid_top_k: int = 0,
                  hybrid_token_budget: int = 1024, passages_template: str = PASSAGES_TEMPLATE,
                  passage_template: str = PASSAGE_TEMPLATE, **kwargs):
-        if not 0.0 <= chunk_overlap < 1.0:
-            raise ValueError(f"chunk_overlap is a fraction of chunk_size in [0, 1), got {chunk_overlap}.")
-        if "{context}" not in reasoning_template or "{query}" not in reasoning_template:
-            raise ValueError("reasoning_template must contain the fields {context} and {query}.")
-        if "{context}" not in understanding_template:
-            raise ValueError("understanding_template must contain the field {context}.")
+        super().__init__(tokenizer, encoder_tokenizer, **kwargs)  # first: max_chunk_tokens is checked against it
+        # Every setting below is checked by __setattr__, here and whenever it is changed later.
         self.chunk_size, self.chunk_overlap, self.chunk_token = chunk_size, chunk_overlap, chunk_token
         self.reasoning_template, self.understanding_template = reasoning_template, understanding_template
         self.hybrid_top_k, self.hybrid_token_budget = hybrid_top_k, hybrid_token_budget
         self.passages_template, self.passage_template = passages_template, passage_template
         if max_chunk_tokens is None and encoder_tokenizer is not None:
-            limit = encoder_tokenizer.model_max_length
-            max_chunk_tokens = 512 if limit > _UNBOUNDED_TOKENIZER_LENGTH else min(limit, 512)
+            max_chunk_tokens = min(self._encoder_token_limit(), 512)
         self.max_chunk_tokens = max_chunk_tokens
-        super().__init__(tokenizer, encoder_tokenizer, **kwargs)
         self.chunk_token_id = add_chunk_token(self.tokenizer, chunk_token)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in ("chunk_size", "hybrid_token_budget"):
+            _check_int(name, value, 1)
+        elif name == "hybrid_top_k":
+            _check_int(name, value, 0, "(0: hybrid recall off)")
+        elif name == "chunk_overlap":
+            _check_fraction(name, value)
+        elif name == "max_chunk_tokens" and value is not None:
+            self._check_max_chunk_tokens(value)
+        elif name in TEMPLATE_FIELDS:
+            _check_template(name, value, *TEMPLATE_FIELDS[name])
+        super().__setattr__(name, value)
+
+    def _encoder_token_limit(self) -> int:
+        """The encoder tokenizer's token limit (512 when it declares none)."""
+        limit = self.encoder_tokenizer.model_max_length
+        return 512 if limit > _UNBOUNDED_TOKENIZER_LENGTH else limit
+
+    def _check_max_chunk_tokens(self, value) -> None:
+        # Fewer tokens than one character needs would split a chunk forever; more than the encoder's limit
+        # would fail deep inside the encoder.
+        low, high = self.encoder_tokenizer.num_special_tokens_to_add() + 1, self._encoder_token_limit()
+        _check_int("max_chunk_tokens", value, low, "(the encoder's special tokens plus one character)")
+        if value > high:
+            raise ValueError(f"max_chunk_tokens must be at most {high}, the encoder tokenizer's limit, got {value}.")
+
+    def hybrid_settings(self, top_k: int | None = None, token_budget: int | None = None) -> tuple[int, int]:
+        """`(top_k, token_budget)` for one call: the values given (checked), else the processor's."""
+        top_k = self.hybrid_top_k if top_k is None else top_k
+        token_budget = self.hybrid_token_budget if token_budget is None else token_budget
+        _check_int("hybrid_top_k", top_k, 0, "(0: hybrid recall off)")
+        _check_int("hybrid_token_budget", token_budget, 1)
+        return top_k, token_budget
 
     @classmethod
     def from_encoder_decoder_pretrained(cls, encoder_path: str, decoder_path: str, **kwargs) -> "E2LLMProcessor":
@@ -114,6 +156,13 @@ class E2LLMProcessor(ProcessorMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        folder = os.path.normpath(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+        missing = [name for name in PROCESSOR_FILES if not os.path.exists(os.path.join(folder, name))]
+        if os.path.isdir(folder) and missing:  # transformers would fall back to the decoder's tokenizer
+            raise OSError(
+                f"{folder} lacks {' and '.join(missing)}, so no E2LLM processor can be loaded from it (the "
+                "decoder's tokenizer would stand in for the encoder's). Save one beside the model with "
+                "processor.save_pretrained(folder).")
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (OSError, ValueError) as error:  # HF_NOTES pitfall 16: the raw error blames sentencepiece
@@ -136,6 +185,9 @@ class E2LLMProcessor(ProcessorMixin):
             if length <= self.max_chunk_tokens:
                 fitted.append((start, end))
                 continue
+            if end - start == 1:  # one character cannot be split: an encoder that needs many tokens for it
+                raise ValueError(f"The character {text[start]!r} alone takes {length} encoder tokens, more than "
+                                 f"max_chunk_tokens={self.max_chunk_tokens}: raise max_chunk_tokens.")
             # Too many tokens (digits, code, non-Latin script): split this chunk again, smaller.
             size = max(1, (end - start) * self.max_chunk_tokens // (2 * length))
             pieces = split_into_chunks(text[start:end], size)
@@ -152,7 +204,7 @@ class E2LLMProcessor(ProcessorMixin):
         `passages`, `(chunk index, text)` pairs, if any), in the chat template if the decoder has one."""
         context = self.chunk_token * num_chunks
         if passages:
-            lines = "".join(self.passage_template.format(index=i + 1, total=num_chunks, text=text)
+            lines = "".join(self.passage_template.format(index=i + 1, total=num_chunks, text=self.as_text(text))
                             for i, text in passages)
             context += self.passages_template.format(passages=lines)
         if prompt is None:
@@ -168,14 +220,14 @@ class E2LLMProcessor(ProcessorMixin):
                         token_budget: int | None = None) -> list[tuple[int, str]]:
         """Hybrid recall: the best-scoring chunks, at most `top_k`, whose passages fit in `token_budget`
         decoder tokens together, as `(chunk index, text)` pairs in document order."""
-        top_k = self.hybrid_top_k if top_k is None else top_k
-        budget = self.hybrid_token_budget if token_budget is None else token_budget
+        top_k, budget = self.hybrid_settings(top_k, token_budget)
         chosen, used = [], 0
         for index in torch.argsort(scores, descending=True).tolist():
             if len(chosen) == top_k:
                 break
             start, end = offsets[index].tolist()
-            line = self.passage_template.format(index=index + 1, total=len(offsets), text=text[start:end])
+            passage = self.as_text(text[start:end])
+            line = self.passage_template.format(index=index + 1, total=len(offsets), text=passage)
             cost = len(self.tokenizer(line, add_special_tokens=False)["input_ids"])
             if used + cost <= budget:
                 chosen.append((index, text[start:end]))
@@ -190,13 +242,19 @@ class E2LLMProcessor(ProcessorMixin):
         if found != num_chunks:
             raise ValueError(
                 f"The prompt holds {found - num_chunks} extra chunk placeholder(s) {self.chunk_token!r}: "
-                "that string is reserved for chunk tokens. Remove it from the prompt, the passages and the template."
+                "that string is reserved for chunk tokens. Remove it from the prompt and the template."
             )
         return ids
 
     def _target_ids(self, target: str) -> list[int]:
         _check_text(target, "target")
-        return self.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        ids = self.tokenizer(self.as_text(target), add_special_tokens=False)["input_ids"]
+        return ids + [self.tokenizer.eos_token_id]
+
+    def as_text(self, text: str) -> str:
+        """`text` with the placeholder string broken up (`<chunk>` -> `< chunk>`), so that a document that
+        contains it is read (quoted, restated) as text rather than as a chunk token."""
+        return text.replace(self.chunk_token, self.chunk_token[:1] + " " + self.chunk_token[1:])
 
     # --- batch ------------------------------------------------------------------------------------
     def __call__(self, context: str | list[str], prompt: str | list[str] | None = None,
@@ -225,9 +283,34 @@ class E2LLMProcessor(ProcessorMixin):
         spans = [self.chunk(text) for text in contexts]
         texts = [text[start:end] for text, text_spans in zip(contexts, spans) for start, end in text_spans]
         tokens = self.encoder_tokenizer(texts, padding="longest", return_tensors="pt")
+        self._check_representable(contexts, spans, tokens["input_ids"])
         return {"chunk_input_ids": tokens["input_ids"], "chunk_attention_mask": tokens["attention_mask"],
                 "offsets": torch.tensor([span for text_spans in spans for span in text_spans], dtype=torch.long),
                 "num_chunks": [len(text_spans) for text_spans in spans]}
+
+    def _check_representable(self, contexts: list[str], spans: list[list[tuple[int, int]]],
+                             chunk_ids: torch.Tensor) -> None:
+        """Refuse a context whose every chunk the encoder sees as special or unknown tokens only (control
+        or zero-width characters, emoji, one endless "word"): an answer would be made up. Warn when that
+        is true of much of it."""
+        blank = torch.tensor(sorted(set(self.encoder_tokenizer.all_special_ids)))
+        seen = (~torch.isin(chunk_ids, blank)).any(dim=1).tolist()
+        first = 0
+        for number, (text, text_spans) in enumerate(zip(contexts, spans), start=1):
+            unseen = [end - start for (start, end), ok in zip(text_spans, seen[first:]) if not ok]
+            first += len(text_spans)
+            which = f"context {number} of {len(contexts)}" if len(contexts) > 1 else "the context"
+            if len(unseen) == len(text_spans):
+                raise ValueError(
+                    f"The encoder cannot represent any of {which} ({len(text):,} characters): every chunk becomes "
+                    "unknown or no tokens (control, zero-width or emoji characters, or a word too long for its "
+                    "vocabulary). Pass readable text.")
+            share = min(1.0, sum(unseen) / len(text))
+            if share >= UNSEEN_WARNING_SHARE:
+                warnings.warn(
+                    f"The encoder cannot represent {int(100 * share)}% of {which} ({len(unseen)} of {len(text_spans)} chunks "
+                    "become unknown or no tokens): answers about that part are guesses. Clean the text, or use an "
+                    "encoder whose vocabulary covers it.", UserWarning, stacklevel=3)
 
     def encode_prompts(self, num_chunks: list[int], prompt: str | list[str] | None = None,
                        target: str | list[str] | None = None, padding_side: str = "left",
@@ -266,6 +349,30 @@ def _check_text(text, name: str, allow_empty: bool = False) -> None:
         raise TypeError(f"{name} must be a string (or a list of strings), got {type(text).__name__}.")
     if not allow_empty and not text.strip():
         raise ValueError(f"{name} is empty or only white space: there is nothing to encode.")
+
+
+def _check_int(name: str, value, minimum: int, meaning: str = "") -> None:
+    # bool is an int subclass, and a float or "3" would fail (or be misread) deep inside chunking.
+    wanted = f"an integer >= {minimum}" + (f" {meaning}" if meaning else "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be {wanted}, got {value}.")
+
+
+def _check_fraction(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} is a fraction of chunk_size in [0, 1) (0.3: 30% overlap), got {value!r}.")
+
+
+def _check_template(name: str, template, required: set[str], allowed: set[str]) -> None:
+    if not isinstance(template, str):
+        raise TypeError(f"{name} must be a string, got {type(template).__name__}.")
+    fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    if not required <= fields or not fields <= allowed:
+        named = lambda names: " ".join(f"{{{field}}}" for field in sorted(names)) or "none"  # noqa: E731
+        raise ValueError(f"{name} has the fields {named(fields)}; it must hold {named(required)} and may hold only "
+                         f"{named(allowed)} (write a literal brace as {{{{ or }}}}).")
 
 
 def _as_list(context, name: str) -> list:

@@ -199,8 +199,8 @@ def test_lora_trains_encoder_decoder_and_adapter_and_survives_save_load_merge(ti
 
 
 def test_context_too_long_for_the_decoder_window_says_how_many_chunks_fit(tiny_model, tiny_processor):
-    long_text = "This sentence is filler. " * 6000  # about 2,400 chunks of 64 characters; window 2,048
-    with pytest.raises(ValueError, match=r"3000 chunk tokens\) \+ 2 new tokens but the decoder's window is 2048 tokens.*chunk_size about"):
+    long_text = "This sentence is filler. " * 4080  # 2,040 chunks of 64 characters + the prompt; window 2,048
+    with pytest.raises(ValueError, match=r"2040 chunk tokens\) \+ 2 new tokens but the decoder's window is 2048 tokens.*chunk_size about"):
         tiny_model.generate(context=long_text, prompt="q", processor=tiny_processor, max_new_tokens=2)
 
 

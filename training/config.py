@@ -13,10 +13,28 @@ training:   {output_dir: runs/x, max_steps: 100, ...}               # trl.SFTCon
 ```
 """
 
+import difflib
+import inspect
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import datasets
 import yaml
+from trl import SFTConfig
+
+from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM
+
+from .sources import source_keys
+
+# model.config keys: E2LLMConfig's own settings (not the sub-configs and placeholder id that composing fills
+# in) and the keyword arguments of from_encoder_decoder_pretrained.
+MODEL_CONFIG_KEYS = (set(E2LLMConfig.__annotations__) - {"encoder_config", "text_config", "chunk_token_id"}) | {
+    p.name for p in inspect.signature(E2LLMForCausalLM.from_encoder_decoder_pretrained).parameters.values()
+    if p.kind is p.KEYWORD_ONLY}
+SFT_FIELDS = {f.name: f for f in fields(SFTConfig)}
+# training keys that count something: below 1 a run trains nothing, or (max_steps) trains for epochs instead.
+AT_LEAST_ONE = ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps")
 
 
 @dataclass
@@ -25,6 +43,9 @@ class ModelSettings:
     decoder: str | None = None
     config: dict = field(default_factory=dict)  # E2LLMConfig keyword arguments
 
+    def __post_init__(self):
+        _check_keys(self.config, MODEL_CONFIG_KEYS, "config.model.config")
+
 
 @dataclass
 class ProcessorSettings:
@@ -32,6 +53,15 @@ class ProcessorSettings:
     chunk_overlap: float = 0.0
     hybrid_top_k: int = 0  # saved with the model: hybrid recall on by default when > 0
     hybrid_token_budget: int = 1024  # decoder tokens quoted passages may take (training and inference)
+
+    def __post_init__(self):
+        # The processor checks these too, but only once the models are loaded.
+        _check_range("processor.chunk_size", self.chunk_size, 1)
+        _check_range("processor.hybrid_top_k", self.hybrid_top_k, 0)
+        _check_range("processor.hybrid_token_budget", self.hybrid_token_budget, 1)
+        if not 0.0 <= self.chunk_overlap < 1.0:
+            raise ValueError(f"processor.chunk_overlap is a fraction of chunk_size in [0, 1), "
+                             f"got {self.chunk_overlap}.")
 
 
 @dataclass
@@ -51,6 +81,7 @@ class TaskSettings:
     stopping_strategy: str = "all_exhausted"  # datasets.interleave_datasets: when the mix ends
 
     def __post_init__(self):
+        _check_range("tasks.window_chunks", self.window_chunks, 1)
         if not 0.0 <= self.understanding_ratio <= 1.0:
             raise ValueError(f"tasks.understanding_ratio must be in [0, 1], got {self.understanding_ratio}.")
         if self.understanding_weight < 0:
@@ -68,6 +99,11 @@ class DataSettings:
     understanding: list = field(default_factory=list)
     reasoning: list = field(default_factory=list)
 
+    def __post_init__(self):
+        for task in ("understanding", "reasoning"):
+            for i, spec in enumerate(getattr(self, task)):
+                _check_source(spec, f"config.data.{task}[{i}]")
+
 
 @dataclass
 class TrainConfig:
@@ -81,6 +117,12 @@ class TrainConfig:
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.adapter_learning_rate is not None and self.adapter_learning_rate <= 0:
+            raise ValueError(f"adapter_learning_rate must be > 0 (null: the trainer's learning_rate), got "
+                             f"{self.adapter_learning_rate}.")
+        if self.max_minutes is not None:
+            _check_range("max_minutes", self.max_minutes, 0)
+        _check_training(self.training)
         if not self.trainable.encoder and not self.trainable.decoder:
             raise ValueError("trainable.encoder and trainable.decoder are both false: LoRA would have nothing to "
                              "train. Freeze one of them at most (-E or -D).")
@@ -102,12 +144,74 @@ def _build(cls, raw: dict, where: str):
     if not isinstance(raw, dict):
         raise TypeError(f"{where} must be a mapping, got {type(raw).__name__}.")
     known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in {where}; known keys: {sorted(known)}.")
+    _check_keys(raw, known, where)
     values = {}
     for name, value in raw.items():
         default = known[name].default_factory() if callable(known[name].default_factory) else None
-        is_section = hasattr(default, "__dataclass_fields__")
-        values[name] = _build(type(default), value or {}, f"{where}.{name}") if is_section else value
+        if hasattr(default, "__dataclass_fields__"):  # a section; empty in YAML (null) means its defaults
+            values[name] = _build(type(default), {} if value is None else value, f"{where}.{name}")
+        else:
+            values[name] = _check_type(value, known[name].type, f"{where}.{name}")
     return cls(**values)
+
+
+def _check_type(value, annotation, where: str):
+    """`value` if it has the annotated type (an int passes for a float); YAML reads `1e-3` as a string and
+    `true` where a number was meant as a bool, which would fail much later or mean something else."""
+    allowed = typing.get_args(annotation) or (annotation,)
+    allowed += (int,) if float in allowed else ()
+    if isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed):
+        return value
+    names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in dict.fromkeys(allowed))
+    hint = " (PyYAML reads 1e-3 as text: write 1.0e-3)" if float in allowed and _is_number(value) else ""
+    raise TypeError(f"{where} must be {names}, got {type(value).__name__} {value!r}{hint}.")
+
+
+def _check_source(spec, where: str) -> None:
+    if isinstance(spec, datasets.Dataset):  # given in Python rather than YAML: its columns are checked on use
+        return
+    if not isinstance(spec, dict):
+        raise TypeError(f"{where} must be a mapping such as {{path: data.jsonl}}, got {type(spec).__name__}.")
+    _check_keys(spec, source_keys(spec, where), where)
+    if isinstance(spec.get("haystack"), dict):
+        _check_source(spec["haystack"], f"{where}.haystack")
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(value, str)
+
+
+def _check_keys(values: dict, known, where: str) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        close = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+        meant = "; ".join(f"{name!r}: did you mean {match[0]!r}?" for name, match in close.items() if match)
+        listing = f"known keys: {sorted(known)}" if len(known) <= 30 else "see trl.SFTConfig for the known keys"
+        raise ValueError(f"Unknown key(s) {unknown} in {where}" + (f" ({meant})" if meant else "") + f"; {listing}.")
+
+
+def _check_range(where: str, value, minimum) -> None:
+    if value < minimum:
+        raise ValueError(f"{where} must be at least {minimum}, got {value}.")
+
+
+def _check_training(training: dict) -> None:
+    """The trl.SFTConfig arguments: known names, numbers where numbers go, counts that train something."""
+    _check_keys(training, SFT_FIELDS, "config.training (trl.SFTConfig arguments)")
+    for name, value in training.items():
+        annotation = SFT_FIELDS[name].type
+        kinds = set(typing.get_args(annotation) or (annotation,))
+        if kinds <= {int, float, type(None)}:  # a number field: "1e-3" or "ten" would fail inside the trainer
+            _check_type(value, annotation, f"config.training.{name}")
+    for name in AT_LEAST_ONE:
+        if name in training:
+            _check_range(f"config.training.{name}", training[name], 1)
+    steps = training.get("max_steps", -1)
+    if steps != -1 and steps < 1:
+        raise ValueError(f"config.training.max_steps must be at least 1 (or -1: train num_train_epochs), got {steps}.")
+    if training.get("learning_rate", 1) <= 0:
+        raise ValueError(f"config.training.learning_rate must be > 0, got {training['learning_rate']}.")

@@ -11,6 +11,7 @@ fields (dotted names read `meta`), so the same spec gives the same development s
 """
 
 import hashlib
+import inspect
 import json
 import random
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 import datasets
 
 REQUIRED_FIELDS = ("context", "question", "answer")
+SELECT_KEYS = ("path", "where", "holdout", "limit")  # what a file source (or a builder's **select) takes
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 NEEDLE_KEYS = ("blue lagoon", "silent harbor", "amber forest", "iron valley", "crystal meadow", "golden bridge",
                "hidden canyon", "northern lights", "quiet orchard", "velvet river", "scarlet tower", "misty island")
@@ -182,3 +184,16 @@ def needle(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0,
 
 
 BUILDERS = {"babi_haystack": babi_haystack, "squad_haystack": squad_haystack, "needle": needle}
+
+
+def source_keys(spec: dict, where: str) -> set[str]:
+    """The keys a source spec may hold: a file source's, or its builder's options (checked while the config
+    is read: a typo such as `limt` would otherwise fail deep inside data loading, after the models load)."""
+    if "builder" not in spec:
+        return set(SELECT_KEYS)
+    if spec["builder"] not in BUILDERS:
+        raise ValueError(f"Unknown builder {spec['builder']!r} in {where}; use one of {sorted(BUILDERS)}.")
+    parameters = inspect.signature(BUILDERS[spec["builder"]]).parameters.values()
+    takes_select = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    allowed = {p.name for p in parameters if p.kind is not p.VAR_KEYWORD} - {"seed"} | {"builder"}
+    return allowed | (set(SELECT_KEYS) if takes_select else set())

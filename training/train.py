@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig
@@ -122,11 +123,20 @@ def save_final(trainer: E2LLMTrainer, config: TrainConfig) -> Path:
     settings = json.loads(adapter_config.read_text())
     settings["base_model_name_or_path"] = None  # in-memory composite; never record a machine path
     adapter_config.write_text(json.dumps(settings, indent=2))
-    demo = {"config": config.model.config, "processor": vars(config.processor)}
+    # The encoder and decoder it was trained on, so that upload.py and load_embedded_default rebuild the same
+    # base (none recorded: the embedded default); local folders absolute, as later commands run elsewhere.
+    parts = {f"{part}_path": _portable(path) for part, path in (("encoder", config.model.encoder),
+                                                                   ("decoder", config.model.decoder)) if path}
+    demo = {"config": {**parts, **config.model.config}, "processor": {**parts, **vars(config.processor)}}
     (final / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
     (final / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     plot_losses(trainer.state.log_history, final / "loss.png")
     return final
+
+
+def _portable(path: str) -> str:
+    """A local folder as an absolute path; a Hub id as it is."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
 
 
 def train(config: TrainConfig, resume: bool | str | None = None) -> E2LLMTrainer:
@@ -146,7 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    config = TrainConfig.from_yaml(args.config)
+    try:  # a config mistake gets its one-line reason before anything loads
+        config = TrainConfig.from_yaml(args.config)
+    except (OSError, TypeError, ValueError, yaml.YAMLError) as error:
+        parser.exit(2, f"error: {args.config}: {error}\n")
     if args.output_dir:
         config.training["output_dir"] = args.output_dir
     trainer = train(config, args.resume)
