@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_e2llm.loading import load_model
 from modeling_e2llm.markdown import markdown_table
 
 from .data import Example
 from .metrics import aggregate, primary_metric, score_prediction
-from .systems import RAG_TOP_K, SYSTEMS, System, build_system, load_model
+from .systems import RAG_TOP_K, SYSTEMS, System, build_system
 
 
 class RunConflict(ValueError):

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from modeling_e2llm.loading import load_model
+
 from .niah import DEFAULT_HAYSTACK, VARIANTS, load_haystack_essays, needle_grid
-from .systems import load_model
 
 
 def needle_ranks(model, processor, example) -> list[int]:

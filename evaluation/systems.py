@@ -8,8 +8,6 @@
   in document order, read by the plain decoder (cut in the middle if they still do not fit).
 """
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
@@ -186,17 +184,3 @@ def build_system(name: str, model, processor, max_new_tokens: int | None = None,
     if name == "rag":
         return RAGSystem(model, processor, max_new_tokens, top_k=top_k)
     return SYSTEMS[name](model, processor, max_new_tokens)
-
-
-def load_model(path: str | None = None):
-    """`(model, processor, label)` from an E2LLM checkpoint folder or Hub id; None: the embedded default."""
-    if path is None:
-        from modeling_e2llm.embedded_default import load_embedded_default
-
-        model, processor = load_embedded_default()
-        return model, processor, "embedded default" + ("" if model.is_trained_demo else " (untrained)")
-    from transformers import AutoModelForCausalLM, AutoProcessor
-
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    return model.eval(), processor, Path(path).name or str(path)

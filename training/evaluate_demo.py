@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from rouge_score.rouge_scorer import RougeScorer
 
-from modeling_e2llm.embedded_default import DEMO_DIR, load_embedded_default
+from modeling_e2llm.loading import DEMO_DIR, is_trained_run, load_model
 
 from .config import TrainConfig
 from .samples import understanding_windows
@@ -43,10 +43,11 @@ DEV_BABI = {"path": str(DATA / "babi" / "qa1-5_train.jsonl"), "where": {"meta.ba
 
 def load(model: str, demo_dir: Path):
     """(model, processor) for `trained` or `untrained`; `decoder` uses the untrained composite's decoder."""
-    model_, processor = load_embedded_default(trained=model == "trained", demo_dir=demo_dir)
-    if model == "trained" and not model_.is_trained_demo:
+    if model != "trained":
+        return load_model(trained=False)[:2]
+    if not is_trained_run(demo_dir):
         raise FileNotFoundError(f"No demo weights in {demo_dir}: train first or pass --demo-dir.")
-    return model_, processor
+    return load_model(demo_dir)[:2]
 
 
 def dev_windows(processor, window_chunks: int, limit: int) -> list[str]:
@@ -161,7 +162,7 @@ def prepare(output: Path, babi_per_task: int) -> None:
     for task in ("qa1", "qa2"):
         babi += load_records({**DEV_BABI, "where": {"meta.babi_task": [task]}, "limit": babi_per_task}, seed=1)
     _write_jsonl(output / "babi_dev.jsonl", babi)
-    model, processor = load_embedded_default(trained=False)
+    model, processor, _ = load_model(trained=False)
     model.save_pretrained(output / "untrained")
     processor.save_pretrained(output / "untrained")
     print(f"Wrote {len(essays)} dev essays, {len(babi)} dev bAbI questions and the untrained model to {output}")
