@@ -66,16 +66,13 @@ def system_from_arguments(args: argparse.Namespace) -> tuple[System, dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, processor, label = load_model(args.model)
-    if args.hybrid_top_k is not None:
-        processor.hybrid_top_k = args.hybrid_top_k
-    if args.hybrid_budget is not None:
-        processor.hybrid_token_budget = args.hybrid_budget
-    system = build_system(args.system, model, processor, max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+    system = build_system(args.system, model, processor, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                          hybrid_top_k=args.hybrid_top_k, hybrid_token_budget=args.hybrid_budget)
     settings = {"system": args.system, "model": label, "max_new_tokens": args.max_new_tokens}
     if args.system == "rag":
         settings["top_k"] = args.top_k
     if args.system == "e2llm":
-        settings.update(hybrid_top_k=processor.hybrid_top_k, hybrid_budget=processor.hybrid_token_budget)
+        settings.update(hybrid_top_k=system.hybrid_top_k, hybrid_budget=system.hybrid_token_budget)
     return system, settings
 
 
