@@ -10,10 +10,10 @@
 ROUGE-L F1 against the source text. `needle`: a 7-digit "special magic number" hidden in held-out
 essays; accuracy = the number appears in the answer. `--model` is `trained` (the demo weights),
 `untrained` (same composite, random adapter) or `decoder` (the plain decoder reading the raw text in the
-baselines' prompt, as `evaluation.run --system full` does; needle only). `prepare` writes, for `python -m evaluation.run`, the held-out bAbI qa1/qa2 stories,
-the held-out essays as haystack, and the untrained composite as a model folder. `chunk-stats`: do the
-chunk tokens of different held-out chunks still differ? (A collapsed adapter maps every chunk to about
-the same vector: mean pairwise cosine near 1.)
+baselines' prompt, as `evaluation.run --system full` does; needle only). `prepare` writes, for
+`python -m evaluation.run`, the held-out bAbI qa1/qa2 stories, the held-out essays as haystack, and the
+untrained composite as a model folder. `chunk-stats`: do the chunk tokens of different held-out chunks
+still differ? (A collapsed adapter maps every chunk to about the same vector: mean pairwise cosine near 1.)
 """
 
 import argparse
@@ -125,15 +125,16 @@ def needle_records(limit: int, seed: int = 123) -> list[dict]:
 
 
 def needle(model, processor, limit: int, use_decoder: bool) -> dict:
-    decoder = FullSystem(model, processor, NEEDLE_NEW_TOKENS) if use_decoder else None
+    decoder = FullSystem(model, processor, NEEDLE_NEW_TOKENS)
     rows = []
     for record in needle_records(limit):
+        context, question = record["context"], record["question"]
         if use_decoder:
-            output = decoder.answer_plain(record["context"], record["question"], False, NEEDLE_NEW_TOKENS)
+            output = decoder.answer_plain(context, question, truncate=False, max_new_tokens=NEEDLE_NEW_TOKENS)
         else:
-            output = model.answer(record["context"], record["question"], processor=processor,
-                                  max_new_tokens=NEEDLE_NEW_TOKENS, do_sample=False)
-        rows.append({"answer": record["answer"], "output": output, "chars": len(record["context"]),
+            output = model.answer(context, question, processor=processor, max_new_tokens=NEEDLE_NEW_TOKENS,
+                                  do_sample=False)
+        rows.append({"answer": record["answer"], "output": output, "chars": len(context),
                      "correct": float(record["answer"] in output)})
     return {"count": len(rows), "accuracy": _mean(rows, "correct"), "examples": rows}
 

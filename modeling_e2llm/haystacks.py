@@ -153,16 +153,26 @@ def background_text(contexts: list[str]) -> str:
     return "\n\n".join(context.strip() for context in contexts)
 
 
-def hide_in_haystack(sentences: list[str], background: str, length: int, rng: random.Random) -> str:
-    """About `length` characters of `background` (from a random sentence start, wrapping around)
-    with `sentences` put in their order at random sentence starts (TRAINING_SENTENCE_START)."""
-    starts = [0] + [m.end() for m in TRAINING_SENTENCE_START.finditer(background)]
-    start = rng.choice(starts)
+def background_window(background: str, length: int, rng: random.Random) -> str:
+    """`length` characters of `background` from a random sentence start (TRAINING_SENTENCE_START),
+    wrapping around to its beginning after a blank line as often as needed."""
+    start = rng.choice([0] + [m.end() for m in TRAINING_SENTENCE_START.finditer(background)])
     text = (background[start:] + "\n\n" + background) * (1 + length // max(1, len(background)))
-    text = text[:length]
+    return text[:length]
+
+
+def insert_at_random_starts(text: str, sentences: list[str], rng: random.Random) -> str:
+    """`text` with `sentences` put in their order at random sentence starts (TRAINING_SENTENCE_START; the
+    end of `text` when it has none), several maybe at the same one, each followed by a space."""
     cuts = [m.end() for m in TRAINING_SENTENCE_START.finditer(text)] or [len(text)]
     places = sorted(rng.choice(cuts) for _ in sentences)
     return insert_sentences(text, [sentence.strip() for sentence in sentences], places, space_after)[0]
+
+
+def hide_in_haystack(sentences: list[str], background: str, length: int, rng: random.Random) -> str:
+    """About `length` characters of `background` (plus the sentences) with `sentences` hidden in their
+    order: training's bAbI-in-a-haystack and magic-number records."""
+    return insert_at_random_starts(background_window(background, length, rng), sentences, rng)
 
 
 # --- needles -------------------------------------------------------------------------------------------
