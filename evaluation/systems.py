@@ -10,6 +10,8 @@
 
 import torch
 
+from modeling_e2llm.modeling_e2llm import ContextTooLong
+
 from .data import Example
 from .metrics import NEEDLE_TASKS, ROUGE_TASKS
 
@@ -67,19 +69,13 @@ class E2LLMSystem(System):
         self.hybrid_top_k, self.hybrid_token_budget = processor.hybrid_settings(hybrid_top_k, hybrid_token_budget)
 
     def predict(self, example: Example) -> str:
-        # Chunking twice (here and in generate) costs little; encoding before this check would waste the
-        # encoder on every example that does not fit.
-        num_chunks = len(self.processor.chunk(example.context))
-        prompt_length = self.processor.encode_prompts([num_chunks], example.question or None)["input_ids"].shape[1]
-        if self.hybrid_top_k and example.question:
-            prompt_length += self.hybrid_token_budget
-        if prompt_length + self.new_tokens(example) > self.window:
-            raise DoesNotFit(f"{num_chunks} chunk tokens + the prompt ({prompt_length} tokens in all) + "
-                             f"{self.new_tokens(example)} new tokens exceed the decoder window of {self.window}")
-        new_ids = self.model.generate(context=example.context, prompt=example.question or None,
-                                      processor=self.processor, max_new_tokens=self.new_tokens(example),
-                                      hybrid_top_k=self.hybrid_top_k, hybrid_token_budget=self.hybrid_token_budget,
-                                      do_sample=False)  # returns the new tokens only
+        try:  # generate refuses a context over the window after chunking it, before encoding it
+            new_ids = self.model.generate(context=example.context, prompt=example.question or None,
+                                          processor=self.processor, max_new_tokens=self.new_tokens(example),
+                                          hybrid_top_k=self.hybrid_top_k, hybrid_token_budget=self.hybrid_token_budget,
+                                          do_sample=False)  # returns the new tokens only
+        except ContextTooLong as error:
+            raise DoesNotFit(str(error)) from error
         return self.tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
 
 

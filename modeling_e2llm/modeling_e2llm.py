@@ -28,6 +28,10 @@ _CACHE = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs
           else "past_key_values")
 
 
+class ContextTooLong(ValueError):
+    """Chunk tokens, prompt and new tokens together overflow the decoder's window (nothing is truncated)."""
+
+
 class E2LLMAdapter(nn.Module):
     """MLP from the encoder's hidden size to the decoder's: Linear (-> GELU -> Linear) x (num_layers - 1)."""
 
@@ -139,7 +143,6 @@ class E2LLMModel(E2LLMPreTrainedModel):
 
         The chunks of sample 0 fill its placeholders first, then those of sample 1, ... (row-major).
         """
-        self.check_window(input_ids)
         inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, dec_hidden)
         if chunk_features is None and chunk_input_ids is not None:
             chunk_features = self.get_chunk_features(chunk_input_ids, chunk_attention_mask, progress=progress)
@@ -163,8 +166,8 @@ class E2LLMModel(E2LLMPreTrainedModel):
         fix = (f"Use a chunk_size about {chunks / room:.1f}x larger in the processor (the window holds {room} chunks "
                "with this prompt), or a shorter context." if room > 0 else
                "Ask for fewer new tokens, or shorten the prompt or the hybrid passages (smaller hybrid_token_budget).")
-        raise ValueError(f"The decoder input is {input_ids.shape[1]} tokens ({chunks} chunk tokens) + {new_tokens} "
-                         f"new tokens but the decoder's window is {window} tokens. {fix}")
+        raise ContextTooLong(f"The decoder input is {input_ids.shape[1]} tokens ({chunks} chunk tokens) + {new_tokens} "
+                             f"new tokens but the decoder's window is {window} tokens. {fix}")
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
@@ -177,6 +180,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
+            self.check_window(input_ids)
             inputs_embeds = self.embed_inputs(input_ids, chunk_input_ids, chunk_attention_mask, chunk_features)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, use_cache=use_cache, **_with_cache_name(kwargs))
@@ -264,30 +268,44 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         most similar to the question, within `hybrid_token_budget` decoder tokens, follows the chunk
         tokens of the whole context. Without a question it is skipped (plain E2LLM).
         """
-        if context is not None or context_cache is not None:
-            processor = processor if processor is not None else self.get_processor()
-            self._check_processor(processor)
-            hybrid_top_k, hybrid_token_budget = processor.hybrid_settings(hybrid_top_k, hybrid_token_budget)
-            caches = self._context_caches(context, context_cache, processor, progress, scoring=bool(hybrid_top_k))
-            passages = self._hybrid_passages(caches, prompt, processor, hybrid_top_k, hybrid_token_budget)
-            batch = processor.encode_prompts([cache.num_chunks for cache in caches], prompt, passages=passages)
-            if kwargs.get("max_length") is not None and kwargs.get("max_new_tokens") is None:
-                raise ValueError(f"max_length={kwargs['max_length']} counts the prompt, which generate(context=...) "
-                                 f"builds itself ({batch['input_ids'].shape[1]} tokens here): pass max_new_tokens.")
-            new_tokens = kwargs.get("max_new_tokens") or (generation_config or self.generation_config).max_new_tokens
-            self.model.check_window(batch["input_ids"], new_tokens or 0)
-            features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)
-            kwargs["inputs_embeds"] = self.model.embed_inputs(batch["input_ids"].to(self.device),
-                                                              chunk_features=features)
-            kwargs["attention_mask"] = batch["attention_mask"].to(self.device)
-            return super().generate(None, generation_config, *args, **kwargs)
-        if prompt is not None:
-            raise ValueError("prompt= needs context= (or context_cache=): pass the text the prompt is about.")
+        if context is None and context_cache is None:
+            if prompt is not None:
+                raise ValueError("prompt= needs context= (or context_cache=): pass the text the prompt is about.")
+            return self._generate_from_tokens(inputs, generation_config, *args, progress=progress, **kwargs)
+        processor = self._processor_for(processor)
+        top_k, token_budget = processor.hybrid_settings(hybrid_top_k, hybrid_token_budget)
+        new_tokens = kwargs.get("max_new_tokens") or (generation_config or self.generation_config).max_new_tokens or 0
+        quoting = top_k > 0 and prompt is not None
+        # chunk -> prompt -> window check (room kept for the passages), all before any encoder work -> encode
+        # (chunk tokens, and the vectors that rank chunks when quoting) -> rank -> prompt with the passages
+        chunks = None if context_cache is not None else [processor.encode_chunks([text])
+                                                         for text in _as_list(context, "context")]
+        counts = ([cache.num_chunks for cache in as_caches(context_cache)] if chunks is None
+                  else [text_chunks["num_chunks"][0] for text_chunks in chunks])
+        batch = processor.encode_prompts(counts, prompt)
+        if kwargs.get("max_length") is not None and kwargs.get("max_new_tokens") is None:
+            raise ValueError(f"max_length={kwargs['max_length']} counts the prompt, which generate(context=...) builds "
+                             f"itself ({batch['input_ids'].shape[1]} tokens here): pass max_new_tokens.")
+        self.model.check_window(batch["input_ids"], new_tokens + (token_budget if quoting else 0))
+        caches = self._context_caches(context, context_cache, processor, progress, quoting, chunks)
+        if quoting:
+            passages = self._hybrid_passages(caches, prompt, processor, top_k, token_budget)
+            batch = processor.encode_prompts(counts, prompt, passages=passages)
+            self.model.check_window(batch["input_ids"], new_tokens)
+        features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)  # (total_chunks, dec_hidden)
+        kwargs["inputs_embeds"] = self.model.embed_inputs(batch["input_ids"].to(self.device), chunk_features=features)
+        kwargs["attention_mask"] = batch["attention_mask"].to(self.device)
+        return super().generate(None, generation_config, *args, **kwargs)  # the new tokens only
+
+    def _generate_from_tokens(self, inputs, generation_config, *args, progress: bool, **kwargs):
+        """`generate` on the processor's token inputs: prompt + new tokens, as for any decoder-only model."""
         chunk_ids, chunk_mask = kwargs.pop("chunk_input_ids", None), kwargs.pop("chunk_attention_mask", None)
         if chunk_ids is not None:
             # Embed here rather than in forward: generate() repeats every tensor kwarg per beam/return
             # sequence row by row (c0,c0,c1,c1,...), which would give each expanded row the wrong chunks.
             input_ids = inputs if inputs is not None else kwargs.pop("input_ids")
+            new_tokens = kwargs.get("max_new_tokens") or (generation_config or self.generation_config).max_new_tokens
+            self.model.check_window(input_ids, new_tokens or 0)
             kwargs["inputs_embeds"] = self.model.embed_inputs(input_ids, chunk_ids, chunk_mask, progress=progress)
             kwargs["input_ids"], inputs = input_ids, None
         return super().generate(inputs, generation_config, *args, **kwargs)
@@ -303,15 +321,17 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if not isinstance(context, str):  # a list would fail later saying lists are accepted
             raise TypeError(f"encode_context takes one text (a string), got {type(context).__name__}: "
                             "encode each text with its own call.")
-        processor = processor if processor is not None else self.get_processor()
+        processor = self._processor_for(processor)
         cache = self._encode(context, processor, progress)
         cache.text_hash, cache.weights_hash = text_fingerprint(context, processor), self.weights_fingerprint()
         return cache
 
-    def _encode(self, context: str, processor: E2LLMProcessor, progress: bool, scoring: bool = True) -> ContextCache:
+    def _encode(self, context: str, processor: E2LLMProcessor, progress: bool, rank: bool = True,
+                chunks: dict | None = None) -> ContextCache:
         """An unkeyed cache for one call: hashing the weights is only worth it for a cache that is kept.
-        `scoring=False` skips the scoring encoder's pass (no ranking to do): `pooled` may then be None."""
-        chunks = processor.encode_chunks([context])
+        `rank=False` skips the ranking encoder's pass (no ranking to do): `pooled` may then be None. `chunks`:
+        the context's `processor.encode_chunks` output, when the caller has it already."""
+        chunks = processor.encode_chunks([context]) if chunks is None else chunks
         # More chunks than the whole window holds can never be read: say so before encoding them takes minutes.
         count, window = len(chunks["offsets"]), getattr(self.config.text_config, "max_position_embeddings", None)
         if window is not None and count > window:
@@ -321,7 +341,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         pooled = self.model.pool_chunks(ids, mask, progress=progress)
         scoring_pooled = pooled  # one pass serves both unless a separate encoder ranks
         if self.model.ranking_encoder() is not self.model.encoder:
-            scoring_pooled = self.model.pool_chunks(ids, mask, for_scoring=True) if scoring else None
+            scoring_pooled = self.model.pool_chunks(ids, mask, for_scoring=True) if rank else None
         return ContextCache(chunk_features=self.model.adapter(pooled), pooled=scoring_pooled,
                             offsets=chunks["offsets"], text=context, text_hash="", weights_hash="")
 
@@ -330,14 +350,15 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
                         top_k: int | None = None, token_budget: int | None = None) -> list[tuple[int, str]]:
         """The `(chunk index, text)` passages hybrid recall quotes for `prompt` about `context`, in document
         order (none when top_k is 0); `generate` chooses the same ones."""
-        processor = processor if processor is not None else self.get_processor()
-        cache = self._encode(context, processor, progress=False)
+        processor = self._processor_for(processor)
+        top_k, token_budget = processor.hybrid_settings(top_k, token_budget)
+        cache = self._encode(context, processor, progress=False, rank=top_k > 0)
         return (self._hybrid_passages([cache], prompt, processor, top_k, token_budget) or [[]])[0]
 
-    def _hybrid_passages(self, caches: list[ContextCache], prompt, processor: E2LLMProcessor, top_k: int | None,
-                         token_budget: int | None) -> list[list[tuple[int, str]]] | None:
-        """Per context, the chunks to quote as raw text: the best by `chunk_scores`, within the budget."""
-        top_k = processor.hybrid_top_k if top_k is None else top_k
+    def _hybrid_passages(self, caches: list[ContextCache], prompt, processor: E2LLMProcessor, top_k: int,
+                         token_budget: int) -> list[list[tuple[int, str]]] | None:
+        """Per context, the chunks to quote as raw text: the best by `chunk_scores`, within the budget (the
+        settings as `processor.hybrid_settings` resolved them; None when hybrid recall is off)."""
         if not top_k:
             return None
         prompts = _broadcast(prompt, len(caches), "prompt")
@@ -357,7 +378,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         the ranking report: (n_chunks,) cosine similarity between the question's pooled vector and each chunk's
         (a cache's `pooled`, or pooled vectors (n_chunks, enc_hidden)), both from the ranking encoder
         (`scoring`, default `config.hybrid_scoring`). A question longer than a chunk may be is cut to fit."""
-        processor = processor if processor is not None else self.get_processor()
+        processor = self._processor_for(processor)
         pooled = chunks.pooled if isinstance(chunks, ContextCache) else chunks
         tokens = processor.encoder_tokenizer([question], truncation=True, max_length=processor.max_chunk_tokens,
                                              return_tensors="pt").to(self.device)
@@ -365,11 +386,14 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
                                        scoring=scoring)  # (1, enc_hidden)
         return torch.nn.functional.cosine_similarity(pooled.to(query.device), query, dim=-1).cpu()
 
-    def _context_caches(self, context, context_cache, processor, progress: bool,
-                        scoring: bool) -> list[ContextCache]:
-        """One checked cache per context: encoded now, or given (and then checked against text and weights)."""
+    def _context_caches(self, context, context_cache, processor, progress: bool, rank: bool,
+                        chunks: list[dict] | None = None) -> list[ContextCache]:
+        """One checked cache per context: encoded now (from its `processor.encode_chunks` output in `chunks`,
+        when given), or given (and then checked against text and weights)."""
         if context_cache is None:
-            return [self._encode(text, processor, progress, scoring) for text in _as_list(context, "context")]
+            texts = _as_list(context, "context")
+            chunks = chunks or [None] * len(texts)
+            return [self._encode(text, processor, progress, rank, text_chunks) for text, text_chunks in zip(texts, chunks)]
         caches = as_caches(context_cache)
         texts = [None] * len(caches) if context is None else _as_list(context, "context")
         if len(texts) != len(caches):
@@ -392,10 +416,10 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     def answer(self, context: str | list[str], prompt: str | list[str] | None = None,
                processor: E2LLMProcessor | None = None, **generate_kwargs) -> str | list[str]:
         """Text in, text out: the decoded answer(s) to `prompt` about `context` (greedy by default)."""
-        processor = processor if processor is not None else self.get_processor()
         generate_kwargs.setdefault("max_new_tokens", 128)
         ids = self.generate(context=context, prompt=prompt, processor=processor, **generate_kwargs)
-        texts = [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
+        tokenizer = (processor if processor is not None else self.get_processor()).tokenizer
+        texts = [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return texts[0] if isinstance(context, str) else texts
 
     def get_processor(self) -> E2LLMProcessor:
@@ -408,6 +432,13 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             self._processor = E2LLMProcessor.from_pretrained(source, trust_remote_code=True, **self._processor_kwargs)
             self._check_processor(self._processor)
         return self._processor
+
+    def _processor_for(self, processor: E2LLMProcessor | None) -> E2LLMProcessor:
+        """The processor a call was given (checked against this model), else the one saved beside it."""
+        if processor is None:
+            return self.get_processor()  # checked once, when loaded
+        self._check_processor(processor)
+        return processor
 
     def _check_processor(self, processor) -> None:
         if processor.chunk_token_id != self.config.chunk_token_id:
@@ -534,4 +565,4 @@ def _sentence_transformers_pooling(encoder_path: str) -> str | None:
 
 E2LLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["E2LLMForCausalLM", "E2LLMModel", "E2LLMPreTrainedModel", "E2LLMAdapter"]
+__all__ = ["ContextTooLong", "E2LLMForCausalLM", "E2LLMModel", "E2LLMPreTrainedModel", "E2LLMAdapter"]

@@ -174,29 +174,30 @@ class E2LLMProcessor(ProcessorMixin):
     # --- chunking -------------------------------------------------------------------------------
     def chunk(self, text: str) -> list[tuple[int, int]]:
         """Character spans `(start, end)` of the chunks of `text`; none exceeds `max_chunk_tokens`."""
+        return [span for span, _ in self._tokenized_chunks(text)]
+
+    def _tokenized_chunks(self, text: str) -> list[tuple[tuple[int, int], list[int]]]:
+        """`(span, encoder ids)` of every chunk of `text`: each chunk is tokenized once, to check its length and
+        to be encoded."""
         _check_text(text, "context")
         overlap = int(self.chunk_size * self.chunk_overlap)
         return self._fit_to_encoder(text, split_into_chunks(text, self.chunk_size, overlap))
 
-    def _fit_to_encoder(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        lengths = self._encoder_lengths([text[s:e] for s, e in spans])
+    def _fit_to_encoder(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[tuple[int, int], list[int]]]:
+        rows = self.encoder_tokenizer([text[s:e] for s, e in spans], add_special_tokens=True, verbose=False)["input_ids"]
         fitted = []
-        for (start, end), length in zip(spans, lengths):
-            if length <= self.max_chunk_tokens:
-                fitted.append((start, end))
+        for (start, end), ids in zip(spans, rows):
+            if len(ids) <= self.max_chunk_tokens:
+                fitted.append(((start, end), ids))
                 continue
             if end - start == 1:  # one character cannot be split: an encoder that needs many tokens for it
-                raise ValueError(f"The character {text[start]!r} alone takes {length} encoder tokens, more than "
+                raise ValueError(f"The character {text[start]!r} alone takes {len(ids)} encoder tokens, more than "
                                  f"max_chunk_tokens={self.max_chunk_tokens}: raise max_chunk_tokens.")
             # Too many tokens (digits, code, non-Latin script): split this chunk again, smaller.
-            size = max(1, (end - start) * self.max_chunk_tokens // (2 * length))
+            size = max(1, (end - start) * self.max_chunk_tokens // (2 * len(ids)))
             pieces = split_into_chunks(text[start:end], size)
             fitted += self._fit_to_encoder(text, [(start + s, start + e) for s, e in pieces])
         return fitted
-
-    def _encoder_lengths(self, texts: list[str]) -> list[int]:
-        ids = self.encoder_tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
-        return [len(row) for row in ids]
 
     # --- prompt -----------------------------------------------------------------------------------
     def build_prompt(self, num_chunks: int, prompt: str | None = None, passages: list[tuple[int, str]] = ()) -> str:
@@ -280,11 +281,13 @@ class E2LLMProcessor(ProcessorMixin):
         Returns chunk_input_ids, chunk_attention_mask: (total_chunks, L) tensors; offsets: (total_chunks, 2)
         character spans within their own text; num_chunks: chunks per context.
         """
-        spans = [self.chunk(text) for text in contexts]
-        texts = [text[start:end] for text, text_spans in zip(contexts, spans) for start, end in text_spans]
-        tokens = self.encoder_tokenizer(texts, padding="longest", return_tensors="pt")
-        self._check_representable(contexts, spans, tokens["input_ids"])
-        return {"chunk_input_ids": tokens["input_ids"], "chunk_attention_mask": tokens["attention_mask"],
+        chunks = [self._tokenized_chunks(text) for text in contexts]
+        spans = [[span for span, _ in text_chunks] for text_chunks in chunks]
+        rows = [ids for text_chunks in chunks for _, ids in text_chunks]
+        chunk_input_ids = pad_sequences(rows, self.encoder_tokenizer.pad_token_id or 0)  # (total_chunks, L)
+        self._check_representable(contexts, spans, chunk_input_ids)
+        return {"chunk_input_ids": chunk_input_ids,
+                "chunk_attention_mask": pad_sequences([[1] * len(ids) for ids in rows], 0),
                 "offsets": torch.tensor([span for text_spans in spans for span in text_spans], dtype=torch.long),
                 "num_chunks": [len(text_spans) for text_spans in spans]}
 

@@ -274,8 +274,8 @@ def test_restatement_target_containing_the_placeholder_holds_no_chunk_token(proc
 # --- window errors that point at the right fix --------------------------------------------------------
 def test_context_with_more_chunks_than_the_window_is_refused_before_encoding(model, processor):
     with mock.patch.object(model.model, "pool_chunks") as encoder:
-        with pytest.raises(ValueError, match=r"makes 3,000 chunks, more than the decoder's whole window of 2048 "
-                                             r"tokens: use a chunk_size over 1\.5x larger"):
+        with pytest.raises(ValueError, match=r"\(3000 chunk tokens\) \+ 2 new tokens but the decoder's window is 2048 "
+                                             r"tokens. Use a chunk_size about 1\.5x larger"):
             model.generate(context="This sentence is filler. " * 6000, prompt="q", processor=processor,
                            max_new_tokens=2)
     encoder.assert_not_called()

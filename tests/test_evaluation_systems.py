@@ -111,5 +111,8 @@ def test_build_system_names_the_choices(tiny_model, tiny_processor):
 def test_e2llm_skips_an_example_over_the_window(tiny_model, tiny_processor):
     example = Example(id="long", context="This sentence is filler. " * 6000, question="q", answer="a",
                       answers=["a"], task="squad", meta={})
-    with pytest.raises(DoesNotFit, match="exceed the decoder window of 2048"):
+    encoder_calls = []
+    tiny_model.model.encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
+    with pytest.raises(DoesNotFit, match="new tokens but the decoder's window is 2048 tokens"):
         E2LLMSystem(tiny_model, tiny_processor, max_new_tokens=4).predict(example)
+    assert not encoder_calls  # refused before any chunk was encoded

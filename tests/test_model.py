@@ -3,6 +3,7 @@
 import copy
 import json
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -108,6 +109,28 @@ def test_streamer_receives_the_generated_tokens(tiny_model, tiny_processor):
     ids = tiny_model.generate(context=TEXT, prompt="q", processor=tiny_processor, max_new_tokens=5,
                               do_sample=False, streamer=streamer)
     assert streamer.tokens[-5:] == ids[0].tolist()
+
+
+@pytest.mark.parametrize("top_k", [0, 2])
+def test_generate_tokenizes_the_chunks_the_question_and_the_prompt_once_each(tiny_model, tiny_processor, top_k):
+    calls = []
+    tokenizers = {id(tiny_processor.encoder_tokenizer): "encoder", id(tiny_processor.tokenizer): "decoder"}
+    classes = {type(tiny_processor.encoder_tokenizer), type(tiny_processor.tokenizer)}
+    patches = [mock.patch.object(cls, "__call__", _counting(cls.__call__, tokenizers, calls)) for cls in classes]
+    with patches[0], patches[-1]:
+        tiny_model.generate(context=TEXT, prompt="Who chaired?", processor=tiny_processor, max_new_tokens=2,
+                            hybrid_top_k=top_k)
+    # hybrid recall also tokenizes the question (encoder), each candidate passage to count its cost and the prompt
+    # again with the passages it chose (decoder)
+    assert calls.count("encoder") == 1 + (top_k > 0)
+    assert calls.count("decoder") == 1 + (top_k + 1 if top_k else 0)
+
+
+def _counting(call, names: dict, calls: list):
+    def counted(self, *args, **kwargs):
+        calls.append(names[id(self)])
+        return call(self, *args, **kwargs)
+    return counted
 
 
 def test_answer_returns_decoded_text(tiny_model, tiny_processor):
