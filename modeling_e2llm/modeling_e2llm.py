@@ -410,10 +410,21 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         check_source(pretrained_model_name_or_path)
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        with_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        if info["missing_keys"]:  # transformers only logs them, and the model would run on random weights
+            missing = sorted(info["missing_keys"])
+            raise OSError(f"{pretrained_model_name_or_path} lacks {len(missing)} of the model's weights (first: "
+                          f"{missing[0]}): the file is incomplete or from another model. Save it again with "
+                          "model.save_pretrained(folder).")
         # Remember where the weights came from so that get_processor() finds the files saved beside them.
         model._processor_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
-        return model
+        return (model, info) if with_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if os.path.isfile(save_directory):  # transformers only logs this, saves nothing and returns
+            raise FileExistsError(f"{save_directory} is a file; save_pretrained writes a folder: pass a folder path.")
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_encoder_decoder_pretrained(cls, encoder_path: str | None = None, decoder_path: str | None = None, *,

@@ -13,6 +13,8 @@ from unittest import mock
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor
 
 import upload
@@ -126,6 +128,26 @@ def test_config_without_sub_configs_is_refused():
 def test_a_mistyped_model_folder_says_it_is_not_a_folder(tmp_path):
     with pytest.raises(OSError, match=f"{str(tmp_path / 'chekpoint')!r} is not a folder here, nor a Hub id \(ORG/NAME\): check the path"):
         E2LLMForCausalLM.from_pretrained(tmp_path / "chekpoint")
+
+
+def test_a_weight_missing_from_the_file_is_refused_not_run_as_random(checkpoint, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    with safe_open(folder / "model.safetensors", framework="pt") as f:
+        metadata = f.metadata()
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.adapter.layers.0.weight"]
+    save_file(weights, folder / "model.safetensors", metadata=metadata)
+    with pytest.raises(OSError, match=r"lacks 1 of the model's weights \(first: model.adapter.layers.0.weight\).*"
+                                      r"model.save_pretrained\(folder\)"):
+        E2LLMForCausalLM.from_pretrained(folder)
+
+
+def test_save_pretrained_onto_a_file_is_refused(model, tmp_path):
+    (tmp_path / "model.bin").write_text("keep me")
+    with pytest.raises(FileExistsError, match=f"{tmp_path / 'model.bin'} is a file.*pass a folder path"):
+        model.save_pretrained(tmp_path / "model.bin")
+    assert (tmp_path / "model.bin").read_text() == "keep me"
 
 
 # --- Bad 2: max_chunk_tokens too small to hold one character -----------------------------------------
