@@ -10,6 +10,7 @@ import json
 import os
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
@@ -411,7 +412,12 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         check_source(pretrained_model_name_or_path)
         with_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
+        except SafetensorError as error:  # "header too large", "incomplete metadata": says nothing of which file
+            raise OSError(f"The weights in {pretrained_model_name_or_path} are not readable safetensors ({error}): "
+                          "the file is damaged or incomplete. Save or download the folder again.") from None
         if info["missing_keys"]:  # transformers only logs them, and the model would run on random weights
             missing = sorted(info["missing_keys"])
             raise OSError(f"{pretrained_model_name_or_path} lacks {len(missing)} of the model's weights (first: "

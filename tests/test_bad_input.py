@@ -22,6 +22,7 @@ from evaluation import run
 from modeling_e2llm import ContextCache, E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.__main__ import main as ask_main
 from training import train as train_command
+from training.sources import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("The committee met on Tuesday. Alice chaired the meeting and opened with the budget. "
@@ -140,6 +141,15 @@ def test_a_weight_missing_from_the_file_is_refused_not_run_as_random(checkpoint,
     save_file(weights, folder / "model.safetensors", metadata=metadata)
     with pytest.raises(OSError, match=r"lacks 1 of the model's weights \(first: model.adapter.layers.0.weight\).*"
                                       r"model.save_pretrained\(folder\)"):
+        E2LLMForCausalLM.from_pretrained(folder)
+
+
+def test_a_damaged_weights_file_names_the_folder_and_the_fix(checkpoint, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    (folder / "model.safetensors").write_bytes(b"\xff" * 100)
+    with pytest.raises(OSError, match=f"The weights in {folder} are not readable safetensors.*header too large.*"
+                                      "Save or download the folder again"):
         E2LLMForCausalLM.from_pretrained(folder)
 
 
@@ -429,6 +439,14 @@ def test_training_config_mistakes_stop_the_command_before_anything_loads(tiny_pa
     assert error.startswith(f"error: {config}: ") and __import__("re").search(message, error), error
     load.assert_not_called()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("line", [b'{"context": "caf\xe9"}', b'{"context": "cut off'], ids=["latin-1", "broken-json"])
+def test_training_data_line_that_is_not_utf8_json_is_named(tmp_path, line):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(json.dumps(EXAMPLE).encode() + b"\n" + line + b"\n")
+    with pytest.raises(ValueError, match=f"{data}, line 2 is not a UTF-8 JSON line.*convert the file to UTF-8"):
+        load_records({"path": str(data)})
 
 
 # --- Bad 9 and upload.py ------------------------------------------------------------------------------
