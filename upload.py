@@ -8,7 +8,7 @@ Checkpoints (`--checkpoint DIR`):
       with model_type "e2llm", model.safetensors, processor_config.json, both tokenizers). Published as it
       is: LoRA, if any, is already merged.
   (b) a peft adapter folder: adapter_config.json + adapter_model.safetensors, saved from a `PeftModel`
-      around an E2LLM (`model.get_lora_config()`). The base is the saved E2LLM folder given with `--base`,
+      around an E2LLM (`modeling_e2llm.lora.lora_config(model.config)`). The base is the saved E2LLM folder given with `--base`,
       else the embedded default. The processor is the one saved in DIR when there is one, else the base's.
   (c) a demo folder (`modeling_e2llm.embedded_default.load_embedded_default`): the adapter files of (b)
       plus demo.json, {"config": {...}, "processor": {...}}: the keyword arguments of
@@ -66,7 +66,8 @@ from huggingface_hub.utils import validate_repo_id
 from model_card import (CardInputError, about_text, build_model_card, load_efficiency, load_eval_summary,
                         load_training_summary, model_facts)
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
-from modeling_e2llm.embedded_default import DEMO_DIR, default_decoder_path, default_encoder_path, load_embedded_default
+from modeling_e2llm.embedded_default import (DEMO_DIR, compose_model, compose_processor, default_decoder_path,
+                                             default_encoder_path, load_embedded_default)
 
 EMBEDDED_DEFAULT_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "HuggingFaceTB/SmolLM2-135M-Instruct")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -140,8 +141,8 @@ def load_checkpoint(path: str | Path | None, base: str | Path | None = None) -> 
         return Checkpoint(E2LLMForCausalLM.from_pretrained(path).eval(), E2LLMProcessor.from_pretrained(path))
     if kind == "demo":
         settings = json.loads((path / "demo.json").read_text())
-        model = E2LLMForCausalLM.from_encoder_decoder_pretrained(**settings.get("config", {}))
-        processor = E2LLMProcessor.from_encoder_decoder_pretrained(**settings.get("processor", {}))
+        model = compose_model(**settings.get("config", {}))
+        processor = compose_processor(**settings.get("processor", {}))
         return Checkpoint(model.eval(), processor, adapter_dir=path)
     if base is not None:
         if checkpoint_format(Path(base)) != "model":

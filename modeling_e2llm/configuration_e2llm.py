@@ -5,7 +5,6 @@ import re
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 POOLING_MODES = ("mean", "cls")
 HYBRID_SCORING = ("tuned", "base")
@@ -33,10 +32,11 @@ class E2LLMConfig(PreTrainedConfig):
     """
 
     model_type = "e2llm"
-    sub_configs_defaults = {
-        "encoder_config": SubConfigSpec(config_class=AutoConfig, model_type="bert"),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
-    }
+    # The plain `sub_configs` mapping works with every transformers 5 release (5.20 added `sub_configs_defaults`).
+    # There are deliberately no default sub-configs: BERT-base + a 7B Llama would be built for any folder that
+    # is not an E2LLM checkpoint, so a config must name both models.
+    sub_configs = {"encoder_config": AutoConfig, "text_config": AutoConfig}
+    has_no_defaults_at_init = True
 
     encoder_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -57,13 +57,20 @@ class E2LLMConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # transformers would fill a missing sub-config with BERT-base and a 7B-shaped Llama, and building
         # that random model can take tens of GB: an E2LLM is always composed from a real encoder and decoder.
-        missing = [name for name in ("encoder_config", "text_config") if getattr(self, name) is None]
+        missing = [name for name in self.sub_configs if getattr(self, name) is None]
         if missing:
             raise ValueError(f"E2LLMConfig needs both encoder_config and text_config; {' and '.join(missing)} "
                              "missing. Compose a model with E2LLMForCausalLM.from_encoder_decoder_pretrained("
                              "encoder_path, decoder_path), or load a folder saved by its save_pretrained.")
+        for name in self.sub_configs:
+            sub_config = getattr(self, name)
+            if isinstance(sub_config, dict):
+                if "model_type" not in sub_config:
+                    raise ValueError(f"{name} names no model_type: give the sub-config of a saved model.")
+                setattr(self, name, AutoConfig.for_model(**sub_config))
         super().__post_init__(**kwargs)
-        # The decoder's own flag decides whether lm_head shares the input embeddings (HF_NOTES pitfall 5).
+        # The decoder's own flag decides whether lm_head shares the input embeddings; without this copy a
+        # tied decoder's head would load untied.
         self.tie_word_embeddings = self.tie_word_embeddings or bool(self.text_config.tie_word_embeddings)
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")

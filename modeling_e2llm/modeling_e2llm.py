@@ -6,13 +6,13 @@ features into `inputs_embeds` in one place; `E2LLMForCausalLM` adds the LM head,
 """
 
 import copy
+import inspect
 import json
 import os
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging as transformers_logging
@@ -22,6 +22,11 @@ from .context_cache import ContextCache, as_caches, text_fingerprint, weights_fi
 from .processing_e2llm import E2LLMProcessor, _as_list, _broadcast, add_chunk_token
 
 _HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
+# transformers 5.24 renamed the decoder's key/value cache argument and output field from `past_key_values` to
+# `cache` and warns on the old name; earlier 5.x releases know only the old one. The model accepts either name
+# from its callers and speaks the installed version's to the decoder and to GenerationMixin.
+_CACHE = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+          else "past_key_values")
 
 
 class E2LLMAdapter(nn.Module):
@@ -46,7 +51,7 @@ class E2LLMPreTrainedModel(PreTrainedModel):
     config: E2LLMConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [_CACHE]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -87,7 +92,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
         order = torch.argsort(lengths, descending=True)
         pooled = None
         batches = order.split(self.config.encoder_batch_size)
-        for index in tqdm(batches, desc="Encoding chunks", unit="batch", disable=not progress):
+        for index in transformers_logging.tqdm(batches, desc="Encoding chunks", unit="batch", disable=not progress):
             width = int(lengths[index].max())
             mask = chunk_attention_mask[index, :width]
             hidden = encoder(input_ids=chunk_input_ids[index, :width], attention_mask=mask).last_hidden_state
@@ -156,20 +161,16 @@ class E2LLMModel(E2LLMPreTrainedModel):
                          f"new tokens but the decoder's window is {window} tokens. {fix}")
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values=None,
-                inputs_embeds: torch.FloatTensor | None = None, chunk_input_ids: torch.LongTensor | None = None,
-                chunk_attention_mask: torch.Tensor | None = None, use_cache: bool | None = None,
-                **kwargs) -> BaseModelOutputWithPast:
+                position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
+                chunk_input_ids: torch.LongTensor | None = None, chunk_attention_mask: torch.Tensor | None = None,
+                use_cache: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
+        """The decoder's key/value cache comes as `cache` or `past_key_values` (either transformers version)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, chunk_input_ids, chunk_attention_mask)
-        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                      position_ids=position_ids, past_key_values=past_key_values,
-                                      use_cache=use_cache, **kwargs)
-        return BaseModelOutputWithPast(last_hidden_state=outputs.last_hidden_state,
-                                       past_key_values=outputs.past_key_values,
-                                       hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, use_cache=use_cache, **_with_cache_name(kwargs))
 
 
 class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
@@ -202,16 +203,16 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, past_key_values=None,
-                inputs_embeds: torch.FloatTensor | None = None, chunk_input_ids: torch.LongTensor | None = None,
-                chunk_attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                **kwargs) -> CausalLMOutputWithPast:
-        """`labels` (B, T): target ids, -100 where no loss applies (prompt, chunk tokens, padding)."""
+                position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
+                chunk_input_ids: torch.LongTensor | None = None, chunk_attention_mask: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, use_cache: bool | None = None,
+                logits_to_keep: int | torch.Tensor = 0, **kwargs) -> CausalLMOutputWithPast:
+        """`labels` (B, T): target ids, -100 where no loss applies (prompt, chunk tokens, padding). The decoder's
+        key/value cache comes as `cache` or `past_key_values`."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, inputs_embeds=inputs_embeds,
-                             chunk_input_ids=chunk_input_ids, chunk_attention_mask=chunk_attention_mask,
-                             use_cache=use_cache, **kwargs)
+                             inputs_embeds=inputs_embeds, chunk_input_ids=chunk_input_ids,
+                             chunk_attention_mask=chunk_attention_mask, use_cache=use_cache,
+                             **_with_cache_name(kwargs))
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
@@ -219,15 +220,15 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels,
                                       vocab_size=self.config.text_config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
-                                      hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                                      attentions=outputs.attentions, **{_CACHE: getattr(outputs, _CACHE)})
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      inputs_embeds=None, chunk_input_ids=None, chunk_attention_mask=None,
-                                      is_first_iteration=False, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None,
+                                      chunk_input_ids=None, chunk_attention_mask=None, is_first_iteration=False,
+                                      **kwargs):
         inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds, is_first_iteration=is_first_iteration, **kwargs)
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+            is_first_iteration=is_first_iteration, **_with_cache_name(kwargs))
         # Chunks are encoded once, at prefill; later steps read them from the KV cache.
         if is_first_iteration or not kwargs.get("use_cache", True):
             inputs.update(chunk_input_ids=chunk_input_ids, chunk_attention_mask=chunk_attention_mask)
@@ -274,7 +275,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         chunk_ids, chunk_mask = kwargs.pop("chunk_input_ids", None), kwargs.pop("chunk_attention_mask", None)
         if chunk_ids is not None:
             # Embed here rather than in forward: generate() repeats every tensor kwarg per beam/return
-            # sequence row by row, which would give each expanded row the wrong chunks (HF_NOTES 8).
+            # sequence row by row (c0,c0,c1,c1,...), which would give each expanded row the wrong chunks.
             input_ids = inputs if inputs is not None else kwargs.pop("input_ids")
             kwargs["inputs_embeds"] = self.model.embed_inputs(input_ids, chunk_ids, chunk_mask, progress=progress)
             kwargs["input_ids"], inputs = input_ids, None
@@ -433,24 +434,22 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
-    def from_encoder_decoder_pretrained(cls, encoder_path: str | None = None, decoder_path: str | None = None, *,
-                                        dtype: torch.dtype | None = None, attn_implementation: str = "sdpa",
-                                        chunk_token: str = "<chunk>", **config_kwargs) -> "E2LLMForCausalLM":
+    def from_encoder_decoder_pretrained(cls, encoder_path: str, decoder_path: str, *, dtype: torch.dtype | None = None,
+                                        attn_implementation: str = "sdpa", chunk_token: str = "<chunk>",
+                                        encoder_name: str | None = None, decoder_name: str | None = None,
+                                        **config_kwargs) -> "E2LLMForCausalLM":
         """Compose a new E2LLM from a pretrained BERT-family encoder and a causal LM (untrained adapter).
 
-        With no names, the embedded default: all-MiniLM-L6-v2 and SmolLM2-135M-Instruct from pip packages.
-        `config_kwargs` go to `E2LLMConfig` (pooling, adapter_num_layers, LoRA settings, ...); pooling
-        defaults to what the encoder's sentence-transformers config says, hybrid_scoring to "base" (a frozen
-        copy of this pretrained encoder ranks chunks for hybrid recall, whatever training does to the encoder).
+        `encoder_name` / `decoder_name`: what the sub-configs record as their origin (default: the paths), e.g.
+        a Hub id for weights loaded from a local copy. `config_kwargs` go to `E2LLMConfig` (pooling,
+        adapter_num_layers, LoRA settings, ...); pooling defaults to what the encoder's sentence-transformers
+        config says, hybrid_scoring to "base" (a frozen copy of this pretrained encoder ranks chunks for hybrid
+        recall, whatever training does to the encoder).
         """
-        from .embedded_default import DECODER_HUB_ID, ENCODER_HUB_ID, default_decoder_path, default_encoder_path
-
-        encoder = _encoder_from_pretrained(encoder_path or default_encoder_path(), dtype)
-        causal_lm = AutoModelForCausalLM.from_pretrained(decoder_path or default_decoder_path(), dtype=dtype)
-        if encoder_path is None:  # name the embedded default by its Hub id, not by a folder on this machine
-            encoder_path, encoder.config.name_or_path = encoder.config.name_or_path, ENCODER_HUB_ID
-        if decoder_path is None:
-            decoder_path, causal_lm.config.name_or_path = causal_lm.config.name_or_path, DECODER_HUB_ID
+        encoder = _encoder_from_pretrained(encoder_path, dtype)
+        causal_lm = AutoModelForCausalLM.from_pretrained(decoder_path, dtype=dtype)
+        encoder.config.name_or_path = encoder_name or encoder.config.name_or_path
+        causal_lm.config.name_or_path = decoder_name or causal_lm.config.name_or_path
         chunk_token_id = add_chunk_token(AutoTokenizer.from_pretrained(decoder_path), chunk_token)
         _make_room_for_chunk_token(causal_lm, chunk_token_id)
         config_kwargs.setdefault("pooling", _sentence_transformers_pooling(encoder_path) or "mean")
@@ -458,32 +457,26 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         config = E2LLMConfig(encoder_config=encoder.config, text_config=causal_lm.config,
                              chunk_token_id=chunk_token_id, **config_kwargs)
         model = cls(config, encoder=encoder, causal_lm=causal_lm)
-        # The composite would take text_config's generation defaults (pitfall 15); and a placeholder is
-        # never a word to say.
+        # Built in memory, the composite would take text_config's generation defaults (a default Llama config's
+        # eos and pad) rather than the decoder's generation_config.json; and a placeholder is never a word to say.
         model.generation_config = copy.deepcopy(causal_lm.generation_config)
         model.generation_config.suppress_tokens = [chunk_token_id]
-        # Composing resets the shared sub-configs' attention implementation to None, which makes the
-        # decoder attend bidirectionally (HF_NOTES pitfall 1): set it explicitly.
+        # Composing resets the shared sub-configs' attention implementation to None, with which the decoder
+        # attends bidirectionally (no causal mask): set it explicitly.
         model.set_attn_implementation(attn_implementation)
         return model.to(dtype) if dtype is not None else model
 
-    def get_lora_config(self, encoder: bool = True, decoder: bool = True):
-        """peft `LoraConfig` from the config: LoRA on the decoder and on the encoder's last
-        `encoder_lora_layers` layers, the adapter trained in full. Turn a part off to freeze it."""
-        from peft import LoraConfig
 
-        cfg = self.config
-        targets = []
-        if encoder and cfg.encoder_lora_layers > 0:
-            n = cfg.encoder_config.num_hidden_layers
-            layers = "|".join(str(i) for i in range(max(0, n - cfg.encoder_lora_layers), n))
-            targets.append(rf"model\.encoder\.(?:.*\.)?layers?\.(?:{layers})\..*\.(?:{'|'.join(cfg.encoder_lora_modules)})")
-        if decoder:
-            targets.append(rf"model\.language_model\..*\.(?:{'|'.join(cfg.decoder_lora_modules)})")
-        if not targets:
-            raise ValueError("LoRA on neither encoder nor decoder: train the adapter alone by freezing the rest instead.")
-        return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules="|".join(f"(?:{t})" for t in targets), modules_to_save=["adapter"])
+def _with_cache_name(kwargs: dict) -> dict:
+    """`kwargs` with the decoder cache under the installed transformers' name, whichever name the caller used."""
+    kwargs = dict(kwargs)
+    given = [kwargs.pop(name) for name in ("cache", "past_key_values") if name in kwargs]
+    caches = [cache for cache in given if cache is not None]
+    if len(caches) > 1:
+        raise ValueError("Both cache= and past_key_values= were given: pass the decoder cache once, as either.")
+    if given:
+        kwargs[_CACHE] = caches[0] if caches else None
+    return kwargs
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:

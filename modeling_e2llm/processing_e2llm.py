@@ -150,14 +150,8 @@ class E2LLMProcessor(ProcessorMixin):
         return top_k, token_budget
 
     @classmethod
-    def from_encoder_decoder_pretrained(cls, encoder_path: str | None = None, decoder_path: str | None = None,
-                                        **kwargs) -> "E2LLMProcessor":
-        """Build from the encoder's and the decoder's tokenizers (no names: the embedded default)."""
-        if encoder_path is None or decoder_path is None:
-            from .embedded_default import default_decoder_path, default_encoder_path
-
-            encoder_path = encoder_path or default_encoder_path()
-            decoder_path = decoder_path or default_decoder_path()
+    def from_encoder_decoder_pretrained(cls, encoder_path: str, decoder_path: str, **kwargs) -> "E2LLMProcessor":
+        """Build from the encoder's and the decoder's tokenizers; `kwargs` are the chunking and prompt settings."""
         return cls(AutoTokenizer.from_pretrained(decoder_path), AutoTokenizer.from_pretrained(encoder_path), **kwargs)
 
     @classmethod

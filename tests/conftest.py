@@ -1,12 +1,21 @@
 """Shared fixtures: tiny random encoder/decoder folders with the embedded default's real tokenizers."""
 
+import atexit
+import functools
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import venv
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import torch
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -71,28 +80,52 @@ def essay_text() -> str:
     return max(essays, key=len)
 
 
-PROJECT_PACKAGES = ("modeling_e2llm", "training", "evaluation", "model_card", "upload")
-_ISOLATION_PREAMBLE = f"""
-import importlib.abc, sys
-class _BlockProject(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {PROJECT_PACKAGES!r}:
-            raise ImportError(name + " is blocked: this process must not see the project")
-sys.meta_path.insert(0, _BlockProject())
-sys.path = [p for p in sys.path if p not in ("", {str(ROOT)!r})]
-"""
+MODEL_RUNTIME = ("torch", "transformers", "safetensors", "tokenizers")  # all a saved folder may need
 
 
-def run_isolated(code: str, cwd: Path, block_project: bool = True) -> str:
+def _with_dependencies(names: tuple[str, ...]) -> list[metadata.Distribution]:
+    """The installed distributions `names` and, recursively, what they require (extras left out)."""
+    found, todo = {}, list(names)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in found:
+            continue
+        try:
+            found[name] = metadata.distribution(name)
+        except metadata.PackageNotFoundError:  # a dependency of another platform or build (e.g. CUDA libraries)
+            continue
+        for requirement in map(Requirement, found[name].requires or []):
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+    return list(found.values())
+
+
+@functools.cache
+def bare_python() -> Path:
+    """Python of a fresh virtualenv that holds only the model runtime (MODEL_RUNTIME and its dependencies,
+    linked from this environment): no peft, no trl, no project, as on a user's machine that only has
+    transformers."""
+    root = Path(tempfile.mkdtemp(prefix="e2llm-bare-venv-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    venv.create(root, with_pip=False)
+    python = root / "bin" / "python"
+    site = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                        text=True).strip())
+    for dist in _with_dependencies(MODEL_RUNTIME):
+        for top in {Path(file).parts[0] for file in dist.files or [] if not str(file).startswith("..")}:
+            if top != "__pycache__" and not (site / top).exists():
+                (site / top).symlink_to(dist.locate_file(top))
+    return python
+
+
+def run_isolated(code: str, cwd: Path, bare: bool = True) -> str:
     """Run `code` in a fresh Python; return its stdout, failing the test with stderr on error.
 
-    With `block_project`, its imports cannot reach the project (as on a user's machine that only has
-    transformers); without, the project is importable from the repository root.
+    With `bare`, in `bare_python()`'s virtualenv (only the model runtime, the project not on its path);
+    without, in this environment with the project importable from the repository root.
     """
-    import subprocess
-
-    preamble = _ISOLATION_PREAMBLE if block_project else f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
-    result = subprocess.run([sys.executable, "-c", preamble + code], capture_output=True, text=True,
-                            cwd=cwd, env={**os.environ, "PYTHONPATH": ""}, timeout=600)
+    python, preamble = (bare_python(), "") if bare else (sys.executable, f"import sys; sys.path.insert(0, {str(ROOT)!r})\n")
+    result = subprocess.run([python, "-c", preamble + code], capture_output=True, text=True, cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": ""}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout

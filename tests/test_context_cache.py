@@ -70,7 +70,7 @@ for repeats in (800, 8000):  # about 200 and 2,000 chunks of 256 characters
     model.encode_context(sentence * repeats, processor=processor)
     peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 print(json.dumps(peaks))
-""", cwd=tmp_path, block_project=False)
+""", cwd=tmp_path, bare=False)
     short, long = json.loads(stdout.strip().splitlines()[-1])
     # Unbatched, 2,000 chunks x 64 tokens of attention and MLP activations would add over 100 MB.
     assert long - short < 40, (short, long)

@@ -8,6 +8,7 @@ import torch
 from evaluation.hybrid_ranking import needle_ranks, rank_summary
 from evaluation.niah import needle_example
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm.lora import lora_config
 
 SENTENCES = [f"Paragraph {i} talks about topic number {i} in some detail. " for i in range(12)]
 TEXT = "".join(SENTENCES)
@@ -134,7 +135,7 @@ def test_a_saved_model_keeps_its_scoring_encoder(tiny_model, tiny_processor, tmp
 def test_lora_leaves_the_scoring_encoder_frozen_and_untouched(tiny_model):
     from peft import get_peft_model
 
-    peft_model = get_peft_model(tiny_model, tiny_model.get_lora_config())
+    peft_model = get_peft_model(tiny_model, lora_config(tiny_model.config))
     trainable = [name for name, parameter in peft_model.named_parameters() if parameter.requires_grad]
     assert any(".encoder." in name and "lora_" in name for name in trainable)
     assert not any("scoring_encoder" in name for name, _ in peft_model.named_modules() if "lora_" in name)

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from conftest import run_isolated
 from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm.lora import lora_config
 
 TEXT = ("The committee met on Tuesday. Alice chaired the meeting and opened with the budget. "
         "Bob presented the new design for the remote control.\nCarol asked about the cost. ") * 4
@@ -115,7 +117,7 @@ def test_answer_returns_decoded_text(tiny_model, tiny_processor):
     assert tiny_model.answer([TEXT], ["q"], processor=tiny_processor, max_new_tokens=5) == [expected]
 
 
-def test_save_and_load_in_a_fresh_process_without_the_project(tiny_model, tiny_processor, tmp_path):
+def test_save_and_load_in_a_fresh_virtualenv_with_only_the_model_runtime(tiny_model, tiny_processor, tmp_path):
     folder = tmp_path / "saved"
     tiny_model.save_pretrained(folder)
     tiny_processor.save_pretrained(folder)
@@ -123,8 +125,9 @@ def test_save_and_load_in_a_fresh_process_without_the_project(tiny_model, tiny_p
                                        max_new_tokens=6, do_sample=False)[0].tolist()
     expected_logits = tiny_model(**tiny_processor(TEXT, "Who chaired?")).logits[0, -1].tolist()
     stdout = run_isolated(f"""
-import json, torch
+import importlib.util, json, torch
 from transformers import AutoModelForCausalLM, AutoProcessor
+assert importlib.util.find_spec("peft") is None and importlib.util.find_spec("modeling_e2llm") is None
 model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
 ids = model.generate(context={TEXT!r}, prompt="Who chaired?", max_new_tokens=6, do_sample=False)  # processor found by itself
@@ -140,9 +143,34 @@ print(json.dumps({{"ids": ids[0].tolist(), "logits": logits.tolist(), "module": 
     assert result["tied"]
 
 
+def test_a_saved_folder_holds_the_model_files_and_nothing_else_of_the_project(tiny_model, tiny_processor, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    tiny_processor.save_pretrained(tmp_path)
+    code = sorted(path.name for path in tmp_path.rglob("*.py"))
+    assert code == ["configuration_e2llm.py", "context_cache.py", "modeling_e2llm.py", "processing_e2llm.py"]
+    assert sorted(path.name for path in tmp_path.iterdir() if path.suffix != ".py") == [
+        "chat_template.jinja", "config.json", "encoder_tokenizer", "generation_config.json", "model.safetensors",
+        "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_the_decoder_cache_is_taken_under_either_name_without_a_warning(tiny_model, tiny_processor, name):
+    batch = tiny_processor(TEXT, "Who chaired?")
+    full = tiny_model(**batch).logits[0, -1]
+    prefix = {key: value[:, :-1] for key, value in batch.items() if key.startswith(("input", "attention"))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = tiny_model(**prefix, chunk_input_ids=batch["chunk_input_ids"],
+                           chunk_attention_mask=batch["chunk_attention_mask"], use_cache=True)
+        cache = first.cache if "cache" in first else first.past_key_values
+        step = tiny_model(input_ids=batch["input_ids"][:, -1:], attention_mask=batch["attention_mask"],
+                          use_cache=True, **{name: cache})
+    assert torch.allclose(step.logits[0, -1], full, atol=1e-5)
+
+
 def test_lora_trains_encoder_decoder_and_adapter_and_survives_save_load_merge(tiny_model, tiny_processor, tmp_path):
     base = copy.deepcopy(tiny_model)
-    peft_model = get_peft_model(tiny_model, tiny_model.get_lora_config())
+    peft_model = get_peft_model(tiny_model, lora_config(tiny_model.config))
     names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert any(".encoder." in n and "lora_B" in n for n in names)
     assert any(".language_model." in n and "lora_B" in n for n in names)

@@ -279,11 +279,11 @@ def test_understanding_weight_scales_only_understanding_tokens(tiny_paths, tmp_p
         trainer.understanding_weight = weight
         with torch.no_grad():
             losses[weight] = trainer.compute_loss(trainer.model, dict(batch)).item()
-    totals = trainer._task_totals["eval"]  # [task][nll, tokens], summed over both calls
-    nll, tokens = totals[:, 0] / 2, totals[:, 1] / 2
+    totals = trainer._task_totals["eval"].tolist()  # [task][nll, tokens], summed over both calls
+    nll, tokens = [task_nll / 2 for task_nll, _ in totals], sum(task_tokens / 2 for _, task_tokens in totals)
     und, rea = TASKS.index("understanding"), TASKS.index("reasoning")
-    assert losses[0.0] == pytest.approx(nll[rea] / tokens.sum(), rel=1e-4)
-    assert losses[1.0] == pytest.approx((nll[rea] + nll[und]) / tokens.sum(), rel=1e-4)
+    assert losses[0.0] == pytest.approx(nll[rea] / tokens, rel=1e-4)
+    assert losses[1.0] == pytest.approx((nll[rea] + nll[und]) / tokens, rel=1e-4)
 
 
 class StopAt(TrainerCallback):

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import upload
 from model_card import build_model_card, model_facts
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm.lora import lora_config
 from upload import PublishError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def checkpoints(tiny_paths, tmp_path_factory) -> dict[str, Path]:
     processor = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_size=64)
     model.save_pretrained(root / "base")
     processor.save_pretrained(root / "base")
-    peft_model = get_peft_model(model, model.get_lora_config())
+    peft_model = get_peft_model(model, lora_config(model.config))
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name or "modules_to_save" in name:

@@ -7,6 +7,7 @@ Multi-GPU: `accelerate launch --config_file training/accelerate/<zero2|fsdp>.yam
 """
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -19,6 +20,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm.embedded_default import compose_model, compose_processor
+from modeling_e2llm.lora import lora_config
 
 from .config import TrainConfig
 from .dataset import training_dataset
@@ -32,11 +35,15 @@ PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 def load_model_and_processor(config: TrainConfig) -> tuple[E2LLMForCausalLM, E2LLMProcessor]:
     """The untrained composite and its processor (no encoder/decoder paths: the embedded default)."""
-    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(config.model.encoder, config.model.decoder,
-                                                            **config.model.config)
-    processor = E2LLMProcessor.from_encoder_decoder_pretrained(
-        config.model.encoder, config.model.decoder, **vars(config.processor))
+    model = compose_model(config.model.encoder, config.model.decoder, **config.model.config)
+    processor = compose_processor(config.model.encoder, config.model.decoder, **vars(config.processor))
     return model, processor
+
+
+# transformers 5.23 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the old name
+# warns there and is unknown before it).
+_CHECKPOINTING = next(name for name in ("activation_checkpointing", "gradient_checkpointing")
+                      if name in {field.name for field in dataclasses.fields(SFTConfig)})
 
 
 def sft_config(training: dict) -> SFTConfig:
@@ -45,7 +52,7 @@ def sft_config(training: dict) -> SFTConfig:
     defaults = {
         "bf16": on_gpu and torch.cuda.is_bf16_supported(),  # SFTConfig's bf16=True makes CPU steps ~14x slower
         "use_cpu": not on_gpu,
-        "activation_checkpointing": False,  # TRL turns it on; on CPU it only costs time
+        _CHECKPOINTING: False,  # TRL turns it on; on CPU it only costs time
         "max_length": None,  # never cut a sample: too long ones are refused while building them
         "report_to": "none",
         "logging_steps": 10,
@@ -71,7 +78,7 @@ def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     trainer = E2LLMTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         processing_class=processor.tokenizer,  # a tokenizer, not the processor: TRL would treat a processor as a VLM
-        peft_config=model.get_lora_config(encoder=config.trainable.encoder, decoder=config.trainable.decoder),
+        peft_config=lora_config(model.config, encoder=config.trainable.encoder, decoder=config.trainable.decoder),
         understanding_weight=config.tasks.understanding_weight,
         adapter_learning_rate=config.adapter_learning_rate)
     if config.max_minutes is not None:
