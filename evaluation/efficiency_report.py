@@ -5,6 +5,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from modeling_e2llm.markdown import markdown_table
+
 SYSTEMS = ("e2llm", "rag", "full")
 COLORS = {"e2llm": "tab:blue", "rag": "tab:green", "full": "tab:red"}
 TIME_PLOT, MEMORY_PLOT = "time.png", "memory.png"
@@ -81,43 +83,42 @@ def _header(results: dict) -> list[str]:
 
 
 def _targets(results: dict) -> list[str]:
-    lines = ["## Targets", "", "| target | value | threshold | met |", "|---|---|---|---|"]
-    for target in results["targets"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
-        lines.append(f"| {target['description']} | {_fmt(target['value'])} | {target['threshold']:g} | {met} |")
-    return lines + [""]
+    met = {True: "yes", False: "**no**", None: "not measured"}
+    rows = [[target["description"], _fmt(target["value"]), f"{target['threshold']:g}", met[target["met"]]]
+            for target in results["targets"]]
+    return ["## Targets", "", markdown_table(["target", "value", "threshold", "met"], rows)]
 
 
 def _comparison(results: dict) -> list[str]:
     compare = results["medians"].get("compare", {})
-    lines = [f"## Within the window: E2LLM, RAG (top {results['settings']['top_k']} chunks) and the full context", "",
-             "| context tokens | system | decoder input tokens | prefill s | total s | working MB | peak MB "
-             "| prefill x | total x | working memory x |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for tokens in sorted(compare.get("e2llm", {}), key=int):
         for system in SYSTEMS:
             figures = compare.get(system, {}).get(tokens)
             if figures is None:
                 continue
             ratio = results["ratios"].get(tokens, {}).get(system, {})
-            lines.append(f"| {int(tokens):,} | {system} | {_fmt(figures['decoder_input_tokens'], 0)} | "
-                         f"{_fmt(figures['prefill_s'])} | {_fmt(figures['total_s'])} | "
-                         f"{_fmt(figures['working_mb'], 1)} | {_fmt(figures['peak_mb'], 0)} | "
-                         f"{_fmt(ratio.get('prefill'), 1)} | {_fmt(ratio.get('total'), 1)} | "
-                         f"{_fmt(ratio.get('working_memory'), 1)} |")
-    return lines + ["", "Ratios (x): the other system's figure over E2LLM's. Prefill = time from raw text to the "
-                        "first new token.", ""]
+            rows.append([f"{int(tokens):,}", system, _fmt(figures["decoder_input_tokens"], 0), _fmt(figures["prefill_s"]),
+                         _fmt(figures["total_s"]), _fmt(figures["working_mb"], 1), _fmt(figures["peak_mb"], 0),
+                         _fmt(ratio.get("prefill"), 1), _fmt(ratio.get("total"), 1),
+                         _fmt(ratio.get("working_memory"), 1)])
+    header = ["context tokens", "system", "decoder input tokens", "prefill s", "total s", "working MB", "peak MB",
+              "prefill x", "total x", "working memory x"]
+    return [f"## Within the window: E2LLM, RAG (top {results['settings']['top_k']} chunks) and the full context", "",
+            markdown_table(header, rows), "Ratios (x): the other system's figure over E2LLM's. Prefill = time from "
+            "raw text to the first new token.", ""]
 
 
 def _long(results: dict) -> list[str]:
     if not results["medians"].get("long"):  # --max-tokens within the window: nothing was measured beyond it
         return []
+    rows = [[f"{int(tokens):,}", _fmt(figures["encoder_chunks"], 0), _fmt(figures["prefill_s"]),
+             _fmt(figures["total_s"]), _fmt(1000 * figures["total_s"] / int(tokens), 3), _fmt(figures["working_mb"], 1),
+             _fmt(figures["process_peak_mb"], 0)]
+            for tokens, figures in sorted(results["medians"]["long"].get("e2llm", {}).items(), key=lambda i: int(i[0]))]
+    header = ["context tokens", "chunks", "prefill s", "total s", "s per 1K tokens", "working MB", "process peak MB"]
     lines = [f"## Beyond the window: E2LLM alone (chunk size {results['settings']['long_chunk_size']} characters)",
-             "", "| context tokens | chunks | prefill s | total s | s per 1K tokens | working MB | process peak MB |",
-             "|---|---|---|---|---|---|---|"]
-    for tokens, figures in sorted(results["medians"].get("long", {}).get("e2llm", {}).items(), key=lambda i: int(i[0])):
-        lines.append(f"| {int(tokens):,} | {_fmt(figures['encoder_chunks'], 0)} | {_fmt(figures['prefill_s'])} | "
-                     f"{_fmt(figures['total_s'])} | {_fmt(1000 * figures['total_s'] / int(tokens), 3)} | "
-                     f"{_fmt(figures['working_mb'], 1)} | {_fmt(figures['process_peak_mb'], 0)} |")
+             "", markdown_table(header, rows).rstrip("\n")]
     line = results["linearity"]
     if line:
         lines += ["", f"Straight-line fit from 64K tokens: {1000 * line['seconds_per_token']:.3f} s per 1K tokens "
@@ -131,13 +132,13 @@ def _encoder(results: dict) -> list[str]:
              f"fp32 matmul peak (torch.mm, {matmul['size']}x{matmul['size']}, "
              f"{results['machine']['torch_threads']} threads): {matmul['peak_flops_per_s'] / 1e9:.1f} GFLOP/s "
              f"(before the runs {matmul['flops_per_s'][0] / 1e9:.1f}, after {matmul['flops_per_s'][1] / 1e9:.1f}).",
-             "", "| context tokens | encoder GFLOP | raw text -> chunk tokens GFLOP/s | of peak "
-             "| encoder forwards GFLOP/s | of peak |", "|---|---|---|---|---|---|"]
-    for tokens, row in sorted(results["encoder_efficiency"].items(), key=lambda i: int(i[0])):
-        lines.append(f"| {int(tokens):,} | {row['encoder_flops'] / 1e9:,.1f} | {row['end_to_end_flops_per_s'] / 1e9:.1f} "
-                     f"| {row['end_to_end_fraction']:.0%} | {row['forward_flops_per_s'] / 1e9:.1f} | "
-                     f"{row['forward_fraction']:.0%} |")
-    return lines + ["", "Raw text -> chunk tokens: chunking, tokenization, encoder and adapter, timed up to the "
+             ""]
+    rows = [[f"{int(tokens):,}", f"{row['encoder_flops'] / 1e9:,.1f}", f"{row['end_to_end_flops_per_s'] / 1e9:.1f}",
+             f"{row['end_to_end_fraction']:.0%}", f"{row['forward_flops_per_s'] / 1e9:.1f}", f"{row['forward_fraction']:.0%}"]
+            for tokens, row in sorted(results["encoder_efficiency"].items(), key=lambda i: int(i[0]))]
+    lines.append(markdown_table(["context tokens", "encoder GFLOP", "raw text -> chunk tokens GFLOP/s", "of peak",
+                                 "encoder forwards GFLOP/s", "of peak"], rows))
+    return lines + ["Raw text -> chunk tokens: chunking, tokenization, encoder and adapter, timed up to the "
                         "decoder's first call. FLOPs: the encoder's matrix multiplies, counted from its config.", ""]
 
 

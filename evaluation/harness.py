@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_e2llm.markdown import markdown_table
+
 from .data import Example
 from .metrics import aggregate, primary_metric, score_prediction
 from .systems import RAG_TOP_K, SYSTEMS, System, build_system, load_model
@@ -165,9 +167,3 @@ def summary_table(summary: dict) -> str:
     return markdown_table(["system", "model", "dataset", "n", "skipped", *metrics],
                           [[summary["system"], summary["model"], summary.get("dataset", ""), summary["count"],
                             summary["skipped"], *(f"{100 * value:.1f}" for value in metrics.values())]])
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    """GitHub markdown: a header row, a separator, then one row per list (cells through str)."""
-    lines = [header, ["---"] * len(header), *rows]
-    return "".join("| " + " | ".join(str(cell) for cell in line) + " |\n" for line in lines)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from .harness import PREDICTIONS_FILE, RUN_FILE, SUMMARY_FILE, markdown_table, read_predictions, summarize
+from modeling_e2llm.markdown import markdown_table
+
+from .harness import PREDICTIONS_FILE, RUN_FILE, SUMMARY_FILE, read_predictions, summarize
 from .niah import RESULTS_FILE, draw_heatmap
 
 METRIC_LABELS = {"rouge_gmean": "ROUGE G-mean", "option_accuracy": "accuracy", "qa_f1": "F1",

@@ -27,6 +27,8 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from modeling_e2llm.markdown import markdown_table
+
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 ABOUT_PATH = Path(__file__).with_name("about.md")
 TAGS = ["e2llm", "custom_code", "long-context", "context-compression"]
@@ -258,9 +260,7 @@ def _training_datasets(training: dict | None) -> list[str]:
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     """Markdown table; numbers are shown with at most 4 decimals."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, [[_cell(value) for value in row] for row in rows]).rstrip("\n")
 
 
 def _cell(value: Any) -> str:
@@ -270,7 +270,7 @@ def _cell(value: Any) -> str:
         return f"{value:,}"
     if isinstance(value, (list, tuple)):
         return ", ".join(map(str, value))
-    return "–" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+    return "–" if value is None else str(value)
 
 
 def _approx(number: float) -> str:

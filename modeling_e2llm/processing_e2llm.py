@@ -334,8 +334,12 @@ class E2LLMProcessor(ProcessorMixin):
                 ids, label = ids + target_ids, label + target_ids
             rows.append(ids)
             labels.append(label)
-        with_labels = any(t is not None for t in targets)
-        return _pad(rows, labels, self.tokenizer.pad_token_id, padding_side, with_labels)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        data = {"input_ids": pad_sequences(rows, pad_id, padding_side),
+                "attention_mask": pad_sequences([[1] * len(row) for row in rows], 0, padding_side)}
+        if any(t is not None for t in targets):
+            data["labels"] = pad_sequences(labels, IGNORE_INDEX, padding_side)
+        return data
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -395,23 +399,17 @@ def _broadcast(value, size: int, name: str) -> list:
     return list(value)
 
 
-def _pad(rows: list[list[int]], labels: list[list[int]], pad_id: int, side: str, with_labels: bool) -> dict:
+def pad_sequences(rows: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
+    """Lists of ids padded with `value` on `side` to the longest: (N, longest)."""
     if side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id if pad_id is not None else 0, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    padded_labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    for i, (row, label) in enumerate(zip(rows, labels)):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        input_ids[i, span], attention_mask[i, span] = torch.tensor(row), 1
-        padded_labels[i, span] = torch.tensor(label)
-    data = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if with_labels:
-        data["labels"] = padded_labels
-    return data
+    out = torch.full((len(rows), max(len(row) for row in rows)), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(out.shape[1] - len(row), None) if side == "left" else slice(0, len(row))
+        out[i, span] = torch.tensor(row, dtype=torch.long)
+    return out
 
 
 E2LLMProcessor.register_for_auto_class()
 
-__all__ = ["E2LLMProcessor", "split_into_chunks", "add_chunk_token"]
+__all__ = ["E2LLMProcessor", "split_into_chunks", "add_chunk_token", "pad_sequences"]

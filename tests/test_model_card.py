@@ -160,7 +160,7 @@ def test_efficiency_rows_become_a_table(facts, tmp_path):
     (tmp_path / "eff.json").write_text(json.dumps([{"context_chars": 100000, "seconds": 3.5},
                                                    {"context_chars": 400000, "seconds": 9.25}]))
     text = build_model_card(facts, efficiency=load_efficiency(tmp_path / "eff.json")).text
-    assert "## Efficiency\n\n| context_chars | seconds |\n|---|---|\n| 100,000 | 3.5 |\n| 400,000 | 9.25 |" in text
+    assert "## Efficiency\n\n| context_chars | seconds |\n| --- | --- |\n| 100,000 | 3.5 |\n| 400,000 | 9.25 |" in text
     assert "## Efficiency" not in build_model_card(facts).text
 
 

@@ -297,6 +297,25 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+def test_adapter_learning_rate_applies_to_the_adapter_alone(tiny_paths, tmp_path, essay_text):
+    config = tiny_config(tiny_paths, tmp_path, essay_text)
+    config.adapter_learning_rate = 0.05
+    trainer = build_trainer(config)
+    optimizer = trainer.create_optimizer()
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    trained = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert {rate[id(p)] for name, p in trained.items() if ".adapter." in name} == {0.05}
+    assert {rate[id(p)] for name, p in trained.items() if ".adapter." not in name} == {1e-3}
+    assert len(rate) == len(trained)  # every trained parameter is in exactly one group
+
+
+@pytest.mark.parametrize("option", [{"loss_type": "dft"}, {"packing": True}, {"label_smoothing_factor": 0.1},
+                                    {"max_length": 512}])
+def test_sft_options_the_loss_does_not_implement_are_refused_by_name(tiny_paths, tmp_path, essay_text, option):
+    with pytest.raises(ValueError, match=f"E2LLMTrainer does not implement {next(iter(option))}: "):
+        build_trainer(tiny_config(tiny_paths, tmp_path, essay_text, training=option))
+
+
 def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tiny_paths, tmp_path, essay_text):
     whole = trained_weights(train(tiny_config(tiny_paths, tmp_path / "a", essay_text)))
     interrupted = build_trainer(tiny_config(tiny_paths, tmp_path / "b", essay_text))

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from modeling_e2llm import E2LLMProcessor
+from modeling_e2llm.processing_e2llm import IGNORE_INDEX, pad_sequences
 
 UNDERSTANDING, REASONING = "understanding", "reasoning"
 TASKS = (REASONING, UNDERSTANDING)  # position = the task id the collator puts in the batch
-IGNORE_INDEX = -100
 
 
 class ContextTooLongError(ValueError):
@@ -96,18 +96,10 @@ class E2LLMCollator:
         chunks = [chunk for row in rows for chunk in row["chunk_input_ids"]]
         chunk_masks = [mask for row in rows for mask in row["chunk_attention_mask"]]
         return {
-            "input_ids": _pad([row["input_ids"] for row in rows], self.pad_token_id),
-            "attention_mask": _pad([row["attention_mask"] for row in rows], 0),
-            "labels": _pad([row["labels"] for row in rows], IGNORE_INDEX),
-            "chunk_input_ids": _pad(chunks, self.encoder_pad_token_id),
-            "chunk_attention_mask": _pad(chunk_masks, 0),
+            "input_ids": pad_sequences([row["input_ids"] for row in rows], self.pad_token_id),
+            "attention_mask": pad_sequences([row["attention_mask"] for row in rows], 0),
+            "labels": pad_sequences([row["labels"] for row in rows], IGNORE_INDEX),
+            "chunk_input_ids": pad_sequences(chunks, self.encoder_pad_token_id),
+            "chunk_attention_mask": pad_sequences(chunk_masks, 0),
             "task": torch.tensor([TASKS.index(row["task"]) for row in rows]),
         }
-
-
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    """Right-pad lists of ints to the longest: (N, longest)."""
-    out = torch.full((len(rows), max(len(row) for row in rows)), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-    return out

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import yaml
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
@@ -101,18 +100,6 @@ class TimeBudget(TrainerCallback):
             control.should_training_stop = control.should_save = True
 
 
-def resume_checkpoint(output_dir: str, resume: bool | str | None) -> str | None:
-    """The checkpoint to resume from: a given path, the latest in `output_dir` (resume=True), or None."""
-    if not resume:
-        return None
-    if isinstance(resume, str):
-        return resume
-    checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if checkpoint is None:
-        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir!r}; start without --resume.")
-    return checkpoint
-
-
 def save_final(trainer: E2LLMTrainer, config: TrainConfig) -> Path:
     """Write LoRA + adapter (peft), demo.json, log_history.json and loss.png under `<output_dir>/final`."""
     final = Path(trainer.args.output_dir) / "final"
@@ -142,7 +129,7 @@ def _portable(path: str) -> str:
 def train(config: TrainConfig, resume: bool | str | None = None) -> E2LLMTrainer:
     """Build, train (from a checkpoint when resuming) and save; returns the trainer."""
     trainer = build_trainer(config)
-    trainer.train(resume_from_checkpoint=resume_checkpoint(trainer.args.output_dir, resume))
+    trainer.train(resume_from_checkpoint=resume)  # True: the latest checkpoint-* in output_dir
     save_final(trainer, config)
     return trainer
 

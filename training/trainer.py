@@ -13,7 +13,7 @@ processes and accumulation steps. The two tasks' unweighted per-token losses are
 """
 
 import torch
-from trl import SFTTrainer
+from trl import SFTConfig, SFTTrainer
 
 from .samples import TASKS, UNDERSTANDING
 
@@ -27,16 +27,19 @@ class E2LLMTrainer(SFTTrainer):
         understanding_weight: loss weight of understanding tokens relative to reasoning tokens.
         adapter_learning_rate: learning rate of the MLP adapter (trained from scratch); None: `args.learning_rate`.
         Everything else goes to `trl.SFTTrainer`; pass `dataset_kwargs={"skip_prepare_dataset": True}`
-        and `remove_unused_columns=False` in `args`, and an `E2LLMCollator` as `data_collator`.
+        and `remove_unused_columns=False` in `args`, and an `E2LLMCollator` as `data_collator`. The SFTConfig
+        options this loss does not implement are refused (see `unsupported_options`), never ignored.
     """
 
-    def __init__(self, *args, understanding_weight: float = 1.0, adapter_learning_rate: float | None = None,
-                 **kwargs):
+    def __init__(self, model, args: SFTConfig, *more, understanding_weight: float = 1.0,
+                 adapter_learning_rate: float | None = None, **kwargs):
+        _refuse(unsupported_options(args) + (["compute_loss_func"] if kwargs.get("compute_loss_func") else []))
         self.understanding_weight = understanding_weight
         self.adapter_learning_rate = adapter_learning_rate
         # Per task: [summed NLL, target tokens] since the last log, for "train" and "eval".
         self._task_totals = {"train": torch.zeros(len(TASKS), 2), "eval": torch.zeros(len(TASKS), 2)}
-        super().__init__(*args, **kwargs)
+        super().__init__(model, args, *more, **kwargs)
+        _refuse(["output_router_logits (a mixture-of-experts auxiliary loss)"] if self.aux_loss_enabled else [])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -75,21 +78,39 @@ class E2LLMTrainer(SFTTrainer):
         self._task_totals[mode].zero_()
         super().log(logs, start_time)
 
-    def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
-        if self.adapter_learning_rate is not None:
-            _give_adapter_its_own_lr(optimizer, self.model if model is None else model, self.adapter_learning_rate)
-        return optimizer
+    def get_optimizer_cls_and_kwargs(self, args, model=None) -> tuple[type, dict]:
+        """TRL's optimizer, and with `adapter_learning_rate` its parameter groups split in two: the adapter's
+        parameters (trained from scratch) get their own learning rate, everything else keeps `args`'."""
+        optimizer_cls, kwargs = super().get_optimizer_cls_and_kwargs(args, model)
+        if self.adapter_learning_rate is None or model is None or "params" in kwargs:
+            return optimizer_cls, kwargs
+        decay = set(self.get_decay_parameter_names(model))
+        groups = {}  # (adapter?, decay?) -> parameters
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                groups.setdefault((".adapter." in name, name in decay), []).append(parameter)
+        kwargs["params"] = [{"params": params, "weight_decay": args.weight_decay if decays else 0.0,
+                             **({"lr": self.adapter_learning_rate} if adapter else {})}
+                            for (adapter, decays), params in groups.items()]
+        return optimizer_cls, kwargs
 
 
-def _give_adapter_its_own_lr(optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr: float) -> None:
-    """Move the adapter's parameters into their own param groups with learning rate `lr` (before any step)."""
-    adapter = {id(p) for name, p in model.named_parameters() if ".adapter." in name and p.requires_grad}
-    groups = []
-    for group in optimizer.param_groups:
-        settings = {key: value for key, value in group.items() if key != "params"}
-        for params, group_lr in (([p for p in group["params"] if id(p) not in adapter], group["lr"]),
-                                 ([p for p in group["params"] if id(p) in adapter], lr)):
-            if params:
-                groups.append({**settings, "params": params, "lr": group_lr})
-    optimizer.param_groups[:] = groups
+def _refuse(unsupported: list[str]) -> None:
+    if unsupported:
+        raise ValueError(f"E2LLMTrainer does not implement {', '.join(unsupported)}: its loss is the task-weighted "
+                         "NLL of the target tokens. Leave these at their defaults.")
+
+
+def unsupported_options(args: SFTConfig) -> list[str]:
+    """The SFTConfig settings in `args` that E2LLMTrainer's loss and data path do not implement."""
+    ignored = {
+        "loss_type": args.loss_type != "nll",  # "dft" reweights TRL's own loss, not this one
+        "label_smoothing_factor": args.label_smoothing_factor > 0,
+        "max_length": args.max_length is not None,  # samples are never cut; too long ones are refused when built
+        "packing": args.packing,  # packing, padding_free and the completion/assistant masks act while TRL
+        "padding_free": args.padding_free,  # prepares a dataset, which E2LLM samples skip
+        "completion_only_loss": bool(args.completion_only_loss),
+        "assistant_only_loss": args.assistant_only_loss,
+        "use_liger_kernel": args.use_liger_kernel,
+    }
+    return [name for name, is_set in ignored.items() if is_set]
