@@ -13,7 +13,8 @@ import os
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedConfig,
+                          PreTrainedModel)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging as transformers_logging
 
@@ -446,6 +447,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         config says, hybrid_scoring to "base" (a frozen copy of this pretrained encoder ranks chunks for hybrid
         recall, whatever training does to the encoder).
         """
+        _check_roles(encoder_path, decoder_path)
         encoder = _encoder_from_pretrained(encoder_path, dtype)
         causal_lm = AutoModelForCausalLM.from_pretrained(decoder_path, dtype=dtype)
         encoder.config.name_or_path = encoder_name or encoder.config.name_or_path
@@ -492,6 +494,17 @@ def _encoder_from_config(encoder_config) -> PreTrainedModel:
         return AutoModel.from_config(encoder_config, add_pooling_layer=False)
     except TypeError:
         return AutoModel.from_config(encoder_config)
+
+
+def _check_roles(encoder_path: str, decoder_path: str) -> None:
+    """Refuse a causal LM as the encoder, or a model without an LM head as the decoder (paths swapped, say),
+    by the architectures their configs name: loading would fail deep inside ("no attribute embed_tokens")."""
+    for role, path, wanted in (("encoder", encoder_path, False), ("decoder", decoder_path, True)):
+        names = PreTrainedConfig.get_config_dict(path)[0].get("architectures") or []
+        if names and any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names) != wanted:
+            kind = "a sentence encoder (BERT family)" if role == "encoder" else "a causal LM"
+            raise ValueError(f"{role}_path {path!r} holds {names[0]}, not {kind}: call "
+                             "from_encoder_decoder_pretrained(encoder_path, decoder_path), encoder first.")
 
 
 def _encoder_from_pretrained(path: str, dtype) -> PreTrainedModel:

@@ -120,6 +120,13 @@ def test_main_command_refuses_a_plain_decoder_folder_in_one_line(tiny_paths, tmp
     assert outcome["result"] == 2 and outcome["peak_kb"] < TWO_GB_IN_KB
 
 
+def test_swapped_encoder_and_decoder_paths_are_named(tiny_paths):
+    encoder, decoder = tiny_paths
+    with pytest.raises(ValueError, match=f"encoder_path {decoder!r} holds LlamaForCausalLM, not a sentence encoder.*"
+                                         "encoder first"):
+        E2LLMForCausalLM.from_encoder_decoder_pretrained(decoder, encoder)
+
+
 def test_config_without_sub_configs_is_refused():
     with pytest.raises(ValueError, match="needs both encoder_config and text_config; encoder_config and text_config "
                                          "missing. Compose a model with E2LLMForCausalLM.from_encoder_decoder"):
