@@ -195,8 +195,9 @@ def load_model(path: str | None = None):
 
         model, processor = load_embedded_default()
         return model, processor, "embedded default" + ("" if model.is_trained_demo else " (untrained)")
-    from transformers import AutoModelForCausalLM, AutoProcessor
+    from modeling_e2llm import E2LLMForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-    return model.eval(), processor, Path(path).name or str(path)
+    # This project's classes, which refuse a folder that is not a saved E2LLM (the Auto classes would build
+    # whatever model it holds), and the processor saved beside the model, checked against it.
+    model = E2LLMForCausalLM.from_pretrained(path)
+    return model.eval(), model.get_processor(), Path(path).name or str(path)

@@ -371,6 +371,16 @@ def test_evaluation_refuses_bad_numbers_before_loading_anything(data_file, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluation_refuses_a_model_folder_that_is_not_an_e2llm(tiny_paths, data_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--system", "e2llm", "--model", tiny_paths[1], "--data", str(data_file),
+                  "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert f"error: --model {tiny_paths[1]}: {tiny_paths[1]!r} holds a 'llama' model, not an E2LLM" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluation_data_with_invalid_bytes_names_file_and_line(tmp_path, capsys):
     data = tmp_path / "latin1.jsonl"
     data.write_bytes(json.dumps(EXAMPLE).encode() + b"\n" + json.dumps({**EXAMPLE, "id": "ex2"}).encode()[:-2]
