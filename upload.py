@@ -128,9 +128,16 @@ def checkpoint_format(path: Path) -> str:
 
 def load_checkpoint(path: str | Path | None, base: str | Path | None = None) -> Checkpoint:
     """Load any of the formats in the module docstring (None: the embedded default)."""
+    try:
+        return _load_checkpoint(path, base)
+    except (OSError, ValueError) as error:  # damaged weights, moved model folders: the reason without a traceback
+        raise PublishError(f"Checkpoint {path or DEMO_DIR} does not load: {error}") from error
+
+
+def _load_checkpoint(path: str | Path | None, base: str | Path | None) -> Checkpoint:
     if path is None:
         if (DEMO_DIR / "demo.json").exists():
-            return load_checkpoint(DEMO_DIR)
+            return _load_checkpoint(DEMO_DIR, None)
         model, processor = load_embedded_default(trained=False)
         return Checkpoint(model, processor, trained=False)
     path = Path(path)

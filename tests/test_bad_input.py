@@ -477,6 +477,18 @@ def test_a_model_trained_on_custom_models_is_published(tiny_paths, tmp_path, ess
     assert status == 0 and (out / "model.safetensors").is_file()  # the fresh-process load check passed too
 
 
+def test_upload_of_a_folder_with_damaged_weights_says_it_does_not_load(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    (folder / "model.safetensors").write_bytes(b"\xff" * 100)
+    status = upload.main(["--repo-id", "org/x", "--checkpoint", str(folder), "--dry-run",
+                          "--output-dir", str(tmp_path / "out")])
+    assert status == 1
+    assert f"error: Checkpoint {folder} does not load: The weights in {folder} are not readable safetensors" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_upload_names_a_plain_decoder_folder_as_not_an_e2llm(tiny_paths, tmp_path, capsys):
     status = upload.main(["--repo-id", "org/x", "--checkpoint", tiny_paths[1], "--dry-run",
                           "--output-dir", str(tmp_path / "out")])
