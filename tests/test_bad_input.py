@@ -4,6 +4,7 @@ before any model loads where it can be; none loops, grows a process past 2 GB, o
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,15 +62,16 @@ def data_file(tmp_path_factory) -> Path:
 
 def run_limited(code: str, *args: str) -> dict:
     """Run `code` in a fresh Python whose address space is capped at 4 GB (a runaway allocation fails there
-    instead of taking the machine down); it prints JSON, to which this adds the peak resident memory."""
+    instead of taking the machine down). `code` sets `result`; returned with the peak resident memory and stderr."""
     wrapper = ("import json, resource, sys\n"
                "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
                f"sys.path.insert(0, {str(ROOT)!r})\n" + code +
-               "\nprint(json.dumps({'result': result, 'peak_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+               "\npeak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss"
+               "\nprint(json.dumps({'result': result, 'peak_kb': peak_kb}))")
     done = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "stderr": done.stderr}
 
 
 def corrupt_tensor_bytes(path: Path, name: str, replace) -> None:
@@ -118,6 +120,7 @@ def test_main_command_refuses_a_plain_decoder_folder_in_one_line(tiny_paths, tmp
                           "try:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n    result = exit.code\n",
                           "--file", str(tmp_path / "doc.txt"), "--question", "q", "--model", tiny_paths[1])
     assert outcome["result"] == 2 and outcome["peak_kb"] < TWO_GB_IN_KB
+    assert f"error: {tiny_paths[1]!r} holds a 'llama' model, not an E2LLM" in outcome["stderr"]
 
 
 def test_swapped_encoder_and_decoder_paths_are_named(tiny_paths):
@@ -134,7 +137,8 @@ def test_config_without_sub_configs_is_refused():
 
 
 def test_a_mistyped_model_folder_says_it_is_not_a_folder(tmp_path):
-    with pytest.raises(OSError, match=f"{str(tmp_path / 'chekpoint')!r} is not a folder here, nor a Hub id \(ORG/NAME\): check the path"):
+    with pytest.raises(OSError, match=rf"{str(tmp_path / 'chekpoint')!r} is not a folder here, nor a Hub id "
+                                      r"\(ORG/NAME\): check the path"):
         E2LLMForCausalLM.from_pretrained(tmp_path / "chekpoint")
 
 
@@ -453,7 +457,7 @@ def test_training_config_mistakes_stop_the_command_before_anything_loads(tiny_pa
             train_command.main(["--config", config])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"error: {config}: ") and __import__("re").search(message, error), error
+    assert error.startswith(f"error: {config}: ") and re.search(message, error), error
     load.assert_not_called()
     assert not (tmp_path / "run").exists()
 
