@@ -10,7 +10,7 @@ Checkpoints (`--checkpoint DIR`):
   (b) a peft adapter folder: adapter_config.json + adapter_model.safetensors, saved from a `PeftModel`
       around an E2LLM (`modeling_e2llm.lora.lora_config(model.config)`). The base is the saved E2LLM folder given with `--base`,
       else the embedded default. The processor is the one saved in DIR when there is one, else the base's.
-  (c) a demo folder (`modeling_e2llm.embedded_default.load_embedded_default`): the adapter files of (b)
+  (c) a demo folder (`modeling_e2llm.loading.load_model`): the adapter files of (b)
       plus demo.json, {"config": {...}, "processor": {...}}: the keyword arguments of
       `from_encoder_decoder_pretrained` for the model and the processor.
   No `--checkpoint`: the embedded default with the demo weights of modeling_e2llm/demo when present,
@@ -66,10 +66,11 @@ from huggingface_hub.utils import validate_repo_id
 from model_card import (CardInputError, about_text, build_model_card, load_efficiency, load_eval_summary,
                         load_training_summary, model_facts)
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
-from modeling_e2llm.embedded_default import (DEMO_DIR, compose_model, compose_processor, default_decoder_path,
-                                             default_encoder_path, load_embedded_default)
+from modeling_e2llm.embedded_default import (DECODER_HUB_ID, ENCODER_HUB_ID, default_decoder_path,
+                                             default_encoder_path)
+from modeling_e2llm.loading import DEMO_DIR, is_trained_run, load_model, trained_run_base
 
-EMBEDDED_DEFAULT_NAMES = ("sentence-transformers/all-MiniLM-L6-v2", "HuggingFaceTB/SmolLM2-135M-Instruct")
+EMBEDDED_DEFAULT_NAMES = (ENCODER_HUB_ID, DECODER_HUB_ID)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MODEL_FILES = ("config.json", "processor_config.json", "tokenizer_config.json",
                "encoder_tokenizer/tokenizer_config.json")
@@ -136,9 +137,9 @@ def load_checkpoint(path: str | Path | None, base: str | Path | None = None) -> 
 
 def _load_checkpoint(path: str | Path | None, base: str | Path | None) -> Checkpoint:
     if path is None:
-        if (DEMO_DIR / "demo.json").exists():
+        if is_trained_run(DEMO_DIR):
             return _load_checkpoint(DEMO_DIR, None)
-        model, processor = load_embedded_default(trained=False)
+        model, processor, _ = load_model(trained=False)
         return Checkpoint(model, processor, trained=False)
     path = Path(path)
     kind = checkpoint_format(path)
@@ -147,16 +148,14 @@ def _load_checkpoint(path: str | Path | None, base: str | Path | None) -> Checkp
     if kind == "model":
         return Checkpoint(E2LLMForCausalLM.from_pretrained(path).eval(), E2LLMProcessor.from_pretrained(path))
     if kind == "demo":
-        settings = json.loads((path / "demo.json").read_text())
-        model = compose_model(**settings.get("config", {}))
-        processor = compose_processor(**settings.get("processor", {}))
+        model, processor = trained_run_base(path)
         return Checkpoint(model.eval(), processor, adapter_dir=path)
     if base is not None:
         if checkpoint_format(Path(base)) != "model":
             raise PublishError(f"--base {base} must be a saved E2LLM folder (format a), not an adapter.")
         model, processor = E2LLMForCausalLM.from_pretrained(base), E2LLMProcessor.from_pretrained(base)
     else:
-        model, processor = load_embedded_default(trained=False)
+        model, processor, _ = load_model(trained=False)
     if (path / "processor_config.json").exists():
         processor = E2LLMProcessor.from_pretrained(path)
     return Checkpoint(model.eval(), processor, adapter_dir=path)

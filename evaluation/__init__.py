@@ -20,8 +20,9 @@ and summary.md. Scores are fractions in [0, 1]; tables show them x 100.
 
 Modules: `metrics` (normalization, QA F1, option accuracy, ROUGE and G-mean, needle recall), `data`
 (load and validate the uniform JSONL), `systems` (the four systems, `predict(example) -> str`),
-`niah` (haystack, needle insertion, grid, heatmap; `python -m evaluation.niah`), `harness` (the
-predict-score-resume loop both commands share), `run` and `report` (commands). `run --haystack-tokens N`
+`niah` (token-length haystack, grid, heatmap; `python -m evaluation.niah`; needles and their insertion
+come from `modeling_e2llm.haystacks`), `harness` (the predict-score-resume loop both commands share),
+`run` and `report` (commands), `demo` (did the demo checkpoint learn: `python -m evaluation.demo`). `run --haystack-tokens N`
 hides each example's context in an N-token essay haystack (SQuAD- or bAbI-in-a-haystack). `report`
 compares each dataset on the examples all its runs attempted.
 """

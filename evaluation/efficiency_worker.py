@@ -26,8 +26,10 @@ from pathlib import Path
 
 import torch
 
+from modeling_e2llm.loading import compose_model, compose_processor, load_model
+
 from .data import Example
-from .systems import build_system, load_model
+from .systems import build_system
 
 WARMUP_CHARS = 1000  # a short answer pages in the weights and initializes the kernels
 
@@ -73,11 +75,8 @@ def load_benchmark_model(model: str | None = None, encoder: str | None = None, d
         if not (encoder and decoder) or model:
             raise ValueError("Give --encoder and --decoder together, or --model alone (or nothing for the "
                              "embedded default).")
-        from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
-
-        composite = E2LLMForCausalLM.from_encoder_decoder_pretrained(encoder, decoder).eval()
-        processor = E2LLMProcessor.from_encoder_decoder_pretrained(encoder, decoder)
-        return composite, processor, f"{Path(encoder).name} + {Path(decoder).name}"
+        label = f"{Path(encoder).name} + {Path(decoder).name}"
+        return compose_model(encoder, decoder).eval(), compose_processor(encoder, decoder), label
     return load_model(model)
 
 

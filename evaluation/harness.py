@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_e2llm.loading import load_model
 from modeling_e2llm.markdown import markdown_table
 
 from .data import Example
 from .metrics import aggregate, primary_metric, score_prediction
-from .systems import RAG_TOP_K, SYSTEMS, System, build_system, load_model
+from .systems import RAG_TOP_K, SYSTEMS, System, build_system
 
 
 class RunConflict(ValueError):
@@ -69,16 +70,13 @@ def system_from_arguments(args: argparse.Namespace, parser: argparse.ArgumentPar
         model, processor, label = load_model(args.model)
     except (OSError, ValueError) as error:
         parser.exit(2, f"error: --model {args.model}: {error}\n")
-    if args.hybrid_top_k is not None:
-        processor.hybrid_top_k = args.hybrid_top_k
-    if args.hybrid_budget is not None:
-        processor.hybrid_token_budget = args.hybrid_budget
-    system = build_system(args.system, model, processor, max_new_tokens=args.max_new_tokens, top_k=args.top_k)
+    system = build_system(args.system, model, processor, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                          hybrid_top_k=args.hybrid_top_k, hybrid_token_budget=args.hybrid_budget)
     settings = {"system": args.system, "model": label, "max_new_tokens": args.max_new_tokens}
     if args.system == "rag":
         settings["top_k"] = args.top_k
     if args.system == "e2llm":
-        settings.update(hybrid_top_k=processor.hybrid_top_k, hybrid_budget=processor.hybrid_token_budget)
+        settings.update(hybrid_top_k=system.hybrid_top_k, hybrid_budget=system.hybrid_token_budget)
     return system, settings
 
 

@@ -15,17 +15,23 @@ from pathlib import Path
 
 import torch
 
+from modeling_e2llm.loading import load_model
+
 from .niah import DEFAULT_HAYSTACK, VARIANTS, load_haystack_essays, needle_grid
-from .systems import load_model
 
 
-def needle_ranks(model, processor, example) -> list[int]:
-    """0-based rank of each needle's chunk (the chunk holding the needle's first character)."""
-    cache = model.encode_context(example.context, processor)
-    order = torch.argsort(model.chunk_scores(cache, example.question, processor), descending=True).tolist()
+@torch.no_grad()
+def needle_ranks(model, processor, example, scoring: str | None = None) -> list[int]:
+    """0-based rank of each needle's chunk (the chunk holding the needle's first character) in hybrid recall's
+    ranking with the `scoring` encoder (default: the model's own)."""
+    chunks = processor.encode_chunks([example.context])
+    pooled = model.model.pool_chunks(chunks["chunk_input_ids"].to(model.device),
+                                     chunks["chunk_attention_mask"].to(model.device), for_scoring=True, scoring=scoring)
+    scores = model.chunk_scores(pooled, example.question, processor, scoring=scoring)
+    order = torch.argsort(scores, descending=True).tolist()
     ranks = []
     for start in example.meta["needle_starts"]:
-        chunk = next(i for i, (begin, end) in enumerate(cache.offsets.tolist()) if begin <= start < end)
+        chunk = next(i for i, (begin, end) in enumerate(chunks["offsets"].tolist()) if begin <= start < end)
         ranks.append(order.index(chunk))
     return ranks
 
@@ -57,8 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         model, processor, label = load_model(None if name == "embedded" else name)
         examples = needle_grid(args.variant, args.lengths, args.depths, essays, processor.tokenizer)
         for scoring in args.scoring or [model.config.hybrid_scoring]:
-            model.config.hybrid_scoring = scoring
-            ranks = [needle_ranks(model, processor, example) for example in examples]
+            ranks = [needle_ranks(model, processor, example, scoring) for example in examples]
             key = f"{name} ({scoring})"
             results[key] = {"label": label, "scoring": scoring, **rank_summary(ranks),
                             "cells": [{"id": e.id, "needle_ranks": r} for e, r in zip(examples, ranks)]}

@@ -3,8 +3,9 @@ context lengths (decoder tokens) x depths, scored by whether the answer holds ea
 
 Variants: `sentence` (the classic San Francisco needle), `number` (a random 7-digit number), `multi`
 (three numbers, all asked; the first at the depth, the others spread evenly after it, as in the
-multi-needle NIAH). `hide_in_haystack` hides any example's context the same way (SQuAD- or
-bAbI-in-a-haystack). Command line:
+multi-needle NIAH); the needles and their insertion live in `modeling_e2llm.haystacks`.
+`hide_example_in_haystack` hides any example's context the same way (SQuAD- or bAbI-in-a-haystack).
+Command line:
 
     python -m evaluation.niah --system e2llm --lengths 4000 8000 --depths 0 50 100 --variant sentence --output DIR
 """
@@ -12,12 +13,14 @@ bAbI-in-a-haystack). Command line:
 import argparse
 import json
 import random
-import re
 from dataclasses import replace
 from pathlib import Path
 
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
+
+from modeling_e2llm.haystacks import (CLASSIC_KEY_FACT, CLASSIC_NEEDLE, NUMBER_NEEDLE, THREE_NUMBERS_NEEDLE,
+                                      context_lines, insert_at_depths, magic_numbers)
 
 from .data import DataFormatError, Example, load_examples
 from .harness import (PREDICTIONS_FILE, RunConflict, add_system_arguments, evaluate_examples, read_predictions,
@@ -25,53 +28,9 @@ from .harness import (PREDICTIONS_FILE, RunConflict, add_system_arguments, evalu
 
 DEFAULT_HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "pg_essays" / "essays.jsonl"
 VARIANTS = ("sentence", "number", "multi")
-CLASSIC_NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
-CLASSIC_QUESTION = "What is the best thing to do in San Francisco?"
-CLASSIC_KEY_FACT = "Dolores Park"
-NUMBER_NEEDLE = "The special magic number is: {number}."
-NUMBER_QUESTION = "What is the special magic number mentioned in the text?"
-MULTI_NEEDLE = "One of the special magic numbers is: {number}."
-MULTI_QUESTION = "What are the three special magic numbers mentioned in the text? List all of them."
-MULTI_COUNT = 3
+MULTI_COUNT = 3  # the numbers THREE_NUMBERS_NEEDLE asks for
 RESULTS_FILE, HEATMAP_FILE = "results.json", "heatmap.png"
 RED_TO_GREEN = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])  # the familiar plot's
-# A new sentence or line starts where this match ends: sentence punctuation (maybe closing quotes or
-# brackets) then white space, or a line break.
-_SENTENCE_START = re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s+|\n\s*")
-
-
-def sentence_starts(text: str) -> list[int]:
-    """Character offsets where a needle may go: 0, every sentence or line start, and len(text)."""
-    return sorted({0, len(text), *(match.end() for match in _SENTENCE_START.finditer(text))})
-
-
-def insert_needles(haystack: str, needles: list[str], depths: list[float]) -> tuple[str, list[int]]:
-    """Put needle i at the sentence boundary nearest to depths[i] percent of `haystack`.
-
-    Returns the new text and where each needle starts in it. Needles at the same boundary keep their
-    order; a space separates a needle from touching text.
-    """
-    if len(needles) != len(depths):
-        raise ValueError(f"{len(needles)} needles but {len(depths)} depths: give one depth per needle.")
-    if any(not 0 <= depth <= 100 for depth in depths):
-        raise ValueError(f"Depths are percentages in [0, 100], got {depths}.")
-    boundaries = sentence_starts(haystack)
-    targets = [min(boundaries, key=lambda b: abs(b - len(haystack) * depth / 100)) for depth in depths]
-    order = sorted(range(len(needles)), key=lambda i: targets[i])
-    pieces, starts, last, length = [], [0] * len(needles), 0, 0
-    for index in order:
-        position = targets[index]
-        pieces.append(haystack[last:position])
-        length += len(pieces[-1])
-        text_so_far = pieces[-1] or (pieces[-2] if len(pieces) > 1 else "")
-        before = " " if text_so_far and not text_so_far[-1].isspace() else ""
-        after = " " if position < len(haystack) and not haystack[position].isspace() else ""
-        pieces.append(before + needles[index] + after)
-        starts[index] = length + len(before)
-        length += len(pieces[-1])
-        last = position
-    pieces.append(haystack[last:])
-    return "".join(pieces), starts
 
 
 def load_haystack_essays(path: str | Path = DEFAULT_HAYSTACK) -> list[str]:
@@ -102,17 +61,17 @@ def needle_example(variant: str, length: int, depth: float, essays: list[str], t
         raise ValueError(f"Unknown NIAH variant {variant!r}; choose one of {VARIANTS}.")
     rng = random.Random(f"{variant}-{length}-{depth}-{seed}")
     if variant == "sentence":
-        needles, question, facts = [CLASSIC_NEEDLE], CLASSIC_QUESTION, [CLASSIC_KEY_FACT]
+        needles, question, facts = [CLASSIC_NEEDLE.sentence], CLASSIC_NEEDLE.question, [CLASSIC_KEY_FACT]
         depths = [depth]
     else:
         count = 1 if variant == "number" else MULTI_COUNT
-        facts = [str(rng.randrange(1_000_000, 10_000_000)) for _ in range(count)]
-        template, question = (NUMBER_NEEDLE, NUMBER_QUESTION) if variant == "number" else (MULTI_NEEDLE, MULTI_QUESTION)
-        needles = [template.format(number=fact) for fact in facts]
+        facts = magic_numbers(rng, count)
+        needle = NUMBER_NEEDLE if variant == "number" else THREE_NUMBERS_NEEDLE
+        needles, question = [needle.sentence.format(number=fact) for fact in facts], needle.question
         depths = [depth + i * (100 - depth) / count for i in range(count)]
     needle_tokens = sum(len(tokenizer(" " + needle, add_special_tokens=False)["input_ids"]) for needle in needles)
     haystack = haystack_prefix(essays, tokenizer, max(1, length - needle_tokens))
-    context, starts = insert_needles(haystack, needles, depths)
+    context, starts = insert_at_depths(haystack, needles, depths)
     return Example(id=f"niah-{variant}-{length}-{depth:g}", context=context, question=question,
                    answer=needles[0], answers=needles, task="niah",
                    meta={"length": length, "depth": depth, "variant": variant, "key_facts": facts,
@@ -125,17 +84,17 @@ def needle_grid(variant: str, lengths: list[int], depths: list[float], essays: l
     return [needle_example(variant, length, depth, essays, tokenizer, seed) for length in lengths for depth in depths]
 
 
-def hide_in_haystack(example: Example, essays: list[str], tokenizer, num_tokens: int) -> Example:
+def hide_example_in_haystack(example: Example, essays: list[str], tokenizer, num_tokens: int) -> Example:
     """`example` with its context's lines scattered, in order, at random sentence boundaries of a haystack,
     about `num_tokens` decoder tokens in all (SQuAD: the paragraph; bAbI: each fact). Seeded by the id."""
-    lines = [line for line in example.context.split("\n") if line.strip()]
+    lines = context_lines(example.context)
     context_tokens = sum(len(tokenizer(" " + line, add_special_tokens=False)["input_ids"]) for line in lines)
     if context_tokens >= num_tokens:
         raise ValueError(f"Example {example.id!r} already has {context_tokens} tokens, more than the "
                          f"{num_tokens}-token haystack asked for: pass a larger --haystack-tokens.")
     rng = random.Random(example.id)
     depths = sorted(rng.uniform(0, 100) for _ in lines)
-    context, _ = insert_needles(haystack_prefix(essays, tokenizer, num_tokens - context_tokens), lines, depths)
+    context, _ = insert_at_depths(haystack_prefix(essays, tokenizer, num_tokens - context_tokens), lines, depths)
     return replace(example, context=context, meta={**example.meta, "haystack_tokens": num_tokens,
                                                    "needle_depths": depths})
 

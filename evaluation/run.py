@@ -14,7 +14,7 @@ from pathlib import Path
 from .data import DataFormatError, dataset_name, load_examples
 from .harness import (RunConflict, add_system_arguments, at_least, evaluate_examples, summary_table,
                       system_from_arguments)
-from .niah import DEFAULT_HAYSTACK, hide_in_haystack, load_haystack_essays
+from .niah import DEFAULT_HAYSTACK, hide_example_in_haystack, load_haystack_essays
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The data path as given: an absolute one would tie committed results to one machine.
     settings.update(dataset=dataset_name(args.data), data=str(args.data))
     if args.haystack_tokens:
-        examples = [hide_in_haystack(example, essays, system.tokenizer, args.haystack_tokens) for example in examples]
+        examples = [hide_example_in_haystack(example, essays, system.tokenizer, args.haystack_tokens) for example in examples]
         settings["dataset"] += f"@{args.haystack_tokens}tok"
         settings["haystack_tokens"] = args.haystack_tokens
     try:

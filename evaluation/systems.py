@@ -8,10 +8,7 @@
   in document order, read by the plain decoder (cut in the middle if they still do not fit).
 """
 
-from pathlib import Path
-
 import torch
-import torch.nn.functional as F
 
 from .data import Example
 from .metrics import NEEDLE_TASKS, ROUGE_TASKS
@@ -58,23 +55,30 @@ class System:
 
 class E2LLMSystem(System):
     """The model's own raw-text path, so that whatever the checkpoint's processor sets (chunk size,
-    hybrid recall, ...) applies. An example over the window (chunk tokens, prompt, hybrid passages at
-    their full budget, answer) is skipped and counted."""
+    hybrid recall, ...) applies; `hybrid_top_k` / `hybrid_token_budget` override its hybrid recall for
+    this system's calls. An example over the window (chunk tokens, prompt, hybrid passages at their full
+    budget, answer) is skipped and counted."""
 
     name = "e2llm"
+
+    def __init__(self, model, processor, max_new_tokens: int | None = None, hybrid_top_k: int | None = None,
+                 hybrid_token_budget: int | None = None):
+        super().__init__(model, processor, max_new_tokens)
+        self.hybrid_top_k, self.hybrid_token_budget = processor.hybrid_settings(hybrid_top_k, hybrid_token_budget)
 
     def predict(self, example: Example) -> str:
         # Chunking twice (here and in generate) costs little; encoding before this check would waste the
         # encoder on every example that does not fit.
         num_chunks = len(self.processor.chunk(example.context))
         prompt_length = self.processor.encode_prompts([num_chunks], example.question or None)["input_ids"].shape[1]
-        if self.processor.hybrid_top_k and example.question:
-            prompt_length += self.processor.hybrid_token_budget
+        if self.hybrid_top_k and example.question:
+            prompt_length += self.hybrid_token_budget
         if prompt_length + self.new_tokens(example) > self.window:
             raise DoesNotFit(f"{num_chunks} chunk tokens + the prompt ({prompt_length} tokens in all) + "
                              f"{self.new_tokens(example)} new tokens exceed the decoder window of {self.window}")
         new_ids = self.model.generate(context=example.context, prompt=example.question or None,
                                       processor=self.processor, max_new_tokens=self.new_tokens(example),
+                                      hybrid_top_k=self.hybrid_top_k, hybrid_token_budget=self.hybrid_token_budget,
                                       do_sample=False)  # returns the new tokens only
         return self.tokenizer.decode(new_ids[0], skip_special_tokens=True).strip()
 
@@ -139,7 +143,8 @@ class FullSystem(PlainDecoderSystem):
 
 
 class RAGSystem(PlainDecoderSystem):
-    """Retrieval with the E2LLM encoder itself, so that retrieval and compression see the same vectors."""
+    """Retrieval with hybrid recall's own ranking (the model's ranking encoder, `chunk_scores`): the decoder reads
+    the best chunks as text, and no chunk tokens."""
 
     name = "rag"
 
@@ -156,48 +161,31 @@ class RAGSystem(PlainDecoderSystem):
         text = "\n".join(example.context[start:end].strip() for start, end in spans)
         return self.answer_plain(text, example.question, True, self.new_tokens(example))
 
+    @torch.no_grad()
     def retrieve(self, context: str, query: str) -> list[tuple[int, int]]:
-        """Character spans of the `top_k` chunks of `context` most similar to `query`, in document order."""
-        spans = self.processor.chunk(context)
+        """Character spans of the `top_k` chunks of `context` that hybrid recall's ranking (`chunk_scores`)
+        puts first, in document order."""
+        chunks = self.processor.encode_chunks([context])
+        spans = [tuple(span) for span in chunks["offsets"].tolist()]
         if len(spans) <= self.top_k:
             return spans
-        chunk_vectors = self.embed([context[start:end] for start, end in spans])
-        similarity = F.cosine_similarity(chunk_vectors, self.embed([query]))  # (n_chunks,)
-        return [spans[index] for index in sorted(similarity.topk(self.top_k).indices.tolist())]
-
-    @torch.no_grad()
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        """Pooled vectors (len(texts), enc_hidden) from the encoder hybrid recall ranks with. Chunks always
-        fit the encoder; a longer query is cut to its first max_chunk_tokens tokens, which only affects what is retrieved."""
-        encoded = self.processor.encoder_tokenizer(texts, padding=True, truncation=True, return_tensors="pt",
-                                                   max_length=self.processor.max_chunk_tokens)
-        return self.model.model.pool_chunks(encoded["input_ids"].to(self.model.device),
-                                            encoded["attention_mask"].to(self.model.device), for_scoring=True)
+        pooled = self.model.model.pool_chunks(chunks["chunk_input_ids"].to(self.model.device),
+                                              chunks["chunk_attention_mask"].to(self.model.device), for_scoring=True)
+        scores = self.model.chunk_scores(pooled, query, self.processor)  # (n_chunks,)
+        return [spans[index] for index in sorted(scores.topk(self.top_k).indices.tolist())]
 
 
 SYSTEMS = {cls.name: cls for cls in (E2LLMSystem, TruncationSystem, FullSystem, RAGSystem)}
 
 
-def build_system(name: str, model, processor, max_new_tokens: int | None = None,
-                 top_k: int = RAG_TOP_K) -> System:
-    """The system `name` (one of SYSTEMS) on `model`; `top_k` is used by rag only."""
+def build_system(name: str, model, processor, max_new_tokens: int | None = None, top_k: int = RAG_TOP_K,
+                 hybrid_top_k: int | None = None, hybrid_token_budget: int | None = None) -> System:
+    """The system `name` (one of SYSTEMS) on `model`; `top_k` is used by rag only, the hybrid settings by e2llm
+    only (None: the processor's)."""
     if name not in SYSTEMS:
         raise ValueError(f"Unknown system {name!r}; choose one of {sorted(SYSTEMS)}.")
     if name == "rag":
         return RAGSystem(model, processor, max_new_tokens, top_k=top_k)
+    if name == "e2llm":
+        return E2LLMSystem(model, processor, max_new_tokens, hybrid_top_k, hybrid_token_budget)
     return SYSTEMS[name](model, processor, max_new_tokens)
-
-
-def load_model(path: str | None = None):
-    """`(model, processor, label)` from an E2LLM checkpoint folder or Hub id; None: the embedded default."""
-    if path is None:
-        from modeling_e2llm.embedded_default import load_embedded_default
-
-        model, processor = load_embedded_default()
-        return model, processor, "embedded default" + ("" if model.is_trained_demo else " (untrained)")
-    from modeling_e2llm import E2LLMForCausalLM
-
-    # This project's classes, which refuse a folder that is not a saved E2LLM (the Auto classes would build
-    # whatever model it holds), and the processor saved beside the model, checked against it.
-    model = E2LLMForCausalLM.from_pretrained(path)
-    return model.eval(), model.get_processor(), Path(path).name or str(path)

@@ -6,8 +6,7 @@ import time
 
 import torch
 
-from . import E2LLMForCausalLM
-from .embedded_default import load_embedded_default
+from .loading import load_model
 
 
 def read_text_file(path: str, parser: argparse.ArgumentParser) -> str:
@@ -37,7 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     text = read_text_file(args.file, parser)
     try:  # a bad folder or text gets its one-line reason, not a traceback
-        model, processor = load_model(args.model, args.untrained)
+        model, processor, description = load_model(args.model, trained=not args.untrained)
+        if "UNTRAINED" in description:
+            print(f"Note: {description}: the answer shows that the pipeline runs, not what a trained E2LLM can do.",
+                  file=sys.stderr)
         start = time.perf_counter()
         answer = model.answer(text, args.question, processor=processor, max_new_tokens=args.max_new_tokens,
                               do_sample=False, progress=True)
@@ -54,18 +56,6 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return int(text)
 
-
-def load_model(model_path: str | None, untrained: bool):
-    """The model and processor of `--model`, else the embedded default (with a note when untrained)."""
-    if model_path is None:
-        model, processor = load_embedded_default(trained=not untrained)
-        if not model.is_trained_demo:
-            print("Note: embedded default models with an UNTRAINED adapter: the answer shows that the pipeline "
-                  "runs, not what a trained E2LLM can do.", file=sys.stderr)
-    else:
-        model = E2LLMForCausalLM.from_pretrained(model_path, trust_remote_code=True)
-        processor = model.get_processor()
-    return model.eval(), processor
 
 if __name__ == "__main__":
     main()

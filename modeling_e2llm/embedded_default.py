@@ -6,9 +6,7 @@ a plain Hugging Face folder, so later loads take seconds instead of half a minut
 """
 
 import importlib.util
-import json
 import os
-import warnings
 from pathlib import Path
 
 ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the bundled weights are
@@ -58,53 +56,3 @@ def default_decoder_path() -> str:
     if not out.exists():  # another process may have finished the same conversion first
         tmp.replace(out)
     return str(out)
-
-
-def compose_model(encoder_path: str | None = None, decoder_path: str | None = None, **config_kwargs):
-    """A new `E2LLMForCausalLM` (untrained adapter); a missing path means the embedded default's model, which
-    the config then names by its Hub id rather than by a folder on this machine."""
-    from .modeling_e2llm import E2LLMForCausalLM
-
-    return E2LLMForCausalLM.from_encoder_decoder_pretrained(
-        encoder_path or default_encoder_path(), decoder_path or default_decoder_path(),
-        encoder_name=None if encoder_path else ENCODER_HUB_ID, decoder_name=None if decoder_path else DECODER_HUB_ID,
-        **config_kwargs)
-
-
-def compose_processor(encoder_path: str | None = None, decoder_path: str | None = None, **settings):
-    """A new `E2LLMProcessor`; a missing path means the embedded default's tokenizer."""
-    from .processing_e2llm import E2LLMProcessor
-
-    return E2LLMProcessor.from_encoder_decoder_pretrained(encoder_path or default_encoder_path(),
-                                                          decoder_path or default_decoder_path(), **settings)
-
-
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
-
-
-def load_embedded_default(trained: bool = True, demo_dir: str | Path = DEMO_DIR):
-    """`(model, processor)` on the embedded default, with the trained demo weights when they exist.
-
-    The demo folder holds what training changed (LoRA + adapter, saved by peft) and `demo.json`, the
-    config and processor settings it was trained with. `trained=False`, or no demo folder, gives the
-    untrained composite (random adapter); `model.is_trained_demo` says which one you got.
-    """
-    demo_dir = Path(demo_dir)
-    use_demo = trained and (demo_dir / "demo.json").exists()
-    settings = json.loads((demo_dir / "demo.json").read_text()) if use_demo else {}
-    model = compose_model(**settings.get("config", {}))
-    processor = compose_processor(**settings.get("processor", {}))
-    if use_demo:
-        model = merge_lora(model, demo_dir)
-    model.is_trained_demo = use_demo
-    return model.eval(), processor
-
-
-def merge_lora(model, adapter_dir: str | Path):
-    """`model` with the peft adapter saved in `adapter_dir` (LoRA + the MLP adapter) merged into its weights."""
-    from peft import PeftModel
-
-    with warnings.catch_warnings():
-        # peft asks the model for the deprecated `is_gradient_checkpointing`; nothing for a caller to change.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()

@@ -81,14 +81,14 @@ class E2LLMModel(E2LLMPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     def pool_chunks(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
-                    progress: bool = False, for_scoring: bool = False) -> torch.Tensor:
-        """Encoder output of every chunk pooled to one vector: (n_chunks, L) -> (n_chunks, enc_hidden).
-        `for_scoring`: with the encoder hybrid recall ranks by (`config.hybrid_scoring`).
+                    progress: bool = False, for_scoring: bool = False, scoring: str | None = None) -> torch.Tensor:
+        """Encoder output of every text (a chunk, or a question to rank chunks by) pooled to one vector:
+        (n, L) -> (n, enc_hidden). `for_scoring`: with the encoder hybrid recall ranks by (`ranking_encoder`).
 
         Chunks run in batches of `config.encoder_batch_size`, longest first, each batch trimmed to its
         own longest chunk: memory stays bounded for any number of chunks and little goes to padding.
         """
-        encoder = self.ranking_encoder() if for_scoring else self.encoder
+        encoder = self.ranking_encoder(scoring) if for_scoring else self.encoder
         lengths = chunk_attention_mask.sum(dim=1)
         order = torch.argsort(lengths, descending=True)
         pooled = None
@@ -103,10 +103,13 @@ class E2LLMModel(E2LLMPreTrainedModel):
             pooled = pooled.index_copy(0, index, vectors)  # out of place: keeps autograd happy in training
         return pooled
 
-    def ranking_encoder(self) -> nn.Module:
-        """The encoder hybrid recall ranks chunks with (`config.hybrid_scoring`): the frozen pretrained copy
-        for "base", the chunk encoder itself for "tuned"."""
-        if self.config.hybrid_scoring == "tuned":
+    def ranking_encoder(self, scoring: str | None = None) -> nn.Module:
+        """The encoder hybrid recall ranks chunks with (`scoring`, default `config.hybrid_scoring`): the frozen
+        pretrained copy for "base", the chunk encoder itself for "tuned"."""
+        scoring = self.config.hybrid_scoring if scoring is None else scoring
+        if scoring not in ("tuned", "base"):
+            raise ValueError(f'scoring must be "tuned" or "base", got {scoring!r}.')
+        if scoring == "tuned":
             return self.encoder
         if self.scoring_encoder is None:
             raise ValueError('hybrid_scoring="base" needs the pretrained encoder copy, which this model was built '
@@ -122,11 +125,13 @@ class E2LLMModel(E2LLMPreTrainedModel):
     def get_placeholder_mask(self, input_ids: torch.Tensor, chunk_features: torch.Tensor) -> torch.Tensor:
         """(B, T) bool mask of the chunk placeholders; their count must equal the number of chunk features."""
         mask = input_ids == self.config.chunk_token_id
-        if int(mask.sum()) != chunk_features.shape[0]:
-            raise ValueError(
-                f"The prompts hold {int(mask.sum())} chunk placeholders (id {self.config.chunk_token_id}) but "
-                f"{chunk_features.shape[0]} chunks were encoded; build inputs with the model's E2LLMProcessor."
-            )
+        message = (f"The prompts' chunk placeholders (id {self.config.chunk_token_id}) do not match the "
+                   f"{chunk_features.shape[0]} chunks encoded; build inputs with the model's E2LLMProcessor.")
+        if mask.device.type == "cpu":
+            if int(mask.sum()) != chunk_features.shape[0]:
+                raise ValueError(f"{message} The prompts hold {int(mask.sum())} placeholders.")
+        else:  # reading the count back would stall the forward until the device caught up: check it there
+            torch._assert_async(mask.sum() == chunk_features.shape[0], message)
         return mask
 
     def embed_inputs(self, input_ids: torch.Tensor, chunk_input_ids: torch.Tensor | None = None,
@@ -137,14 +142,16 @@ class E2LLMModel(E2LLMPreTrainedModel):
         The chunks of sample 0 fill its placeholders first, then those of sample 1, ... (row-major).
         """
         self.check_window(input_ids)
-        inputs_embeds = self.get_input_embeddings()(input_ids)
+        inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, dec_hidden)
         if chunk_features is None and chunk_input_ids is not None:
             chunk_features = self.get_chunk_features(chunk_input_ids, chunk_attention_mask, progress=progress)
         if chunk_features is None:
-            if (input_ids == self.config.chunk_token_id).any():
-                raise ValueError("input_ids hold chunk placeholders but no chunk_input_ids were given.")
+            # A one-token decoding step never holds a placeholder (generation suppresses it): only check longer input.
+            if input_ids.shape[1] > 1 and (input_ids == self.config.chunk_token_id).any():
+                raise ValueError("input_ids hold chunk placeholders but no chunks were given: pass chunk_input_ids "
+                                 "and chunk_attention_mask (or chunk_features) from the model's E2LLMProcessor.")
             return inputs_embeds
-        mask = self.get_placeholder_mask(input_ids, chunk_features).unsqueeze(-1)
+        mask = self.get_placeholder_mask(input_ids, chunk_features).unsqueeze(-1)  # (B, T, 1)
         return inputs_embeds.masked_scatter(mask, chunk_features.to(inputs_embeds.dtype))
 
     def check_window(self, input_ids: torch.Tensor, new_tokens: int = 0) -> None:
@@ -164,12 +171,15 @@ class E2LLMModel(E2LLMPreTrainedModel):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
                 chunk_input_ids: torch.LongTensor | None = None, chunk_attention_mask: torch.Tensor | None = None,
-                use_cache: bool | None = None, **kwargs) -> BaseModelOutputWithPast:
-        """The decoder's key/value cache comes as `cache` or `past_key_values` (either transformers version)."""
+                chunk_features: torch.FloatTensor | None = None, use_cache: bool | None = None,
+                **kwargs) -> BaseModelOutputWithPast:
+        """Chunks come as encoder ids (`chunk_input_ids`, `chunk_attention_mask`: (n_chunks, L)) or already
+        encoded (`chunk_features`: (n_chunks, dec_hidden), e.g. from a context cache). The decoder's key/value
+        cache comes as `cache` or `past_key_values` (either transformers version)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
-            inputs_embeds = self.embed_inputs(input_ids, chunk_input_ids, chunk_attention_mask)
+            inputs_embeds = self.embed_inputs(input_ids, chunk_input_ids, chunk_attention_mask, chunk_features)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, use_cache=use_cache, **_with_cache_name(kwargs))
 
@@ -206,14 +216,15 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
                 chunk_input_ids: torch.LongTensor | None = None, chunk_attention_mask: torch.Tensor | None = None,
-                labels: torch.LongTensor | None = None, use_cache: bool | None = None,
-                logits_to_keep: int | torch.Tensor = 0, **kwargs) -> CausalLMOutputWithPast:
-        """`labels` (B, T): target ids, -100 where no loss applies (prompt, chunk tokens, padding). The decoder's
-        key/value cache comes as `cache` or `past_key_values`."""
+                chunk_features: torch.FloatTensor | None = None, labels: torch.LongTensor | None = None,
+                use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
+                **kwargs) -> CausalLMOutputWithPast:
+        """`labels` (B, T): target ids, -100 where no loss applies (prompt, chunk tokens, padding). Chunks and the
+        decoder cache come as in `E2LLMModel.forward`."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              inputs_embeds=inputs_embeds, chunk_input_ids=chunk_input_ids,
-                             chunk_attention_mask=chunk_attention_mask, use_cache=use_cache,
-                             **_with_cache_name(kwargs))
+                             chunk_attention_mask=chunk_attention_mask, chunk_features=chunk_features,
+                             use_cache=use_cache, **_with_cache_name(kwargs))
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
@@ -225,14 +236,15 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
                                       attentions=outputs.attentions, **{_CACHE: getattr(outputs, _CACHE)})
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None,
-                                      chunk_input_ids=None, chunk_attention_mask=None, is_first_iteration=False,
-                                      **kwargs):
+                                      chunk_input_ids=None, chunk_attention_mask=None, chunk_features=None,
+                                      is_first_iteration=False, **kwargs):
         inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             is_first_iteration=is_first_iteration, **_with_cache_name(kwargs))
         # Chunks are encoded once, at prefill; later steps read them from the KV cache.
         if is_first_iteration or not kwargs.get("use_cache", True):
-            inputs.update(chunk_input_ids=chunk_input_ids, chunk_attention_mask=chunk_attention_mask)
+            inputs.update(chunk_input_ids=chunk_input_ids, chunk_attention_mask=chunk_attention_mask,
+                          chunk_features=chunk_features)
         return inputs
 
     # --- raw text in --------------------------------------------------------------------------------
@@ -341,13 +353,19 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         return passages
 
     @torch.no_grad()
-    def chunk_scores(self, cache: ContextCache, question: str, processor: E2LLMProcessor | None = None) -> torch.Tensor:
-        """(n_chunks,) cosine similarity between the question's pooled vector and each chunk's (`cache.pooled`),
-        both from the scoring encoder (`config.hybrid_scoring`): hybrid recall's ranking."""
+    def chunk_scores(self, chunks: ContextCache | torch.Tensor, question: str, processor: E2LLMProcessor | None = None,
+                     scoring: str | None = None) -> torch.Tensor:
+        """Hybrid recall's ranking, the one used by generation, the RAG baseline, training's hybrid samples and
+        the ranking report: (n_chunks,) cosine similarity between the question's pooled vector and each chunk's
+        (a cache's `pooled`, or pooled vectors (n_chunks, enc_hidden)), both from the ranking encoder
+        (`scoring`, default `config.hybrid_scoring`). A question longer than a chunk may be is cut to fit."""
         processor = processor if processor is not None else self.get_processor()
-        tokens = processor.encoder_tokenizer([question], truncation=True, return_tensors="pt").to(self.device)
-        query = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True)
-        return torch.nn.functional.cosine_similarity(cache.pooled.to(query.device), query, dim=-1).cpu()
+        pooled = chunks.pooled if isinstance(chunks, ContextCache) else chunks
+        tokens = processor.encoder_tokenizer([question], truncation=True, max_length=processor.max_chunk_tokens,
+                                             return_tensors="pt").to(self.device)
+        query = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True,
+                                       scoring=scoring)  # (1, enc_hidden)
+        return torch.nn.functional.cosine_similarity(pooled.to(query.device), query, dim=-1).cpu()
 
     def _context_caches(self, context, context_cache, processor, progress: bool,
                         scoring: bool) -> list[ContextCache]:

@@ -6,25 +6,25 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_e2llm.embedded_default import DEMO_DIR, load_embedded_default
+from modeling_e2llm.loading import DEMO_DIR, RUN_SETTINGS_FILE, load_model
 
 
 @pytest.fixture(scope="module")
 def untrained():
-    return load_embedded_default(trained=False)
+    return load_model(trained=False)
 
 
 def test_embedded_default_composes_minilm_and_smollm2(untrained):
-    model, processor = untrained
+    model, processor, description = untrained
+    assert description == "embedded default (UNTRAINED adapter)"
     assert model.config.encoder_config.hidden_size == 384 and model.config.text_config.hidden_size == 576
     assert model.config.pooling == "mean"  # from the package's 1_Pooling/config.json
     assert model.config.chunk_token_id == processor.chunk_token_id
     assert model.lm_head.weight is model.get_input_embeddings().weight
-    assert not model.is_trained_demo
 
 
 def test_chunk_vectors_are_minilm_sentence_embeddings(untrained):
-    model, processor = untrained
+    model, processor, _ = untrained
     sentences = ["The cat sits on the mat.", "A feline rests on a rug.", "Quarterly revenue rose by ten percent."]
     batch = processor.encoder_tokenizer(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -34,7 +34,7 @@ def test_chunk_vectors_are_minilm_sentence_embeddings(untrained):
 
 
 def test_generates_from_a_20000_character_context(untrained, essay_text):
-    model, processor = untrained
+    model, processor, _ = untrained
     context = essay_text[:20000]
     spans = processor.chunk(context)
     assert 39 <= len(spans) <= 60 and "".join(context[s:e] for s, e in spans) == context
@@ -45,10 +45,10 @@ def test_generates_from_a_20000_character_context(untrained, essay_text):
 
 
 def test_the_committed_demo_weights_are_what_the_embedded_default_loads(untrained):
-    trained, processor = load_embedded_default()
-    settings = json.loads((DEMO_DIR / "demo.json").read_text())
+    trained, processor, description = load_model()
+    settings = json.loads((DEMO_DIR / RUN_SETTINGS_FILE).read_text())
     saved = load_file(DEMO_DIR / "adapter_model.safetensors")
-    assert trained.is_trained_demo
+    assert description == "embedded default with the demo weights"
     assert processor.hybrid_top_k == settings["processor"]["hybrid_top_k"]
     assert torch.equal(trained.model.adapter.layers[0].weight, saved["base_model.model.model.adapter.layers.0.weight"])
     trained_query = trained.model.language_model.layers[0].self_attn.q_proj.weight

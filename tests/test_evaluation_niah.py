@@ -6,8 +6,9 @@ import re
 import pytest
 
 from evaluation.data import Example
-from evaluation.niah import (CLASSIC_NEEDLE, draw_heatmap, haystack_prefix, hide_in_haystack, insert_needles,
-                             load_haystack_essays, needle_example, needle_grid, save_heatmap, sentence_starts)
+from evaluation.niah import (draw_heatmap, haystack_prefix, hide_example_in_haystack, load_haystack_essays,
+                             needle_example, needle_grid, save_heatmap)
+from modeling_e2llm.haystacks import CLASSIC_NEEDLE, insert_at_depths, sentence_starts
 
 SENTENCE_BOUNDARY = re.compile(r"([.!?][\"'\u201d\u2019)\]]*\s+|\n\s*)$")
 
@@ -24,13 +25,14 @@ def assert_on_sentence_boundary(text: str, start: int) -> None:
 
 @pytest.mark.parametrize("depth", [0, 10, 25, 50, 75, 90, 100])
 def test_needle_lands_at_the_requested_depth_on_a_sentence_boundary(essay_text, depth):
-    context, [start] = insert_needles(essay_text, [CLASSIC_NEEDLE], [depth])
-    assert context[start:start + len(CLASSIC_NEEDLE)] == CLASSIC_NEEDLE
-    assert context.count(CLASSIC_NEEDLE) == 1
+    needle = CLASSIC_NEEDLE.sentence
+    context, [start] = insert_at_depths(essay_text, [needle], [depth])
+    assert context[start:start + len(needle)] == needle
+    assert context.count(needle) == 1
     assert abs(start / len(essay_text) - depth / 100) < 0.01  # sentences are ~100 of ~75k characters
     assert_on_sentence_boundary(context, start)
     # Nothing of the haystack is lost or reordered (insertion adds at most a separating space).
-    without_needle = context[:start] + context[start + len(CLASSIC_NEEDLE):]
+    without_needle = context[:start] + context[start + len(needle):]
     assert without_needle.split() == essay_text.split()
 
 
@@ -41,14 +43,14 @@ def test_sentence_starts_are_after_sentence_ends_and_line_breaks():
 
 def test_several_needles_keep_their_order_and_depths(essay_text):
     needles = ["Needle one is here.", "Needle two is here.", "Needle three is here."]
-    context, starts = insert_needles(essay_text, needles, [20, 50, 50])
+    context, starts = insert_at_depths(essay_text, needles, [20, 50, 50])
     assert starts == sorted(starts) and [context.find(n) for n in needles] == starts
     assert abs(starts[0] / len(context) - 0.2) < 0.01
 
 
 def test_depth_outside_0_to_100_is_refused(essay_text):
     with pytest.raises(ValueError, match=r"\[0, 100\]"):
-        insert_needles(essay_text, ["x."], [120])
+        insert_at_depths(essay_text, ["x."], [120])
 
 
 def test_haystack_has_the_requested_number_of_decoder_tokens(essays, tiny_processor):
@@ -86,17 +88,17 @@ def test_grid_is_lengths_times_depths_with_reproducible_numbers(essays, tiny_pro
     assert len({e.id for e in grid}) == 4
 
 
-def test_hide_in_haystack_scatters_the_context_lines_in_order(essays, tiny_processor):
+def test_hide_example_in_haystack_scatters_the_context_lines_in_order(essays, tiny_processor):
     facts = ["Mary moved to the bathroom.", "John went to the hallway.", "Mary travelled to the office."]
     example = Example(id="babi1", context="\n".join(facts), question="Where is Mary?", answer="office",
                       answers=["office"], task="babi", meta={"babi_task": "qa1"})
-    hidden = hide_in_haystack(example, essays, tiny_processor.tokenizer, 1500)
+    hidden = hide_example_in_haystack(example, essays, tiny_processor.tokenizer, 1500)
     positions = [hidden.context.find(fact) for fact in facts]
     assert all(p >= 0 for p in positions) and positions == sorted(positions)
     assert len(tiny_processor.tokenizer(hidden.context)["input_ids"]) == pytest.approx(1500, abs=5)
     assert hidden.meta["babi_task"] == "qa1" and hidden.question == example.question
     with pytest.raises(ValueError, match="larger --haystack-tokens"):
-        hide_in_haystack(example, essays, tiny_processor.tokenizer, 10)
+        hide_example_in_haystack(example, essays, tiny_processor.tokenizer, 10)
 
 
 def test_heatmap_puts_depth_on_y_and_length_on_x_and_marks_skipped_cells(tmp_path):

@@ -150,6 +150,21 @@ def test_needle_rank_is_zero_when_the_question_is_the_needle_chunk(tiny_model, t
     assert needle_ranks(tiny_model, tiny_processor, asked) == [0]
 
 
+def test_ranking_with_another_encoder_is_an_argument_not_a_change_to_the_model(tiny_model, tiny_processor):
+    _tune_chunk_encoder(tiny_model)
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    tuned = tiny_model.model.pool_chunks(*_chunk_inputs(tiny_processor), for_scoring=True, scoring="tuned")
+    torch.testing.assert_close(tiny_model.model.adapter(tuned), cache.chunk_features)  # the chunk encoder's vectors
+    assert not torch.allclose(tiny_model.chunk_scores(tuned, "topic 4", tiny_processor, scoring="tuned"),
+                              tiny_model.chunk_scores(cache, "topic 4", tiny_processor), atol=1e-3)
+    assert tiny_model.config.hybrid_scoring == "base"
+
+
+def _chunk_inputs(processor) -> tuple[torch.Tensor, torch.Tensor]:
+    chunks = processor.encode_chunks([TEXT])
+    return chunks["chunk_input_ids"], chunks["chunk_attention_mask"]
+
+
 def test_rank_summary_counts_cells_whose_needles_are_all_within_k():
     summary = rank_summary([[0], [2], [0, 4], [9]], top_ks=(1, 3, 5))
     assert summary == {"all_needles_in_top_1": 0.25, "all_needles_in_top_3": 0.5, "all_needles_in_top_5": 0.75}

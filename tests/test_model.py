@@ -153,6 +153,20 @@ def test_a_saved_folder_holds_the_model_files_and_nothing_else_of_the_project(ti
         "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
 
 
+def test_forward_takes_precomputed_chunk_features_as_well_as_chunk_ids(tiny_model, tiny_processor):
+    batch = tiny_processor(TEXT, "Who chaired?")
+    features = tiny_model.model.get_chunk_features(batch["chunk_input_ids"], batch["chunk_attention_mask"])
+    from_features = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               chunk_features=features).logits
+    assert torch.equal(from_features, tiny_model(**batch).logits)
+
+
+def test_placeholders_without_chunks_are_refused(tiny_model, tiny_processor):
+    batch = tiny_processor(TEXT, "Who chaired?")
+    with pytest.raises(ValueError, match="input_ids hold chunk placeholders but no chunks were given"):
+        tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
 @pytest.mark.parametrize("name", ["cache", "past_key_values"])
 def test_the_decoder_cache_is_taken_under_either_name_without_a_warning(tiny_model, tiny_processor, name):
     batch = tiny_processor(TEXT, "Who chaired?")

@@ -134,7 +134,7 @@ def test_weights_row_says_whether_lora_is_merged_or_applied_on_load(facts):
 def test_training_config_and_log_history_fill_the_training_table_without_machine_paths(facts, tmp_path):
     config = {"model": {"config": {"lora_rank": 8}}, "processor": {"chunk_size": 512},
               "data": {"reasoning": [{"path": "/home/me/data/squad/train.jsonl", "limit": 100},
-                                     {"builder": "needle"}]},
+                                     {"builder": "magic_number_haystack"}]},
               "training": {"max_steps": 400, "learning_rate": 2e-4}}
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "log_history.json").write_text(json.dumps(
@@ -144,7 +144,7 @@ def test_training_config_and_log_history_fill_the_training_table_without_machine
                 **load_training_summary(tmp_path / "log_history.json")}
     text = build_model_card(facts, training=training).text
     for row in ("| training.max_steps | 400 |", "| model.config.lora_rank | 8 |", "| steps | 400 |",
-                "| final training loss | 1.25 |", "| data.reasoning | squad/train.jsonl, needle |"):
+                "| final training loss | 1.25 |", "| data.reasoning | squad/train.jsonl, magic_number_haystack |"):
         assert row in text
     assert "/home/me" not in text
 

@@ -12,12 +12,13 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from modeling_e2llm.embedded_default import default_decoder_path
+from modeling_e2llm.haystacks import holdout_side, understanding_windows
 
 from training.config import TrainConfig
 from training.dataset import mix_tasks, reasoning_dataset, understanding_dataset
 from training.samples import IGNORE_INDEX, TASKS, ContextTooLongError, E2LLMCollator, build_sample, \
-    understanding_samples, understanding_windows
-from training.sources import babi_haystack, holdout_side, load_records, needle
+    understanding_samples
+from training.sources import babi_haystack, load_records, magic_number_haystack
 from training.train import build_trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,16 +211,16 @@ def test_babi_haystack_keeps_every_fact_in_order_inside_the_background():
         assert len(record["context"]) >= 3000 + sum(len(f) for f in facts)
 
 
-def test_needle_answer_is_the_seven_digit_number_hidden_in_the_context():
+def test_magic_number_answer_is_the_seven_digit_number_hidden_in_the_context():
     essays = {"path": str(DATA / "pg_essays" / "essays.jsonl")}
-    for record in needle(essays, haystack_chars=[2000, 3000], count=4, seed=5):
+    for record in magic_number_haystack(essays, haystack_chars=[2000, 3000], count=4, seed=5):
         assert len(record["answer"]) == 7 and record["answer"].isdigit()
         assert record["context"].count(record["answer"]) == 1
 
 
-def test_multi_needle_answer_lists_every_hidden_number_in_text_order():
+def test_several_magic_numbers_are_answered_as_a_list_in_text_order():
     essays = {"path": str(DATA / "pg_essays" / "essays.jsonl")}
-    records = needle(essays, haystack_chars=[2000, 3000], count=6, seed=5, needles=[2, 4])
+    records = magic_number_haystack(essays, haystack_chars=[2000, 3000], count=6, seed=5, needles=[2, 4])
     for record in records:
         numbers = record["answer"].split(", ")
         assert 2 <= len(numbers) <= 4 and all(len(n) == 7 and n.isdigit() for n in numbers)
@@ -376,15 +377,3 @@ def _as_raw(config: TrainConfig) -> dict:
     from dataclasses import asdict
 
     return asdict(config)
-
-
-# --- demo measurement helpers ------------------------------------------------------------------------
-def test_babi_accuracy_reads_the_first_place_an_answer_names(tmp_path):
-    from training.evaluate_demo import babi_accuracy
-
-    rows = [{"prediction": "Mary is in the kitchen.", "references": ["kitchen"]},
-            {"prediction": "The garden, not the kitchen", "references": ["kitchen"]},
-            {"prediction": "I do not know.", "references": ["office"]},
-            {"skipped": "too long"}]
-    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert babi_accuracy(tmp_path / "predictions.jsonl") == {"count": 3, "accuracy": pytest.approx(1 / 3)}

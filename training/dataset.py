@@ -6,10 +6,11 @@ import random
 import datasets
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm.haystacks import distinct_contexts
 
 from .config import DataSettings, TaskSettings
 from .samples import build_sample, understanding_samples
-from .sources import distinct_contexts, load_records
+from .sources import load_records
 
 logger = logging.getLogger(__name__)
 

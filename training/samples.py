@@ -13,6 +13,7 @@ import torch
 
 from modeling_e2llm import E2LLMProcessor
 from modeling_e2llm.processing_e2llm import IGNORE_INDEX, pad_sequences
+from modeling_e2llm.haystacks import understanding_windows
 
 UNDERSTANDING, REASONING = "understanding", "reasoning"
 TASKS = (REASONING, UNDERSTANDING)  # position = the task id the collator puts in the batch
@@ -20,23 +21,6 @@ TASKS = (REASONING, UNDERSTANDING)  # position = the task id the collator puts i
 
 class ContextTooLongError(ValueError):
     """A sample would not fit in the decoder's window (chunk tokens + prompt + target)."""
-
-
-def understanding_windows(processor: E2LLMProcessor, context: str, window_chunks: int) -> list[str]:
-    """Texts of consecutive windows of `window_chunks` chunks that together restate `context`.
-
-    Windows never share a chunk, so every chunk is restated once. Without chunk overlap the windows
-    concatenate back to exactly `context`; with overlap a window's text holds the text its chunks
-    share once (the text runs from its first chunk's start to its last chunk's end).
-    """
-    if window_chunks < 1:
-        raise ValueError(f"window_chunks must be at least 1, got {window_chunks}.")
-    spans = processor.chunk(context)
-    windows = []
-    for first in range(0, len(spans), window_chunks):
-        last = min(first + window_chunks, len(spans)) - 1
-        windows.append(context[spans[first][0]:spans[last][1]])
-    return windows
 
 
 def build_sample(processor: E2LLMProcessor, context: str, prompt: str | None, target: str,

@@ -4,31 +4,24 @@ A record is a dict with `id`, `context`, `question`, `answer` (the format of the
 folder). A source spec (one entry of a config's `data` lists) says where records come from:
 
     {path: file.jsonl | saved datasets folder, where: {field: [values]}, holdout: {...}, limit: N}
-    {builder: babi_haystack | squad_haystack | needle, ...builder options, haystack: <source spec>}
+    {builder: babi_haystack | squad_haystack | magic_number_haystack, ...options, haystack: <source spec>}
 
 `holdout: {by: [fields], percent: P, side: train|dev}` splits records by a stable hash of the named
 fields (dotted names read `meta`), so the same spec gives the same development split everywhere.
 """
 
-import hashlib
 import inspect
 import json
 import random
-import re
 from pathlib import Path
 
 import datasets
 
+from modeling_e2llm.haystacks import NEEDLE_KEYS, background_text, context_lines, distinct_contexts, \
+    hide_in_haystack, magic_number_record, magic_numbers, select_records
+
 REQUIRED_FIELDS = ("context", "question", "answer")
 SELECT_KEYS = ("path", "where", "holdout", "limit")  # what a file source (or a builder's **select) takes
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-NEEDLE_KEYS = ("blue lagoon", "silent harbor", "amber forest", "iron valley", "crystal meadow", "golden bridge",
-               "hidden canyon", "northern lights", "quiet orchard", "velvet river", "scarlet tower", "misty island")
-NEEDLE_TEMPLATE = "The special magic number for {key} is: {number}."
-NEEDLE_QUESTION = "What is the special magic number for {key} mentioned in the provided text?"
-MULTI_NEEDLE_TEMPLATE = "One of the special magic numbers for {key} is: {number}."
-MULTI_NEEDLE_QUESTION = ("What are all the special magic numbers for {key} mentioned in the provided text? "
-                         "List all of them.")
 
 
 def load_records(spec: dict | datasets.Dataset, seed: int = 0) -> list[dict]:
@@ -41,7 +34,7 @@ def load_records(spec: dict | datasets.Dataset, seed: int = 0) -> list[dict]:
         if builder not in BUILDERS:
             raise ValueError(f"Unknown builder {builder!r}; use one of {sorted(BUILDERS)}.")
         return BUILDERS[builder](seed=seed, **spec)
-    return _select(_read(spec.pop("path", None)), seed=seed, **spec)
+    return select_records(_read(spec.pop("path", None)), seed=seed, **spec)
 
 
 def _read(path: str | None) -> list[dict]:
@@ -76,68 +69,10 @@ def _check_records(records: list[dict], origin: str) -> list[dict]:
     return records
 
 
-def _select(records: list[dict], seed: int, where: dict | None = None, holdout: dict | None = None,
-            limit: int | None = None) -> list[dict]:
-    """Filter by `where` (field -> allowed values), keep one `holdout` side, shuffle with `seed`, keep `limit`."""
-    for field, allowed in (where or {}).items():
-        allowed = set(allowed if isinstance(allowed, list) else [allowed])
-        records = [r for r in records if _field(r, field) in allowed]
-    if holdout is not None:
-        records = [r for r in records if holdout_side(r, **holdout)]
-    records = list(records)
-    random.Random(seed).shuffle(records)
-    return records[:limit] if limit is not None else records
-
-
-def holdout_side(record: dict, by: list[str], percent: float, side: str = "train") -> bool:
-    """True if `record` belongs to `side` ("train" or "dev") of a stable hash split on the fields `by`."""
-    if side not in ("train", "dev"):
-        raise ValueError(f"holdout side must be 'train' or 'dev', got {side!r}.")
-    key = "\x1f".join(str(_field(record, name)) for name in by)
-    bucket = int(hashlib.md5(key.encode()).hexdigest(), 16) % 10_000
-    return (bucket < percent * 100) == (side == "dev")
-
-
-def _field(record: dict, name: str):
-    """`name` or `meta.name` from a record."""
-    value = record
-    for part in name.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise KeyError(f"Record {record.get('id')!r} has no field {name!r}.")
-        value = value[part]
-    return value
-
-
-def distinct_contexts(records: list[dict]) -> list[dict]:
-    """One record per distinct context, in order (files repeat a context on each of its questions)."""
-    seen, out = set(), []
-    for record in records:
-        if record["context"] not in seen:
-            seen.add(record["context"])
-            out.append(record)
-    return out
-
-
 # --- synthetic long contexts -----------------------------------------------------------------------
 def haystack_text(haystack: dict, seed: int) -> str:
     """The distinct contexts of a source spec, joined: the background text facts are hidden in."""
-    return "\n\n".join(r["context"].strip() for r in distinct_contexts(load_records(haystack, seed)))
-
-
-def hide_in_haystack(sentences: list[str], background: str, length: int, rng: random.Random) -> str:
-    """About `length` characters of `background` (from a random sentence start, wrapping around)
-    with `sentences` inserted in their order at random sentence boundaries."""
-    starts = [0] + [m.end() for m in _SENTENCE_END.finditer(background)]
-    start = rng.choice(starts)
-    text = (background[start:] + "\n\n" + background) * (1 + length // max(1, len(background)))
-    text = text[:length]
-    cuts = [m.end() for m in _SENTENCE_END.finditer(text)] or [len(text)]
-    places = sorted(rng.choice(cuts) for _ in sentences)
-    pieces, previous = [], 0
-    for place, sentence in zip(places, sentences):
-        pieces += [text[previous:place], sentence.strip() + " "]
-        previous = place
-    return "".join(pieces + [text[previous:]])
+    return background_text([r["context"] for r in distinct_contexts(load_records(haystack, seed))])
 
 
 def babi_haystack(path: str, haystack: dict, haystack_chars: list[int], seed: int = 0, **select) -> list[dict]:
@@ -146,8 +81,7 @@ def babi_haystack(path: str, haystack: dict, haystack_chars: list[int], seed: in
     background = haystack_text(haystack, seed)
     records = []
     for record in load_records({"path": path, **select}, seed):
-        facts = [line for line in record["context"].split("\n") if line.strip()]
-        context = hide_in_haystack(facts, background, rng.randint(*haystack_chars), rng)
+        context = hide_in_haystack(context_lines(record["context"]), background, rng.randint(*haystack_chars), rng)
         records.append({**record, "id": f"{record['id']}_haystack", "context": context})
     return records
 
@@ -168,9 +102,9 @@ def squad_haystack(path: str, distractors: list[int], seed: int = 0, limit: int 
     return out
 
 
-def needle(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0, digits: int = 7,
-           needles: tuple[int, int] = (1, 1)) -> list[dict]:
-    """RULER-style needles: "special magic number" sentences hidden in background text.
+def magic_number_haystack(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0, digits: int = 7,
+                          needles: tuple[int, int] = (1, 1)) -> list[dict]:
+    """RULER-style needles: `count` records of "special magic number" sentences hidden in background text.
 
     A record holds between `needles` (min, max) needles. One needle asks for its number; several share
     one key, and the question asks for all of them, answered in text order ("1234567, 7654321").
@@ -181,18 +115,14 @@ def needle(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0,
     for i in range(count):
         key = rng.choice(NEEDLE_KEYS)
         # A fixed count draws nothing here, so configs written before `needles` existed give the same records.
-        n = needles[0] if needles[0] == needles[1] else rng.randint(*needles)
-        numbers = [str(rng.randrange(10 ** (digits - 1), 10 ** digits)) for _ in range(n)]
-        template, question = (NEEDLE_TEMPLATE, NEEDLE_QUESTION) if n == 1 else (MULTI_NEEDLE_TEMPLATE,
-                                                                               MULTI_NEEDLE_QUESTION)
-        sentences = [template.format(key=key, number=number) for number in numbers]
-        context = hide_in_haystack(sentences, background, rng.randint(*haystack_chars), rng)
-        records.append({"id": f"needle_{seed}_{i}", "context": context,
-                        "question": question.format(key=key), "answer": ", ".join(numbers)})
+        numbers = magic_numbers(rng, needles[0] if needles[0] == needles[1] else rng.randint(*needles), digits)
+        record = magic_number_record(key, numbers, background, rng.randint(*haystack_chars), rng)
+        records.append({"id": f"needle_{seed}_{i}", **record})
     return records
 
 
-BUILDERS = {"babi_haystack": babi_haystack, "squad_haystack": squad_haystack, "needle": needle}
+BUILDERS = {"babi_haystack": babi_haystack, "squad_haystack": squad_haystack,
+            "magic_number_haystack": magic_number_haystack}
 
 
 def source_keys(spec: dict, where: str) -> set[str]:

@@ -2,7 +2,7 @@
 
 Shows progress, saves checkpoints (`training.save_steps`), resumes after being killed (`--resume`),
 and at the end writes to `<output_dir>/final/` what training changed (LoRA + adapter, peft format)
-with `demo.json` (the settings `load_embedded_default` reads), `log_history.json` and `loss.png`.
+with `demo.json` (the settings `modeling_e2llm.loading.load_model` reads), `log_history.json` and `loss.png`.
 Multi-GPU: `accelerate launch --config_file training/accelerate/<zero2|fsdp>.yaml -m training.train ...`.
 """
 
@@ -19,7 +19,7 @@ from transformers import TrainerCallback, set_seed
 from trl import SFTConfig
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
-from modeling_e2llm.embedded_default import compose_model, compose_processor
+from modeling_e2llm.loading import RUN_SETTINGS_FILE, compose_model, compose_processor
 from modeling_e2llm.lora import lora_config
 
 from .config import TrainConfig
@@ -110,12 +110,12 @@ def save_final(trainer: E2LLMTrainer, config: TrainConfig) -> Path:
     settings = json.loads(adapter_config.read_text())
     settings["base_model_name_or_path"] = None  # in-memory composite; never record a machine path
     adapter_config.write_text(json.dumps(settings, indent=2))
-    # The encoder and decoder it was trained on, so that upload.py and load_embedded_default rebuild the same
+    # The encoder and decoder it was trained on, so that upload.py and modeling_e2llm.loading rebuild the same
     # base (none recorded: the embedded default); local folders absolute, as later commands run elsewhere.
     parts = {f"{part}_path": _portable(path) for part, path in (("encoder", config.model.encoder),
                                                                    ("decoder", config.model.decoder)) if path}
     demo = {"config": {**parts, **config.model.config}, "processor": {**parts, **vars(config.processor)}}
-    (final / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
+    (final / RUN_SETTINGS_FILE).write_text(json.dumps(demo, indent=2) + "\n")
     (final / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     plot_losses(trainer.state.log_history, final / "loss.png")
     return final

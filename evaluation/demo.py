@@ -1,72 +1,82 @@
 """Did the demo checkpoint learn? Measurements on development data the demo config never trains on.
 
-    python -m training.evaluate_demo prepare --output runs/eval          # dev files + untrained folder for evaluation.run
-    python -m training.evaluate_demo restate --model trained --limit 12 --output runs/eval/restate-trained.json
-    python -m training.evaluate_demo needle --model untrained --limit 10 --output runs/eval/needle-untrained.json
-    python -m training.evaluate_demo babi-accuracy --output runs/eval/babi-trained   # an evaluation.run folder
-    python -m training.evaluate_demo chunk-stats --model trained --output runs/eval/chunk-stats-trained.json
+    python -m evaluation.demo prepare --output runs/eval          # dev files + untrained folder for evaluation.run
+    python -m evaluation.demo restate --model trained --limit 12 --output runs/eval/restate-trained.json
+    python -m evaluation.demo needle --model untrained --limit 10 --output runs/eval/needle-untrained.json
+    python -m evaluation.demo babi-accuracy --output runs/eval/babi-trained   # an evaluation.run folder
+    python -m evaluation.demo chunk-stats --model trained --output runs/eval/chunk-stats-trained.json
 
 `restate`: windows of held-out PG essays (the demo config's holdout) restated from their chunk tokens,
 ROUGE-L F1 against the source text. `needle`: a 7-digit "special magic number" hidden in held-out
 essays; accuracy = the number appears in the answer. `--model` is `trained` (the demo weights),
-`untrained` (same composite, random adapter) or `decoder` (the plain decoder reading the raw text;
-needle only). `prepare` writes, for `python -m evaluation.run`, the held-out bAbI qa1/qa2 stories,
-the held-out essays as haystack, and the untrained composite as a model folder. `chunk-stats`: do the
-chunk tokens of different held-out chunks still differ? (A collapsed adapter maps every chunk to about
-the same vector: mean pairwise cosine near 1.)
+`untrained` (same composite, random adapter) or `decoder` (the plain decoder reading the raw text in the
+baselines' prompt, as `evaluation.run --system full` does; needle only). `prepare` writes, for
+`python -m evaluation.run`, the held-out bAbI qa1/qa2 stories, the held-out essays as haystack, and the
+untrained composite as a model folder. `chunk-stats`: do the chunk tokens of different held-out chunks
+still differ? (A collapsed adapter maps every chunk to about the same vector: mean pairwise cosine near 1.)
 """
 
 import argparse
 import json
 import random
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from rouge_score.rouge_scorer import RougeScorer
+import yaml
 
-from modeling_e2llm.embedded_default import DEMO_DIR, load_embedded_default
+from modeling_e2llm.haystacks import NEEDLE_KEYS, background_text, distinct_contexts, magic_number_record, \
+    magic_numbers, select_records, understanding_windows
+from modeling_e2llm.loading import DEMO_DIR, is_trained_run, load_model
 
-from .config import TrainConfig
-from .samples import understanding_windows
-from .sources import NEEDLE_KEYS, NEEDLE_QUESTION, NEEDLE_TEMPLATE, distinct_contexts, hide_in_haystack, \
-    load_records
+from .data import load_examples
+from .harness import PREDICTIONS_FILE, read_predictions
+from .metrics import rouge_scores
+from .systems import FullSystem
 
 BABI_PLACES = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")  # every qa1/qa2 answer
 NEEDLE_NEW_TOKENS = 32  # room for "The special magic number for ... is: 1234567."
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo_gpu.yaml"  # what the shipped demo came from
+# What the shipped demo came from; its held-out sides are the development data below.
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "demo_gpu.yaml"
 DATA = Path("../shared/data")
 DEV_ESSAYS = {"path": str(DATA / "pg_essays" / "essays.jsonl"), "holdout": {"by": ["id"], "percent": 25, "side": "dev"}}
 DEV_BABI = {"path": str(DATA / "babi" / "qa1-5_train.jsonl"), "where": {"meta.babi_task": ["qa1", "qa2"]},
             "holdout": {"by": ["meta.babi_task", "meta.story_index"], "percent": 20, "side": "dev"}}
 
 
+def dev_records(spec: dict, seed: int = 0) -> list[dict]:
+    """Records (dicts) of a uniform JSONL file selected as a training config's source spec selects them:
+    `{path, where, holdout, limit}`, shuffled by `seed`."""
+    spec = dict(spec)
+    return select_records([asdict(example) for example in load_examples(spec.pop("path"))], seed, **spec)
+
+
 def load(model: str, demo_dir: Path):
     """(model, processor) for `trained` or `untrained`; `decoder` uses the untrained composite's decoder."""
-    model_, processor = load_embedded_default(trained=model == "trained", demo_dir=demo_dir)
-    if model == "trained" and not model_.is_trained_demo:
+    if model != "trained":
+        return load_model(trained=False)[:2]
+    if not is_trained_run(demo_dir):
         raise FileNotFoundError(f"No demo weights in {demo_dir}: train first or pass --demo-dir.")
-    return model_, processor
+    return load_model(demo_dir)[:2]
 
 
 def dev_windows(processor, window_chunks: int, limit: int) -> list[str]:
     """`limit` restate windows spread evenly over the held-out essays, leaving out each essay's first
     window: every essay opens with the same "Get funded by Y Combinator" banner, seen in training."""
-    windows = [w for record in distinct_contexts(load_records(DEV_ESSAYS))
+    windows = [w for record in distinct_contexts(dev_records(DEV_ESSAYS))
                for w in understanding_windows(processor, record["context"], window_chunks)[1:] if len(w.strip()) > 100]
     step = max(1, len(windows) // limit)
     return windows[::step][:limit]
 
 
 def restate(model, processor, limit: int, max_new_tokens: int) -> dict:
-    window_chunks = TrainConfig.from_yaml(DEMO_CONFIG).tasks.window_chunks
-    scorer = RougeScorer(["rougeL", "rouge1"], use_stemmer=True)
+    window_chunks = yaml.safe_load(DEMO_CONFIG.read_text())["tasks"]["window_chunks"]
     rows = []
     for text in dev_windows(processor, window_chunks, limit):
         output = model.answer(text, None, processor=processor, max_new_tokens=max_new_tokens, do_sample=False)
-        scores = scorer.score(text, output)
-        rows.append({"source": text, "restated": output, "rougeL": scores["rougeL"].fmeasure,
-                     "rouge1": scores["rouge1"].fmeasure})
+        scores = rouge_scores(output, [text])
+        rows.append({"source": text, "restated": output, "rougeL": scores["rougeL"], "rouge1": scores["rouge1"]})
     return {"count": len(rows), "rougeL": _mean(rows, "rougeL"), "rouge1": _mean(rows, "rouge1"), "examples": rows}
 
 
@@ -107,44 +117,33 @@ def _restate_nll(model, processor, context: str, target: str) -> float:
 def needle_records(limit: int, seed: int = 123) -> list[dict]:
     """Needles hidden in held-out essays at 2k-12k characters (4-24 chunks)."""
     rng = random.Random(seed)
-    background = "\n\n".join(r["context"].strip() for r in distinct_contexts(load_records(DEV_ESSAYS)))
+    background = background_text([r["context"] for r in distinct_contexts(dev_records(DEV_ESSAYS))])
     records = []
     for i in range(limit):
-        key, number = rng.choice(NEEDLE_KEYS), str(rng.randrange(10 ** 6, 10 ** 7))
-        context = hide_in_haystack([NEEDLE_TEMPLATE.format(key=key, number=number)], background,
-                                   2000 + i * 10000 // max(1, limit - 1), rng)
-        records.append({"context": context, "question": NEEDLE_QUESTION.format(key=key), "answer": number})
+        key, numbers = rng.choice(NEEDLE_KEYS), magic_numbers(rng, 1)
+        records.append(magic_number_record(key, numbers, background, 2000 + i * 10000 // max(1, limit - 1), rng))
     return records
 
 
-def decoder_answer(model, processor, context: str, question: str, max_new_tokens: int) -> str:
-    """The plain decoder with the raw text in the same prompt (the text fits in its window here)."""
-    text = processor.reasoning_template.format(context=context, query=question)
-    ids = processor.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                  return_tensors="pt", return_dict=True)
-    out = model.generate(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
-                         max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-
-
 def needle(model, processor, limit: int, use_decoder: bool) -> dict:
+    decoder = FullSystem(model, processor, NEEDLE_NEW_TOKENS)
     rows = []
     for record in needle_records(limit):
+        context, question = record["context"], record["question"]
         if use_decoder:
-            output = decoder_answer(model, processor, record["context"], record["question"], NEEDLE_NEW_TOKENS)
+            output = decoder.answer_plain(context, question, truncate=False, max_new_tokens=NEEDLE_NEW_TOKENS)
         else:
-            output = model.answer(record["context"], record["question"], processor=processor,
-                                  max_new_tokens=NEEDLE_NEW_TOKENS, do_sample=False)
-        rows.append({"answer": record["answer"], "output": output, "chars": len(record["context"]),
+            output = model.answer(context, question, processor=processor, max_new_tokens=NEEDLE_NEW_TOKENS,
+                                  do_sample=False)
+        rows.append({"answer": record["answer"], "output": output, "chars": len(context),
                      "correct": float(record["answer"] in output)})
     return {"count": len(rows), "accuracy": _mean(rows, "correct"), "examples": rows}
 
 
-def babi_accuracy(predictions: Path) -> dict:
-    """Accuracy of an `evaluation.run` predictions.jsonl on bAbI qa1/qa2: the first of the six places the
+def babi_accuracy(run_folder: Path) -> dict:
+    """Accuracy of an `evaluation.run` folder's predictions on bAbI qa1/qa2: the first of the six places the
     answer names is the right one (chance: 1/6; a list of every place counts as its first)."""
-    rows = [json.loads(line) for line in predictions.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "prediction" in r]
+    rows = [r for r in read_predictions(run_folder / PREDICTIONS_FILE).values() if "prediction" in r]
     correct = []
     for row in rows:
         text = row["prediction"].lower()
@@ -155,13 +154,13 @@ def babi_accuracy(predictions: Path) -> dict:
 
 def prepare(output: Path, babi_per_task: int) -> None:
     output.mkdir(parents=True, exist_ok=True)
-    essays = distinct_contexts(load_records(DEV_ESSAYS))
+    essays = distinct_contexts(dev_records(DEV_ESSAYS))
     _write_jsonl(output / "dev_essays.jsonl", essays)
     babi = []
     for task in ("qa1", "qa2"):
-        babi += load_records({**DEV_BABI, "where": {"meta.babi_task": [task]}, "limit": babi_per_task}, seed=1)
+        babi += dev_records({**DEV_BABI, "where": {"meta.babi_task": [task]}, "limit": babi_per_task}, seed=1)
     _write_jsonl(output / "babi_dev.jsonl", babi)
-    model, processor = load_embedded_default(trained=False)
+    model, processor, _ = load_model(trained=False)
     model.save_pretrained(output / "untrained")
     processor.save_pretrained(output / "untrained")
     print(f"Wrote {len(essays)} dev essays, {len(babi)} dev bAbI questions and the untrained model to {output}")
@@ -176,7 +175,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m evaluation.demo", description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=["prepare", "restate", "needle", "babi-accuracy", "chunk-stats"])
     parser.add_argument("--model", choices=["trained", "untrained", "decoder"], default="trained")
     parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder with the trained demo weights")
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.task == "prepare":
         return prepare(args.output, args.babi_per_task)
     if args.task == "babi-accuracy":
-        return print(json.dumps(babi_accuracy(args.output / "predictions.jsonl")))
+        return print(json.dumps(babi_accuracy(args.output)))
     if args.model == "decoder" and args.task != "needle":
         parser.error("--model decoder applies to needle only (restating raw text is copying).")
     model, processor = load(args.model, args.demo_dir)
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         result = chunk_stats(model, processor, args.limit)
     else:
         result = needle(model, processor, args.limit, use_decoder=args.model == "decoder")
-    result = {"task": args.task, "model": args.model, "command": "python -m training.evaluate_demo " +
+    result = {"task": args.task, "model": args.model, "command": "python -m evaluation.demo " +
               " ".join(argv if argv is not None else sys.argv[1:]), **result}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1))
