@@ -129,9 +129,16 @@ def checkpoint_format(path: Path) -> str:
 
 def load_checkpoint(path: str | Path | None, base: str | Path | None = None) -> Checkpoint:
     """Load any of the formats in the module docstring (None: the embedded default)."""
+    try:
+        return _load_checkpoint(path, base)
+    except (OSError, ValueError) as error:  # damaged weights, moved model folders: the reason without a traceback
+        raise PublishError(f"Checkpoint {path or DEMO_DIR} does not load: {error}") from error
+
+
+def _load_checkpoint(path: str | Path | None, base: str | Path | None) -> Checkpoint:
     if path is None:
         if is_trained_run(DEMO_DIR):
-            return load_checkpoint(DEMO_DIR)
+            return _load_checkpoint(DEMO_DIR, None)
         model, processor, _ = load_model(trained=False)
         return Checkpoint(model, processor, trained=False)
     path = Path(path)

@@ -61,11 +61,15 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads")
 
 
-def system_from_arguments(args: argparse.Namespace) -> tuple[System, dict]:
-    """The system the options name, and the run settings that identify it in run.json."""
+def system_from_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[System, dict]:
+    """The system the options name, and the run settings that identify it in run.json; a `--model` that is
+    not a saved E2LLM ends the command with the reason."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, processor, label = load_model(args.model)
+    try:
+        model, processor, label = load_model(args.model)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"error: --model {args.model}: {error}\n")
     system = build_system(args.system, model, processor, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
                           hybrid_top_k=args.hybrid_top_k, hybrid_token_budget=args.hybrid_budget)
     settings = {"system": args.system, "model": label, "max_new_tokens": args.max_new_tokens}

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         essays = load_haystack_essays(args.haystack)
     except (DataFormatError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error} (--haystack takes a uniform JSONL file)\n")
-    system, settings = system_from_arguments(args)
+    system, settings = system_from_arguments(args, parser)
     settings.update(dataset=f"niah-{args.variant}", variant=args.variant, seed=args.seed)
     examples = needle_grid(args.variant, args.lengths, args.depths, essays, system.tokenizer, args.seed)
     try:

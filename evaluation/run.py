@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> dict:
         essays = load_haystack_essays(args.haystack) if args.haystack_tokens else None
     except (DataFormatError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error} (--data and --haystack take uniform JSONL files)\n")
-    system, settings = system_from_arguments(args)
+    system, settings = system_from_arguments(args, parser)
     # The data path as given: an absolute one would tie committed results to one machine.
     settings.update(dataset=dataset_name(args.data), data=str(args.data))
     if args.haystack_tokens:

@@ -57,6 +57,5 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
-
 if __name__ == "__main__":
     main()

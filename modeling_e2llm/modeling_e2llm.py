@@ -11,8 +11,10 @@ import json
 import os
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedConfig,
+                          PreTrainedModel)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging as transformers_logging
 
@@ -460,10 +462,26 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         check_source(pretrained_model_name_or_path)
-        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        with_info = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                                  **kwargs)
+        except SafetensorError as error:  # "header too large", "incomplete metadata": says nothing of which file
+            raise OSError(f"The weights in {pretrained_model_name_or_path} are not readable safetensors ({error}): "
+                          "the file is damaged or incomplete. Save or download the folder again.") from None
+        if info["missing_keys"]:  # transformers only logs them, and the model would run on random weights
+            missing = sorted(info["missing_keys"])
+            raise OSError(f"{pretrained_model_name_or_path} lacks {len(missing)} of the model's weights (first: "
+                          f"{missing[0]}): the file is incomplete or from another model. Save it again with "
+                          "model.save_pretrained(folder).")
         # Remember where the weights came from so that get_processor() finds the files saved beside them.
         model._processor_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
-        return model
+        return (model, info) if with_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if os.path.isfile(save_directory):  # transformers only logs this, saves nothing and returns
+            raise FileExistsError(f"{save_directory} is a file; save_pretrained writes a folder: pass a folder path.")
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_encoder_decoder_pretrained(cls, encoder_path: str, decoder_path: str, *, dtype: torch.dtype | None = None,
@@ -478,6 +496,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         config says, hybrid_scoring to "base" (a frozen copy of this pretrained encoder ranks chunks for hybrid
         recall, whatever training does to the encoder).
         """
+        _check_roles(encoder_path, decoder_path)
         encoder = _encoder_from_pretrained(encoder_path, dtype)
         causal_lm = AutoModelForCausalLM.from_pretrained(decoder_path, dtype=dtype)
         encoder.config.name_or_path = encoder_name or encoder.config.name_or_path
@@ -524,6 +543,17 @@ def _encoder_from_config(encoder_config) -> PreTrainedModel:
         return AutoModel.from_config(encoder_config, add_pooling_layer=False)
     except TypeError:
         return AutoModel.from_config(encoder_config)
+
+
+def _check_roles(encoder_path: str, decoder_path: str) -> None:
+    """Refuse a causal LM as the encoder, or a model without an LM head as the decoder (paths swapped, say),
+    by the architectures their configs name: loading would fail deep inside ("no attribute embed_tokens")."""
+    for role, path, wanted in (("encoder", encoder_path, False), ("decoder", decoder_path, True)):
+        names = PreTrainedConfig.get_config_dict(path)[0].get("architectures") or []
+        if names and any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in names) != wanted:
+            kind = "a sentence encoder (BERT family)" if role == "encoder" else "a causal LM"
+            raise ValueError(f"{role}_path {path!r} holds {names[0]}, not {kind}: call "
+                             "from_encoder_decoder_pretrained(encoder_path, decoder_path), encoder first.")
 
 
 def _encoder_from_pretrained(path: str, dtype) -> PreTrainedModel:

@@ -205,7 +205,7 @@ class E2LLMProcessor(ProcessorMixin):
         `passages`, `(chunk index, text)` pairs, if any), in the chat template if the decoder has one."""
         context = self.chunk_token * num_chunks
         if passages:
-            lines = "".join(self.passage_template.format(index=i + 1, total=num_chunks, text=self.as_text(text))
+            lines = "".join(self.passage_template.format(index=i + 1, total=num_chunks, text=self._as_text(text))
                             for i, text in passages)
             context += self.passages_template.format(passages=lines)
         if prompt is None:
@@ -227,7 +227,7 @@ class E2LLMProcessor(ProcessorMixin):
             if len(chosen) == top_k:
                 break
             start, end = offsets[index].tolist()
-            passage = self.as_text(text[start:end])
+            passage = self._as_text(text[start:end])
             line = self.passage_template.format(index=index + 1, total=len(offsets), text=passage)
             cost = len(self.tokenizer(line, add_special_tokens=False)["input_ids"])
             if used + cost <= budget:
@@ -249,10 +249,10 @@ class E2LLMProcessor(ProcessorMixin):
 
     def _target_ids(self, target: str) -> list[int]:
         _check_text(target, "target")
-        ids = self.tokenizer(self.as_text(target), add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(self._as_text(target), add_special_tokens=False)["input_ids"]
         return ids + [self.tokenizer.eos_token_id]
 
-    def as_text(self, text: str) -> str:
+    def _as_text(self, text: str) -> str:
         """`text` with the placeholder string broken up (`<chunk>` -> `< chunk>`), so that a document that
         contains it is read (quoted, restated) as text rather than as a chunk token."""
         return text.replace(self.chunk_token, self.chunk_token[:1] + " " + self.chunk_token[1:])
@@ -311,9 +311,9 @@ class E2LLMProcessor(ProcessorMixin):
             share = min(1.0, sum(unseen) / len(text))
             if share >= UNSEEN_WARNING_SHARE:
                 warnings.warn(
-                    f"The encoder cannot represent {int(100 * share)}% of {which} ({len(unseen)} of {len(text_spans)} chunks "
-                    "become unknown or no tokens): answers about that part are guesses. Clean the text, or use an "
-                    "encoder whose vocabulary covers it.", UserWarning, stacklevel=3)
+                    f"The encoder cannot represent {int(100 * share)}% of {which} ({len(unseen)} of "
+                    f"{len(text_spans)} chunks become unknown or no tokens): answers about that part are guesses. "
+                    "Clean the text, or use an encoder whose vocabulary covers it.", UserWarning, stacklevel=3)
 
     def encode_prompts(self, num_chunks: list[int], prompt: str | list[str] | None = None,
                        target: str | list[str] | None = None, padding_side: str = "left",
@@ -377,9 +377,12 @@ def _check_template(name: str, template, required: set[str], allowed: set[str]) 
         raise TypeError(f"{name} must be a string, got {type(template).__name__}.")
     fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
     if not required <= fields or not fields <= allowed:
-        named = lambda names: " ".join(f"{{{field}}}" for field in sorted(names)) or "none"  # noqa: E731
-        raise ValueError(f"{name} has the fields {named(fields)}; it must hold {named(required)} and may hold only "
-                         f"{named(allowed)} (write a literal brace as {{{{ or }}}}).")
+        raise ValueError(f"{name} has the fields {_braced(fields)}; it must hold {_braced(required)} and may hold "
+                         f"only {_braced(allowed)} (write a literal brace as {{{{ or }}}}).")
+
+
+def _braced(names: set[str]) -> str:
+    return " ".join(f"{{{name}}}" for name in sorted(names)) or "none"
 
 
 def _as_list(context, name: str) -> list:

@@ -4,6 +4,7 @@ before any model loads where it can be; none loops, grows a process past 2 GB, o
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from unittest import mock
 import pytest
 import torch
 import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor
 
 import upload
@@ -20,6 +23,7 @@ from evaluation import run
 from modeling_e2llm import ContextCache, E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.__main__ import main as ask_main
 from training import train as train_command
+from training.sources import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("The committee met on Tuesday. Alice chaired the meeting and opened with the budget. "
@@ -58,15 +62,16 @@ def data_file(tmp_path_factory) -> Path:
 
 def run_limited(code: str, *args: str) -> dict:
     """Run `code` in a fresh Python whose address space is capped at 4 GB (a runaway allocation fails there
-    instead of taking the machine down); it prints JSON, to which this adds the peak resident memory."""
+    instead of taking the machine down). `code` sets `result`; returned with the peak resident memory and stderr."""
     wrapper = ("import json, resource, sys\n"
                "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
                f"sys.path.insert(0, {str(ROOT)!r})\n" + code +
-               "\nprint(json.dumps({'result': result, 'peak_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+               "\npeak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss"
+               "\nprint(json.dumps({'result': result, 'peak_kb': peak_kb}))")
     done = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "stderr": done.stderr}
 
 
 def corrupt_tensor_bytes(path: Path, name: str, replace) -> None:
@@ -115,6 +120,14 @@ def test_main_command_refuses_a_plain_decoder_folder_in_one_line(tiny_paths, tmp
                           "try:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n    result = exit.code\n",
                           "--file", str(tmp_path / "doc.txt"), "--question", "q", "--model", tiny_paths[1])
     assert outcome["result"] == 2 and outcome["peak_kb"] < TWO_GB_IN_KB
+    assert f"error: {tiny_paths[1]!r} holds a 'llama' model, not an E2LLM" in outcome["stderr"]
+
+
+def test_swapped_encoder_and_decoder_paths_are_named(tiny_paths):
+    encoder, decoder = tiny_paths
+    with pytest.raises(ValueError, match=f"encoder_path {decoder!r} holds LlamaForCausalLM, not a sentence encoder.*"
+                                         "encoder first"):
+        E2LLMForCausalLM.from_encoder_decoder_pretrained(decoder, encoder)
 
 
 def test_config_without_sub_configs_is_refused():
@@ -124,8 +137,38 @@ def test_config_without_sub_configs_is_refused():
 
 
 def test_a_mistyped_model_folder_says_it_is_not_a_folder(tmp_path):
-    with pytest.raises(OSError, match=f"{str(tmp_path / 'chekpoint')!r} is not a folder here, nor a Hub id \(ORG/NAME\): check the path"):
+    with pytest.raises(OSError, match=rf"{str(tmp_path / 'chekpoint')!r} is not a folder here, nor a Hub id "
+                                      r"\(ORG/NAME\): check the path"):
         E2LLMForCausalLM.from_pretrained(tmp_path / "chekpoint")
+
+
+def test_a_weight_missing_from_the_file_is_refused_not_run_as_random(checkpoint, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    with safe_open(folder / "model.safetensors", framework="pt") as f:
+        metadata = f.metadata()
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.adapter.layers.0.weight"]
+    save_file(weights, folder / "model.safetensors", metadata=metadata)
+    with pytest.raises(OSError, match=r"lacks 1 of the model's weights \(first: model.adapter.layers.0.weight\).*"
+                                      r"model.save_pretrained\(folder\)"):
+        E2LLMForCausalLM.from_pretrained(folder)
+
+
+def test_a_damaged_weights_file_names_the_folder_and_the_fix(checkpoint, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    (folder / "model.safetensors").write_bytes(b"\xff" * 100)
+    with pytest.raises(OSError, match=f"The weights in {folder} are not readable safetensors.*header too large.*"
+                                      "Save or download the folder again"):
+        E2LLMForCausalLM.from_pretrained(folder)
+
+
+def test_save_pretrained_onto_a_file_is_refused(model, tmp_path):
+    (tmp_path / "model.bin").write_text("keep me")
+    with pytest.raises(FileExistsError, match=f"{tmp_path / 'model.bin'} is a file.*pass a folder path"):
+        model.save_pretrained(tmp_path / "model.bin")
+    assert (tmp_path / "model.bin").read_text() == "keep me"
 
 
 # --- Bad 2: max_chunk_tokens too small to hold one character -----------------------------------------
@@ -332,6 +375,16 @@ def test_evaluation_refuses_bad_numbers_before_loading_anything(data_file, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_evaluation_refuses_a_model_folder_that_is_not_an_e2llm(tiny_paths, data_file, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--system", "e2llm", "--model", tiny_paths[1], "--data", str(data_file),
+                  "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert f"error: --model {tiny_paths[1]}: {tiny_paths[1]!r} holds a 'llama' model, not an E2LLM" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_evaluation_data_with_invalid_bytes_names_file_and_line(tmp_path, capsys):
     data = tmp_path / "latin1.jsonl"
     data.write_bytes(json.dumps(EXAMPLE).encode() + b"\n" + json.dumps({**EXAMPLE, "id": "ex2"}).encode()[:-2]
@@ -404,9 +457,17 @@ def test_training_config_mistakes_stop_the_command_before_anything_loads(tiny_pa
             train_command.main(["--config", config])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"error: {config}: ") and __import__("re").search(message, error), error
+    assert error.startswith(f"error: {config}: ") and re.search(message, error), error
     load.assert_not_called()
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("line", [b'{"context": "caf\xe9"}', b'{"context": "cut off'], ids=["latin-1", "broken-json"])
+def test_training_data_line_that_is_not_utf8_json_is_named(tmp_path, line):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(json.dumps(EXAMPLE).encode() + b"\n" + line + b"\n")
+    with pytest.raises(ValueError, match=f"{data}, line 2 is not a UTF-8 JSON line.*convert the file to UTF-8"):
+        load_records({"path": str(data)})
 
 
 # --- Bad 9 and upload.py ------------------------------------------------------------------------------
@@ -418,6 +479,18 @@ def test_a_model_trained_on_custom_models_is_published(tiny_paths, tmp_path, ess
     status = upload.main(["--repo-id", "org/tiny-e2llm", "--checkpoint", str(final), "--encoder-name", "org/enc",
                           "--decoder-name", "org/dec", "--output-dir", str(out), "--dry-run"])
     assert status == 0 and (out / "model.safetensors").is_file()  # the fresh-process load check passed too
+
+
+def test_upload_of_a_folder_with_damaged_weights_says_it_does_not_load(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(checkpoint, folder)
+    (folder / "model.safetensors").write_bytes(b"\xff" * 100)
+    status = upload.main(["--repo-id", "org/x", "--checkpoint", str(folder), "--dry-run",
+                          "--output-dir", str(tmp_path / "out")])
+    assert status == 1
+    assert f"error: Checkpoint {folder} does not load: The weights in {folder} are not readable safetensors" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_upload_names_a_plain_decoder_folder_as_not_an_e2llm(tiny_paths, tmp_path, capsys):

@@ -45,8 +45,17 @@ def _read(path: str | None) -> list[dict]:
         raise FileNotFoundError(f"Data source {path!r} does not exist (relative paths start where you run from).")
     if file.is_dir():
         return _check_records(list(datasets.load_from_disk(str(file))), path)
-    with open(file, encoding="utf-8") as f:
-        return _check_records([json.loads(line) for line in f if line.strip()], path)
+    with open(file, "rb") as f:  # bytes, so that a bad line is reported with its number
+        return _check_records([_json_record(line, f"{path}, line {number}")
+                               for number, line in enumerate(f, start=1) if line.strip()], path)
+
+
+def _json_record(line: bytes, where: str) -> dict:
+    try:
+        return json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{where} is not a UTF-8 JSON line ({error}): fix or remove it, or convert the file "
+                         "to UTF-8.") from None
 
 
 def _check_records(records: list[dict], origin: str) -> list[dict]:
