@@ -78,12 +78,6 @@ class E2LLMModel(E2LLMPreTrainedModel):
         self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_input_embeddings(value)
-
     def pool_chunks(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
                     progress: bool = False, for_scoring: bool = False, scoring: str | None = None) -> torch.Tensor:
         """Encoder output of every text (a chunk, or a question to rank chunks by) pooled to one vector:
@@ -204,18 +198,6 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         self._processor_kwargs = {}
         self._weights_fingerprint = None
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
-
-    def set_output_embeddings(self, value: nn.Module) -> None:
-        self.lm_head = value
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
@@ -410,6 +392,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         on nothing else); recomputed only after a parameter changes."""
         ranking = self.model.ranking_encoder()
         modules = [self.model.encoder, self.model.adapter] + ([ranking] if ranking is not self.model.encoder else [])
+        # `_version` is the counter autograd itself uses to notice in-place changes; torch offers no public one.
         key = tuple((p.data_ptr(), p._version) for module in modules for p in module.parameters())
         if self._weights_fingerprint is None or self._weights_fingerprint[0] != key:
             self._weights_fingerprint = (key, weights_fingerprint(modules))

@@ -55,17 +55,18 @@ def _last_match_end(pattern: re.Pattern, text: str, start: int, end: int) -> int
     return best
 
 
-def split_into_chunks(text: str, chunk_size: int, overlap: int = 0) -> list[tuple[int, int]]:
+def split_into_chunks(text: str, chunk_size: int, overlap_chars: int = 0) -> list[tuple[int, int]]:
     """Character spans `(start, end)` of consecutive chunks of at most `chunk_size` characters.
 
     Each chunk is cut back to its last sentence end or line break, else its last white space, else
-    cut hard. The next chunk starts `overlap` characters before the previous one ended; with
-    `overlap=0` the chunks concatenate back to exactly `text`.
+    cut hard. The next chunk starts `overlap_chars` characters before the previous one ended (the processor's
+    `chunk_overlap` is the same as a fraction of `chunk_size`); with 0 the chunks concatenate back to exactly
+    `text`.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1 character, got {chunk_size}.")
-    if not 0 <= overlap < chunk_size:
-        raise ValueError(f"overlap must be in [0, chunk_size={chunk_size}), got {overlap}.")
+    if not 0 <= overlap_chars < chunk_size:
+        raise ValueError(f"overlap_chars must be in [0, chunk_size={chunk_size}), got {overlap_chars}.")
     spans, start = [], 0
     while start < len(text):
         end = min(start + chunk_size, len(text))
@@ -75,7 +76,7 @@ def split_into_chunks(text: str, chunk_size: int, overlap: int = 0) -> list[tupl
         spans.append((start, end))
         if end == len(text):
             break
-        start = max(end - overlap, start + 1)
+        start = max(end - overlap_chars, start + 1)
     return spans
 
 
@@ -165,7 +166,7 @@ class E2LLMProcessor(ProcessorMixin):
                 "processor.save_pretrained(folder).")
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        except (OSError, ValueError) as error:  # HF_NOTES pitfall 16: the raw error blames sentencepiece
+        except (OSError, ValueError) as error:  # the raw error blames a missing sentencepiece, not the folder
             raise OSError(
                 f"No E2LLM processor could be loaded from {pretrained_model_name_or_path!r} ({error}). "
                 "Save one beside the model with processor.save_pretrained(folder)."
@@ -180,8 +181,8 @@ class E2LLMProcessor(ProcessorMixin):
         """`(span, encoder ids)` of every chunk of `text`: each chunk is tokenized once, to check its length and
         to be encoded."""
         _check_text(text, "context")
-        overlap = int(self.chunk_size * self.chunk_overlap)
-        return self._fit_to_encoder(text, split_into_chunks(text, self.chunk_size, overlap))
+        overlap_chars = int(self.chunk_size * self.chunk_overlap)
+        return self._fit_to_encoder(text, split_into_chunks(text, self.chunk_size, overlap_chars))
 
     def _fit_to_encoder(self, text: str, spans: list[tuple[int, int]]) -> list[tuple[tuple[int, int], list[int]]]:
         rows = self.encoder_tokenizer([text[s:e] for s, e in spans], add_special_tokens=True, verbose=False)["input_ids"]
