@@ -84,16 +84,18 @@ class E2LLMModel(E2LLMPreTrainedModel):
         (n, L) -> (n, enc_hidden). `for_scoring`: with the encoder hybrid recall ranks by (`ranking_encoder`).
 
         Chunks run in batches of `config.encoder_batch_size`, longest first, each batch trimmed to its
-        own longest chunk: memory stays bounded for any number of chunks and little goes to padding.
+        own longest chunk on the CPU: memory stays bounded for any number of chunks and little goes to padding.
+        On an accelerator batches keep the full width, since reading a length back would stall the forward.
         """
         encoder = self.ranking_encoder(scoring) if for_scoring else self.encoder
-        lengths = chunk_attention_mask.sum(dim=1)
+        lengths = chunk_attention_mask.sum(dim=1)  # (n,)
         order = torch.argsort(lengths, descending=True)
+        on_cpu = lengths.device.type == "cpu"
         pooled = None
         batches = order.split(self.config.encoder_batch_size)
         for index in transformers_logging.tqdm(batches, desc="Encoding chunks", unit="batch", disable=not progress):
-            width = int(lengths[index].max())
-            mask = chunk_attention_mask[index, :width]
+            width = int(lengths[index].max()) if on_cpu else chunk_input_ids.shape[1]
+            mask = chunk_attention_mask[index, :width]  # (batch, width)
             hidden = encoder(input_ids=chunk_input_ids[index, :width], attention_mask=mask).last_hidden_state
             vectors = _pool(hidden, mask, self.config.pooling)
             if pooled is None:

@@ -190,6 +190,18 @@ def test_placeholders_without_chunks_are_refused(tiny_model, tiny_processor):
         tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on the CPU there is no device to wait for")
+def test_a_training_forward_never_waits_for_the_gpu(tiny_model, tiny_processor):
+    model = tiny_model.cuda().train()
+    batch = tiny_processor([TEXT, TEXT[:300]], ["Who chaired?", "Why?"], target=["Alice.", "To plan."]).to("cuda")
+    torch.cuda.set_sync_debug_mode("error")  # any host-device sync raises
+    try:
+        loss = model(**batch).loss
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss.detach().cpu())
+
+
 @pytest.mark.parametrize("name", ["cache", "past_key_values"])
 def test_the_decoder_cache_is_taken_under_either_name_without_a_warning(tiny_model, tiny_processor, name):
     batch = tiny_processor(TEXT, "Who chaired?")
