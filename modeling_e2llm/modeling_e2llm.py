@@ -352,18 +352,38 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def chunk_scores(self, chunks: ContextCache | torch.Tensor, question: str, processor: E2LLMProcessor | None = None,
-                     scoring: str | None = None) -> torch.Tensor:
+                     scoring: str | None = None, chunk_texts: list[str] | None = None,
+                     ranking: str | None = None) -> torch.Tensor:
         """Hybrid recall's ranking, the one used by generation, the RAG baseline, training's hybrid samples and
-        the ranking report: (n_chunks,) cosine similarity between the question's pooled vector and each chunk's
-        (a cache's `pooled`, or pooled vectors (n_chunks, enc_hidden)), both from the ranking encoder
-        (`scoring`, default `config.hybrid_scoring`). A question longer than a chunk may be is cut to fit."""
+        the ranking report: (n_chunks,) score of each chunk for `question`, higher is better.
+
+        `chunks`: a cache, or pooled vectors (n_chunks, enc_hidden) of the ranking encoder (`scoring`, default
+        `config.hybrid_scoring`) with the chunks' texts `chunk_texts`. `ranking` (default `config.hybrid_ranking`):
+        "dense", the cosine between the question's pooled vector and each chunk's; "fused", that cosine plus
+        BM25 over encoder token ids, each standardized over the chunks. A question longer than a chunk may be is
+        cut to fit the encoder."""
         processor = processor if processor is not None else self.get_processor()
-        pooled = chunks.pooled if isinstance(chunks, ContextCache) else chunks
+        ranking = self.config.hybrid_ranking if ranking is None else ranking
+        if isinstance(chunks, ContextCache):
+            pooled, chunk_texts = chunks.pooled, chunks.chunk_texts
+        else:
+            pooled = chunks
         tokens = processor.encoder_tokenizer([question], truncation=True, max_length=processor.max_chunk_tokens,
                                              return_tensors="pt").to(self.device)
         query = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True,
                                        scoring=scoring)  # (1, enc_hidden)
-        return torch.nn.functional.cosine_similarity(pooled.to(query.device), query, dim=-1).cpu()
+        dense = torch.nn.functional.cosine_similarity(pooled.to(query.device), query, dim=-1).cpu()  # (n_chunks,)
+        if ranking == "dense":
+            return dense
+        if ranking != "fused":
+            raise ValueError(f'ranking must be "dense" or "fused", got {ranking!r}.')
+        if chunk_texts is None or len(chunk_texts) != len(dense):
+            raise ValueError("The fused ranking reads the chunks' words: pass chunk_texts, one per pooled vector.")
+        words = processor.encoder_tokenizer(chunk_texts, add_special_tokens=False, padding="longest",
+                                            return_tensors="pt")
+        question_words = processor.encoder_tokenizer(question, add_special_tokens=False, return_tensors="pt")
+        lexical = bm25_scores(words["input_ids"], words["attention_mask"], question_words["input_ids"][0])
+        return _standardized(dense) + _standardized(lexical)
 
     def _context_caches(self, context, context_cache, processor, progress: bool,
                         scoring: bool) -> list[ContextCache]:
@@ -486,6 +506,28 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
         return hidden[:, 0]
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def bm25_scores(chunk_ids: torch.Tensor, chunk_mask: torch.Tensor, query_ids: torch.Tensor,
+                k1: float = 1.2, b: float = 0.75) -> torch.Tensor:
+    """Okapi BM25 of each chunk for the query's distinct token ids, document frequencies counted over these
+    chunks: (n_chunks, L) ids and mask, (q,) ids -> (n_chunks,). Token ids rather than words keep the shipped
+    files free of any tokenizer or retrieval library beyond the encoder's own; rare subwords still single
+    out names, places and codes."""
+    terms = query_ids.unique()  # (t,)
+    hits = (chunk_ids.unsqueeze(-1) == terms) & chunk_mask.bool().unsqueeze(-1)  # (n_chunks, L, t)
+    counts = hits.sum(dim=1).float()  # (n_chunks, t)
+    lengths = chunk_mask.sum(dim=1, keepdim=True).float()  # (n_chunks, 1)
+    frequency = (counts > 0).sum(dim=0).float()  # (t,)
+    idf = torch.log((len(counts) - frequency + 0.5) / (frequency + 0.5) + 1)  # (t,)
+    saturation = counts * (k1 + 1) / (counts + k1 * (1 - b + b * lengths / lengths.mean().clamp(min=1)))
+    return (saturation * idf).sum(dim=1)
+
+
+def _standardized(scores: torch.Tensor) -> torch.Tensor:
+    """(n,) scores shifted and scaled to mean 0, deviation 1, so that a cosine and a BM25 sum weigh alike
+    (a constant, e.g. one chunk, becomes zeros)."""
+    return (scores - scores.mean()) / scores.std(correction=0).clamp(min=1e-6)
 
 
 def _encoder_from_config(encoder_config) -> PreTrainedModel:
