@@ -100,6 +100,15 @@ def test_fused_ranking_picks_the_chunk_holding_the_asked_name_where_the_dense_sc
     assert fused.argmax() == 8 and torch.allclose(dense, dense[0].expand(len(texts)))
 
 
+def test_a_question_of_several_sentences_scores_each_chunk_by_its_best_sentence(tiny_model, tiny_processor):
+    texts = [sentence.strip() for sentence in SENTENCES]
+    tokens = tiny_processor.encoder_tokenizer(texts, padding="longest", return_tensors="pt")
+    pooled = tiny_model.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True)
+    scores = tiny_model.chunk_scores(pooled, f"{texts[2]} {texts[9]}", tiny_processor, ranking="dense")
+    torch.testing.assert_close(scores[[2, 9]], torch.ones(2))
+    assert scores.topk(2).indices.sort().values.tolist() == [2, 9]
+
+
 def test_pooled_vectors_without_their_texts_are_refused_by_the_fused_ranking(tiny_model, tiny_processor):
     pooled = tiny_model.model.pool_chunks(*_chunk_inputs(tiny_processor), for_scoring=True)
     with pytest.raises(ValueError, match="pass chunk_texts"):
