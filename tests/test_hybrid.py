@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from evaluation.hybrid_ranking import needle_ranks, rank_summary
+from evaluation.hybrid_ranking import family_summaries, needle_ranks, rank_summary
 from evaluation.niah import needle_example
 from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.lora import lora_config
@@ -213,3 +213,11 @@ def _chunk_inputs(processor) -> tuple[torch.Tensor, torch.Tensor]:
 def test_rank_summary_counts_cells_whose_needles_are_all_within_k():
     summary = rank_summary([[0], [2], [0, 4], [9]], top_ks=(1, 3, 5))
     assert summary == {"all_needles_in_top_1": 0.25, "all_needles_in_top_3": 0.5, "all_needles_in_top_5": 0.75}
+
+
+def test_family_summaries_count_each_needle_family_apart(essay_text, tiny_processor):
+    examples = [needle_example("pool", 300, 50, [essay_text], tiny_processor.tokenizer, family=family)
+                for family in ("code", "code", "date")]
+    summary = family_summaries(examples, [[0], [6], [2]])
+    assert summary["code"]["all_needles_in_top_5"] == 0.5 and summary["date"]["all_needles_in_top_3"] == 1.0
+    assert sorted(summary) == ["code", "date"]
