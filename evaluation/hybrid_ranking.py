@@ -1,9 +1,11 @@
-"""Does hybrid recall's scoring find the needles? For every NIAH cell, the rank of each needle's chunk among
-all chunks by `E2LLMForCausalLM.chunk_scores`, for each model given, ranking with each encoder asked for
-(`--scoring`: the chunk encoder as training tuned it, or the frozen pretrained copy; default: the model's own
-`hybrid_scoring`). Compare the two on the demo checkpoint:
+"""Does hybrid recall's ranking find the needles? For every NIAH cell, the rank of each needle's chunk among
+all chunks by `E2LLMForCausalLM.chunk_scores`, for each model given, each encoder asked for (`--scoring`: the
+chunk encoder as training tuned it, or the frozen pretrained copy; default: the model's own `hybrid_scoring`)
+and each ranking method (`--ranking`: dense cosine alone, or fused with BM25; default: the model's own
+`hybrid_ranking`). Reported: recall@1/3/5/8, the share of cells whose needles' chunks are all within the top
+k, overall and per needle family (the pool variants). Compare the methods on the evaluation pool:
 
-    python -m evaluation.hybrid_ranking --model embedded --scoring tuned --scoring base --variant multi \\
+    python -m evaluation.hybrid_ranking --model embedded --ranking dense --ranking fused --variant pool \\
         --lengths 4000 8000 16000 32000 64000 --depths 0 25 50 75 100 --output runs/ranking.json
 
 No generation: the encoder alone, a few seconds per cell on a CPU.
@@ -19,26 +21,38 @@ from modeling_e2llm.loading import load_model
 
 from .niah import DEFAULT_HAYSTACK, VARIANTS, load_haystack_essays, needle_grid
 
+TOP_KS = (1, 3, 5, 8)
+
 
 @torch.no_grad()
-def needle_ranks(model, processor, example, scoring: str | None = None) -> list[int]:
+def needle_ranks(model, processor, example, scoring: str | None = None, ranking: str | None = None) -> list[int]:
     """0-based rank of each needle's chunk (the chunk holding the needle's first character) in hybrid recall's
-    ranking with the `scoring` encoder (default: the model's own)."""
+    ranking with the `scoring` encoder and the `ranking` method (default: the model's own)."""
     chunks = processor.encode_chunks([example.context])
+    spans = chunks["offsets"].tolist()
     pooled = model.model.pool_chunks(chunks["chunk_input_ids"].to(model.device),
                                      chunks["chunk_attention_mask"].to(model.device), for_scoring=True, scoring=scoring)
-    scores = model.chunk_scores(pooled, example.question, processor, scoring=scoring)
+    texts = [example.context[begin:end] for begin, end in spans]
+    scores = model.chunk_scores(pooled, example.question, processor, scoring=scoring, chunk_texts=texts,
+                                ranking=ranking)  # (n_chunks,)
     order = torch.argsort(scores, descending=True).tolist()
     ranks = []
     for start in example.meta["needle_starts"]:
-        chunk = next(i for i, (begin, end) in enumerate(chunks["offsets"].tolist()) if begin <= start < end)
+        chunk = next(i for i, (begin, end) in enumerate(spans) if begin <= start < end)
         ranks.append(order.index(chunk))
     return ranks
 
 
-def rank_summary(ranks: list[list[int]], top_ks: tuple[int, ...] = (1, 3, 5, 8)) -> dict:
+def rank_summary(ranks: list[list[int]], top_ks: tuple[int, ...] = TOP_KS) -> dict:
     """Share of cells whose needles are all within the top k, for each k."""
     return {f"all_needles_in_top_{k}": sum(max(r) < k for r in ranks) / len(ranks) for k in top_ks}
+
+
+def family_summaries(examples: list, ranks: list[list[int]]) -> dict:
+    """`rank_summary` of the cells of each needle family (the pool variant's; one "all" entry otherwise)."""
+    families = sorted({example.meta.get("family") or "all" for example in examples})
+    return {family: rank_summary([r for e, r in zip(examples, ranks) if (e.meta.get("family") or "all") == family])
+            for family in families}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="E2LLM checkpoint folder or Hub id, or 'embedded' for the embedded default; repeatable")
     parser.add_argument("--scoring", action="append", choices=("tuned", "base"),
                         help="encoder that ranks (config.hybrid_scoring); repeatable; default: the model's own")
+    parser.add_argument("--ranking", action="append", choices=("dense", "fused"),
+                        help="ranking method (config.hybrid_ranking); repeatable; default: the model's own")
     parser.add_argument("--variant", choices=VARIANTS[1:], default="number")
     parser.add_argument("--lengths", type=int, nargs="+", default=[4000, 8000, 16000, 32000])
     parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100])
@@ -63,11 +79,13 @@ def main(argv: list[str] | None = None) -> dict:
         model, processor, label = load_model(None if name == "embedded" else name)
         examples = needle_grid(args.variant, args.lengths, args.depths, essays, processor.tokenizer)
         for scoring in args.scoring or [model.config.hybrid_scoring]:
-            ranks = [needle_ranks(model, processor, example, scoring) for example in examples]
-            key = f"{name} ({scoring})"
-            results[key] = {"label": label, "scoring": scoring, **rank_summary(ranks),
-                            "cells": [{"id": e.id, "needle_ranks": r} for e, r in zip(examples, ranks)]}
-            print(key, json.dumps({k: v for k, v in results[key].items() if k != "cells"}))
+            for ranking in args.ranking or [model.config.hybrid_ranking]:
+                ranks = [needle_ranks(model, processor, example, scoring, ranking) for example in examples]
+                key = f"{name} ({scoring}, {ranking})"
+                results[key] = {"label": label, "scoring": scoring, "ranking": ranking, **rank_summary(ranks),
+                                "per_family": family_summaries(examples, ranks),
+                                "cells": [{"id": e.id, "needle_ranks": r} for e, r in zip(examples, ranks)]}
+                print(key, json.dumps({k: v for k, v in results[key].items() if k != "cells"}), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"variant": args.variant, "models": results}, indent=1) + "\n")
     return results

@@ -8,6 +8,7 @@ from transformers import AutoConfig, PreTrainedConfig
 
 POOLING_MODES = ("mean", "cls")
 HYBRID_SCORING = ("tuned", "base")
+HYBRID_RANKINGS = ("dense", "fused")
 
 
 class E2LLMConfig(PreTrainedConfig):
@@ -29,6 +30,11 @@ class E2LLMConfig(PreTrainedConfig):
             `"base"`: a frozen copy of the pretrained encoder (`model.scoring_encoder`), because LoRA tuned
             for chunk tokens can make the encoder a worse retriever. Composing a new E2LLM picks `"base"`;
             a model holding the copy can switch between the two at any time.
+        hybrid_ranking: how hybrid recall scores a chunk against the question. `"dense"`: cosine of the two
+            pooled encoder vectors alone, in which one short sentence is diluted by the rest of its chunk.
+            `"fused"` (default; also for checkpoints saved before this setting existed): that cosine plus
+            BM25 over the encoder tokenizer's ids, each standardized over the context's chunks, so that a
+            chunk holding the question's rare words (a name, a place) wins even when the rest of it is off topic.
     """
 
     model_type = "e2llm"
@@ -52,6 +58,7 @@ class E2LLMConfig(PreTrainedConfig):
     encoder_lora_modules: list[str] | None = None
     decoder_lora_modules: list[str] | None = None
     hybrid_scoring: Literal["tuned", "base"] = "tuned"
+    hybrid_ranking: Literal["dense", "fused"] = "fused"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -76,6 +83,8 @@ class E2LLMConfig(PreTrainedConfig):
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")
         if self.hybrid_scoring not in HYBRID_SCORING:
             raise ValueError(f"hybrid_scoring must be one of {HYBRID_SCORING}, got {self.hybrid_scoring!r}.")
+        if self.hybrid_ranking not in HYBRID_RANKINGS:
+            raise ValueError(f"hybrid_ranking must be one of {HYBRID_RANKINGS}, got {self.hybrid_ranking!r}.")
         if not 1 <= self.adapter_num_layers <= 3:
             raise ValueError(f"adapter_num_layers must be 1, 2 or 3, got {self.adapter_num_layers}.")
         if self.encoder_batch_size < 1:

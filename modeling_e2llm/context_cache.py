@@ -67,6 +67,11 @@ class ContextCache:
     def num_chunks(self) -> int:
         return self.chunk_features.shape[0]
 
+    @property
+    def chunk_texts(self) -> list[str]:
+        """The text of every chunk, in order (hybrid recall's lexical score reads them)."""
+        return [self.text[start:end] for start, end in self.offsets.tolist()]
+
     def save(self, path: str | Path) -> None:
         tensors = {"chunk_features": self.chunk_features, "pooled": self.pooled, "offsets": self.offsets,
                    "text_utf8": torch.frombuffer(bytearray(self.text.encode("utf-8")), dtype=torch.uint8)}

@@ -213,3 +213,128 @@ def magic_number_record(key: str, numbers: list[str], background: str, length: i
     sentences = [needle.sentence.format(key=key, number=number) for number in numbers]
     return {"context": hide_in_haystack(sentences, background, length, rng),
             "question": needle.question.format(key=key), "answer": ", ".join(numbers)}
+
+
+# --- varied needles: template pools ---------------------------------------------------------------------
+# One phrasing lets a model (and a ranking) learn the phrasing instead of the task: these pools hold needles
+# of several families, each with a question that paraphrases rather than repeats its sentence. Per family, one
+# evaluation question keeps the needle's proper name or rare noun (as a user who knows what to ask would),
+# the other replaces every content word by a synonym ("luthier" for "violin maker"): what a word-matching
+# ranking cannot find. Evaluation draws only from EVALUATION_NEEDLES and training only from TRAINING_NEEDLES,
+# which share no template.
+class NeedleTemplate(NamedTuple):
+    """A needle sentence holding one `{item}` of its `family`, and a question that asks for that item."""
+
+    family: str
+    sentence: str
+    question: str
+
+
+FIRST_NAMES = ("Marta", "Oskar", "Ines", "Tobias", "Leila", "Anders", "Priya", "Matteo", "Yara", "Henrik",
+               "Sofia", "Casimir", "Noor", "Emil", "Aurelia", "Dmitri")
+LAST_NAMES = ("Kowalczyk", "Lindqvist", "Okonkwo", "Ferreira", "Halvorsen", "Castellano", "Nakamura", "Brennan",
+              "Dubois", "Vasquez", "Albrecht", "Moreau", "Szabo", "Whitfield", "Rahimi", "Ostrowski")
+PLACES = ("Valparaiso", "Tromso", "Samarkand", "Ouagadougou", "Reykjavik", "Cartagena", "Trieste", "Hobart",
+          "Kraków", "Mombasa", "Galway", "Ushuaia", "Tbilisi", "Ljubljana", "Antigua", "Windhoek")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+
+
+def _number_item(rng: random.Random) -> str:
+    return magic_numbers(rng, 1)[0]
+
+
+def _name_item(rng: random.Random) -> str:
+    return f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}"
+
+
+def _date_item(rng: random.Random) -> str:
+    # Day first, no comma: several items are answered as one comma-separated list.
+    return f"{rng.randint(1, 28)} {rng.choice(MONTHS)} {rng.randint(1850, 2019)}"
+
+
+def _place_item(rng: random.Random) -> str:
+    return rng.choice(PLACES)
+
+
+def _code_item(rng: random.Random) -> str:
+    letters = "".join(rng.choice("ABCDEFGHJKLMNPRSTUVWXZ") for _ in range(2))
+    return f"{letters}-{rng.randint(1000, 9999)}"
+
+
+ITEM_DRAWS: dict[str, Callable[[random.Random], str]] = {
+    "number": _number_item, "name": _name_item, "date": _date_item, "place": _place_item, "code": _code_item}
+NEEDLE_FAMILIES = tuple(ITEM_DRAWS)
+
+EVALUATION_NEEDLES = (
+    NeedleTemplate("number", "The combination of the safe in the old harbour office is {item}.",
+                   "Which digits open the strongbox at the port office?"),
+    NeedleTemplate("number", "Ticket {item} won the raffle at the county fair.",
+                   "What was the winning raffle ticket at the county fair?"),
+    NeedleTemplate("name", "The lighthouse on Gull Rock was kept for forty years by {item}.",
+                   "Who was the keeper of the Gull Rock lighthouse?"),
+    NeedleTemplate("name", "{item} was the architect who drew the plans of the glass library.",
+                   "Who designed the building of glass where the books are kept?"),
+    NeedleTemplate("date", "The bridge over the Marrow river opened to traffic on {item}.",
+                   "When did the Marrow river bridge open?"),
+    NeedleTemplate("date", "The founders signed the charter of the rowing club on {item}.",
+                   "On what day was the boating society founded?"),
+    NeedleTemplate("place", "The chess players held their secret meeting in {item}.",
+                   "In which city did the chess players meet in secret?"),
+    NeedleTemplate("place", "In his last years the violin maker moved his workshop to {item}.",
+                   "Where did the luthier spend his final working days?"),
+    NeedleTemplate("code", "To enter the server room, type {item} on the keypad by the door.",
+                   "What code unlocks the server room?"),
+    NeedleTemplate("code", "The parcel was shipped with the tracking reference {item}.",
+                   "What number lets one follow the package in the mail?"),
+)
+TRAINING_NEEDLES = (
+    NeedleTemplate("number", "The locker at the swimming pool opens with the number {item}.",
+                   "Which number opens the pool locker?"),
+    NeedleTemplate("number", "The museum counted {item} visitors in its first year.",
+                   "How many people came to the museum in its first year?"),
+    NeedleTemplate("name", "The captain of the ship on its final voyage was {item}.",
+                   "Who commanded the ship on its last voyage?"),
+    NeedleTemplate("name", "The prize for the best apple pie went to {item}.",
+                   "Who won the apple pie contest?"),
+    NeedleTemplate("date", "The observatory first recorded the comet on {item}.",
+                   "When was the comet seen from the observatory?"),
+    NeedleTemplate("date", "The old water mill burned down on {item}.",
+                   "On which date did the mill burn?"),
+    NeedleTemplate("place", "The stolen painting was finally found in {item}.",
+                   "Where was the missing painting recovered?"),
+    NeedleTemplate("place", "The orchestra ended its winter tour in {item}.",
+                   "In what city did the orchestra finish touring that winter?"),
+    NeedleTemplate("code", "The backup drive is labelled with the serial {item}.",
+                   "What serial is written on the backup disk?"),
+    NeedleTemplate("code", "Flight {item} leaves for the island at dawn.",
+                   "Which flight goes to the island early in the morning?"),
+)
+NEEDLE_POOLS = {"evaluation": EVALUATION_NEEDLES, "training": TRAINING_NEEDLES}
+MULTI_NEEDLE_QUESTION = "Answer these three questions. {questions}"  # three needles asked at once
+
+
+def pool_needles(pool: str, rng: random.Random, count: int = 1,
+                 family: str | None = None) -> list[tuple[NeedleTemplate, str]]:
+    """`count` (template, item) pairs of the `pool` ("evaluation" or "training"): of `family` if given, else
+    of `count` different families."""
+    if pool not in NEEDLE_POOLS:
+        raise ValueError(f"Unknown needle pool {pool!r}; choose one of {sorted(NEEDLE_POOLS)}.")
+    families = [family] * count if family is not None else rng.sample(NEEDLE_FAMILIES, count)
+    templates = [rng.choice([t for t in NEEDLE_POOLS[pool] if t.family == name]) for name in families]
+    return [(template, ITEM_DRAWS[template.family](rng)) for template in templates]
+
+
+def pool_question(needles: list[tuple[NeedleTemplate, str]]) -> str:
+    """The question asking for every needle's item: its own for one needle, all of them at once for several."""
+    questions = " ".join(template.question for template, _ in needles)
+    return questions if len(needles) == 1 else MULTI_NEEDLE_QUESTION.format(questions=questions)
+
+
+def pool_needle_record(needles: list[tuple[NeedleTemplate, str]], background: str, length: int,
+                       rng: random.Random) -> dict:
+    """{context, question, answer}: the needles (`pool_needles`) hidden in about `length` characters of
+    `background`, all asked for at once; the answer lists their items in the order asked."""
+    sentences = [template.sentence.format(item=item) for template, item in needles]
+    return {"context": hide_in_haystack(sentences, background, length, rng), "question": pool_question(needles),
+            "answer": ", ".join(item for _, item in needles)}

@@ -9,6 +9,7 @@ import copy
 import inspect
 import json
 import os
+import re
 
 import torch
 from safetensors import SafetensorError
@@ -18,10 +19,14 @@ from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, Genera
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging as transformers_logging
 
-from .configuration_e2llm import E2LLMConfig, check_source
+from .configuration_e2llm import HYBRID_RANKINGS, E2LLMConfig, check_source
 from .context_cache import ContextCache, as_caches, text_fingerprint, weights_fingerprint
 from .processing_e2llm import E2LLMProcessor, _as_list, _broadcast, add_chunk_token
 
+# The fused ranking's weight of the standardized BM25 score against the standardized cosine. On NIAH grids of
+# needles asked in other words (evaluation/results/hybrid-ranking) 0.2 put the most needles' chunks in the top 5:
+# a larger weight lets common words of a synonym question ("number", "day") pull in chunks that merely use them.
+LEXICAL_WEIGHT = 0.2
 _HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
 # transformers 5.24 renamed the decoder's key/value cache argument and output field from `past_key_values` to
 # `cache` and warns on the old name; earlier 5.x releases know only the old one. The model accepts either name
@@ -359,18 +364,38 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def chunk_scores(self, chunks: ContextCache | torch.Tensor, question: str, processor: E2LLMProcessor | None = None,
-                     scoring: str | None = None) -> torch.Tensor:
+                     scoring: str | None = None, chunk_texts: list[str] | None = None,
+                     ranking: str | None = None) -> torch.Tensor:
         """Hybrid recall's ranking, the one used by generation, the RAG baseline, training's hybrid samples and
-        the ranking report: (n_chunks,) cosine similarity between the question's pooled vector and each chunk's
-        (a cache's `pooled`, or pooled vectors (n_chunks, enc_hidden)), both from the ranking encoder
-        (`scoring`, default `config.hybrid_scoring`). A question longer than a chunk may be is cut to fit."""
+        the ranking report: (n_chunks,) score of each chunk for `question`, higher is better.
+
+        `chunks`: a cache, or pooled vectors (n_chunks, enc_hidden) of the ranking encoder (`scoring`, default
+        `config.hybrid_scoring`) with the chunks' texts `chunk_texts`. `ranking` (default `config.hybrid_ranking`):
+        "dense", the cosine between the question's pooled vector and each chunk's; "fused", that cosine plus
+        BM25 over encoder token ids, each standardized over the chunks. A question of several sentences (three
+        things asked at once) scores each chunk by its best sentence: one vector of all of them matches none of
+        the chunks that answer them. A sentence longer than a chunk may be is cut to fit the encoder."""
         processor = self._processor_for(processor)
-        pooled = chunks.pooled if isinstance(chunks, ContextCache) else chunks
-        tokens = processor.encoder_tokenizer([question], truncation=True, max_length=processor.max_chunk_tokens,
-                                             return_tensors="pt").to(self.device)
-        query = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True,
-                                       scoring=scoring)  # (1, enc_hidden)
-        return torch.nn.functional.cosine_similarity(pooled.to(query.device), query, dim=-1).cpu()
+        ranking = self.config.hybrid_ranking if ranking is None else ranking
+        if ranking not in HYBRID_RANKINGS:
+            raise ValueError(f"ranking must be one of {HYBRID_RANKINGS}, got {ranking!r}.")
+        if isinstance(chunks, ContextCache):
+            pooled, chunk_texts = chunks.pooled, chunks.chunk_texts
+        else:
+            pooled = chunks
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", question.strip()) if s] or [question]
+        tokens = processor.encoder_tokenizer(sentences, truncation=True, max_length=processor.max_chunk_tokens,
+                                             padding="longest", return_tensors="pt").to(self.device)
+        queries = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True,
+                                         scoring=scoring)  # (n_sentences, enc_hidden)
+        dense = torch.nn.functional.cosine_similarity(pooled.to(queries.device).unsqueeze(1), queries.unsqueeze(0),
+                                                      dim=-1).cpu()  # (n_chunks, n_sentences)
+        if ranking == "dense":
+            return dense.max(dim=1).values
+        if chunk_texts is None or len(chunk_texts) != len(dense):
+            raise ValueError("The fused ranking reads the chunks' words: pass chunk_texts, one per pooled vector.")
+        lexical = _lexical_scores(processor.encoder_tokenizer, chunk_texts, sentences)  # (n_chunks, n_sentences)
+        return (_standardized(dense) + LEXICAL_WEIGHT * _standardized(lexical)).max(dim=1).values
 
     def _context_caches(self, context, context_cache, processor, progress: bool, rank: bool,
                         chunks: list[dict] | None = None) -> list[ContextCache]:
@@ -521,6 +546,37 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
         return hidden[:, 0]
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def bm25_scores(chunk_ids: torch.Tensor, chunk_mask: torch.Tensor, query_ids: torch.Tensor,
+                k1: float = 1.2, b: float = 0.75) -> torch.Tensor:
+    """Okapi BM25 of each chunk for the query's distinct token ids, document frequencies counted over these
+    chunks: (n_chunks, L) ids and mask, (q,) ids -> (n_chunks,). Token ids rather than words keep the shipped
+    files free of any tokenizer or retrieval library beyond the encoder's own; rare subwords still single
+    out names, places and codes."""
+    terms = query_ids.unique()  # (t,)
+    hits = (chunk_ids.unsqueeze(-1) == terms) & chunk_mask.bool().unsqueeze(-1)  # (n_chunks, L, t)
+    counts = hits.sum(dim=1).float()  # (n_chunks, t)
+    lengths = chunk_mask.sum(dim=1, keepdim=True).float()  # (n_chunks, 1)
+    frequency = (counts > 0).sum(dim=0).float()  # (t,)
+    idf = torch.log((len(counts) - frequency + 0.5) / (frequency + 0.5) + 1)  # (t,)
+    saturation = counts * (k1 + 1) / (counts + k1 * (1 - b + b * lengths / lengths.mean().clamp(min=1)))
+    return (saturation * idf).sum(dim=1)
+
+
+def _lexical_scores(tokenizer, chunk_texts: list[str], sentences: list[str]) -> torch.Tensor:
+    """BM25 of every chunk for every question sentence, over the encoder tokenizer's ids (no special tokens):
+    (n_chunks, n_sentences)."""
+    words = tokenizer(chunk_texts, add_special_tokens=False, padding="longest", return_tensors="pt")
+    queries = tokenizer(sentences, add_special_tokens=False)["input_ids"]
+    return torch.stack([bm25_scores(words["input_ids"], words["attention_mask"], torch.tensor(ids, dtype=torch.long))
+                        for ids in queries], dim=1)
+
+
+def _standardized(scores: torch.Tensor) -> torch.Tensor:
+    """(n_chunks, ...) scores shifted and scaled to mean 0, deviation 1 over the chunks, so that a cosine and
+    a BM25 sum weigh alike (a constant, e.g. one chunk, becomes zeros)."""
+    return (scores - scores.mean(dim=0)) / scores.std(dim=0, correction=0).clamp(min=1e-6)
 
 
 def _encoder_from_config(encoder_config) -> PreTrainedModel:

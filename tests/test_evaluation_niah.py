@@ -8,7 +8,9 @@ import pytest
 from evaluation.data import Example
 from evaluation.niah import (draw_heatmap, haystack_prefix, hide_example_in_haystack, load_haystack_essays,
                              needle_example, needle_grid, save_heatmap)
-from modeling_e2llm.haystacks import CLASSIC_NEEDLE, insert_at_depths, sentence_starts
+from evaluation.niah import grid_results
+from modeling_e2llm.haystacks import (CLASSIC_NEEDLE, EVALUATION_NEEDLES, NEEDLE_FAMILIES, TRAINING_NEEDLES,
+                                      insert_at_depths, sentence_starts)
 
 SENTENCE_BOUNDARY = re.compile(r"([.!?][\"'\u201d\u2019)\]]*\s+|\n\s*)$")
 
@@ -73,6 +75,46 @@ def test_grid_cell_holds_its_needles_at_the_depth_in_a_context_of_the_length(ess
     assert abs(example.meta["needle_starts"][0] / len(example.context) - 0.5) < 0.02
     if variant != "sentence":
         assert all(re.fullmatch(r"\d{7}", fact) for fact in example.meta["key_facts"])
+
+
+def test_pool_cell_hides_an_evaluation_template_of_its_family_and_asks_in_other_words(essays, tiny_processor):
+    example = needle_example("pool", 2000, 50, essays, tiny_processor.tokenizer, family="place")
+    [item] = example.meta["key_facts"]
+    [template] = [t for t in EVALUATION_NEEDLES if t.sentence.format(item=item) == example.answer]
+    assert template.family == "place" and example.question == template.question
+    assert example.context[example.meta["needle_starts"][0]:].startswith(example.answer)
+    assert item not in example.question
+
+
+def test_pool_multi_cell_asks_for_three_needles_of_different_families_at_once(essays, tiny_processor):
+    example = needle_example("pool-multi", 2000, 10, essays, tiny_processor.tokenizer)
+    templates = [t for sentence in example.answers for t in EVALUATION_NEEDLES
+                 if any(sentence == t.sentence.format(item=item) for item in example.meta["key_facts"])]
+    assert len({t.family for t in templates}) == 3
+    assert all(t.question in example.question for t in templates)
+    assert example.meta["needle_depths"] == [10, 40, 70]
+
+
+def test_pool_grid_repeats_the_grid_for_every_needle_family(essays, tiny_processor):
+    grid = needle_grid("pool", [300], [0, 100], essays, tiny_processor.tokenizer)
+    assert [e.meta["family"] for e in grid] == [family for family in NEEDLE_FAMILIES for _ in (0, 100)]
+    assert len({e.id for e in grid}) == 2 * len(NEEDLE_FAMILIES)
+
+
+def test_results_give_the_mean_needle_recall_of_each_family(essays, tiny_processor):
+    grid = needle_grid("pool", [300], [0, 100], essays, tiny_processor.tokenizer)
+    records = {e.id: {"scores": {"needle_recall": float(e.meta["family"] == "code" or e.meta["depth"] == 0)}}
+               for e in grid}
+    results = grid_results(grid, records, {})
+    assert results["per_family"] == {family: 1.0 if family == "code" else 0.5 for family in NEEDLE_FAMILIES}
+    assert results["mean_score"] == pytest.approx(0.6)
+
+
+def test_evaluation_and_training_pools_share_no_sentence_or_question():
+    assert len({t.family for t in EVALUATION_NEEDLES}) >= 4
+    assert {t.family for t in TRAINING_NEEDLES} == {t.family for t in EVALUATION_NEEDLES}
+    assert not {t.sentence for t in EVALUATION_NEEDLES} & {t.sentence for t in TRAINING_NEEDLES}
+    assert not {t.question for t in EVALUATION_NEEDLES} & {t.question for t in TRAINING_NEEDLES}
 
 
 def test_multi_needles_spread_evenly_after_the_depth(essays, tiny_processor):

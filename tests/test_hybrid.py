@@ -1,14 +1,16 @@
 """Hybrid recall: chunk tokens of the whole text plus the raw text of the chunks most similar to the question."""
 
+import json
 from dataclasses import replace
 
 import pytest
 import torch
 
-from evaluation.hybrid_ranking import needle_ranks, rank_summary
+from evaluation.hybrid_ranking import family_summaries, needle_ranks, rank_summary
 from evaluation.niah import needle_example
-from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.lora import lora_config
+from modeling_e2llm.modeling_e2llm import bm25_scores
 
 SENTENCES = [f"Paragraph {i} talks about topic number {i} in some detail. " for i in range(12)]
 TEXT = "".join(SENTENCES)
@@ -77,6 +79,48 @@ def test_hybrid_settings_are_saved_with_the_processor(tiny_paths, tmp_path):
     loaded = E2LLMProcessor.from_pretrained(tmp_path)
     assert (loaded.hybrid_top_k, loaded.hybrid_token_budget) == (4, 512)
 
+
+
+def test_bm25_puts_the_chunk_with_the_rare_query_token_first_and_ignores_tokens_every_chunk_has():
+    chunks = torch.tensor([[5, 6, 7, 0], [5, 8, 7, 9], [5, 6, 6, 0]])  # token 5 in every chunk, 8 in one
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 0]])
+    scores = bm25_scores(chunks, mask, torch.tensor([5, 8]))
+    assert scores.argmax() == 1 and scores[0] == scores[2]
+    assert bm25_scores(chunks, mask, torch.tensor([5])).max() < scores[1] / 5
+
+
+def test_fused_ranking_picks_the_chunk_holding_the_asked_name_where_the_dense_score_cannot_tell(tiny_model,
+                                                                                              tiny_processor):
+    texts = [sentence for sentence in SENTENCES]
+    texts[8] = "The lighthouse keeper was Casimir Lindqvist. " + texts[8]
+    pooled = torch.ones(len(texts), tiny_model.config.encoder_config.hidden_size)  # every chunk alike to the cosine
+    question = "Who was Casimir Lindqvist?"
+    fused = tiny_model.chunk_scores(pooled, question, tiny_processor, chunk_texts=texts, ranking="fused")
+    dense = tiny_model.chunk_scores(pooled, question, tiny_processor, ranking="dense")
+    assert fused.argmax() == 8 and torch.allclose(dense, dense[0].expand(len(texts)))
+
+
+def test_a_question_of_several_sentences_scores_each_chunk_by_its_best_sentence(tiny_model, tiny_processor):
+    texts = [sentence.strip() for sentence in SENTENCES]
+    tokens = tiny_processor.encoder_tokenizer(texts, padding="longest", return_tensors="pt")
+    pooled = tiny_model.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True)
+    scores = tiny_model.chunk_scores(pooled, f"{texts[2]} {texts[9]}", tiny_processor, ranking="dense")
+    torch.testing.assert_close(scores[[2, 9]], torch.ones(2))
+    assert scores.topk(2).indices.sort().values.tolist() == [2, 9]
+
+
+def test_pooled_vectors_without_their_texts_are_refused_by_the_fused_ranking(tiny_model, tiny_processor):
+    pooled = tiny_model.model.pool_chunks(*_chunk_inputs(tiny_processor), for_scoring=True)
+    with pytest.raises(ValueError, match="pass chunk_texts"):
+        tiny_model.chunk_scores(pooled, "topic 4", tiny_processor, ranking="fused")
+
+
+def test_a_checkpoint_saved_before_hybrid_ranking_existed_loads_with_the_fused_ranking(tiny_model, tmp_path):
+    tiny_model.config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["hybrid_ranking"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert E2LLMConfig.from_pretrained(tmp_path).hybrid_ranking == "fused"
 
 
 def _tune_chunk_encoder(model) -> None:
@@ -155,8 +199,9 @@ def test_ranking_with_another_encoder_is_an_argument_not_a_change_to_the_model(t
     cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
     tuned = tiny_model.model.pool_chunks(*_chunk_inputs(tiny_processor), for_scoring=True, scoring="tuned")
     torch.testing.assert_close(tiny_model.model.adapter(tuned), cache.chunk_features)  # the chunk encoder's vectors
-    assert not torch.allclose(tiny_model.chunk_scores(tuned, "topic 4", tiny_processor, scoring="tuned"),
-                              tiny_model.chunk_scores(cache, "topic 4", tiny_processor), atol=1e-3)
+    tuned_scores = tiny_model.chunk_scores(tuned, "topic 4", tiny_processor, scoring="tuned",
+                                           chunk_texts=cache.chunk_texts)
+    assert not torch.allclose(tuned_scores, tiny_model.chunk_scores(cache, "topic 4", tiny_processor), atol=1e-3)
     assert tiny_model.config.hybrid_scoring == "base"
 
 
@@ -168,3 +213,11 @@ def _chunk_inputs(processor) -> tuple[torch.Tensor, torch.Tensor]:
 def test_rank_summary_counts_cells_whose_needles_are_all_within_k():
     summary = rank_summary([[0], [2], [0, 4], [9]], top_ks=(1, 3, 5))
     assert summary == {"all_needles_in_top_1": 0.25, "all_needles_in_top_3": 0.5, "all_needles_in_top_5": 0.75}
+
+
+def test_family_summaries_count_each_needle_family_apart(essay_text, tiny_processor):
+    examples = [needle_example("pool", 300, 50, [essay_text], tiny_processor.tokenizer, family=family)
+                for family in ("code", "code", "date")]
+    summary = family_summaries(examples, [[0], [6], [2]])
+    assert summary["code"]["all_needles_in_top_5"] == 0.5 and summary["date"]["all_needles_in_top_3"] == 1.0
+    assert sorted(summary) == ["code", "date"]

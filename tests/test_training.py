@@ -18,7 +18,8 @@ from training.config import TrainConfig
 from training.dataset import mix_tasks, reasoning_dataset, understanding_dataset
 from training.samples import IGNORE_INDEX, TASKS, ContextTooLongError, E2LLMCollator, build_sample, \
     understanding_samples
-from training.sources import babi_haystack, load_records, magic_number_haystack
+from modeling_e2llm.haystacks import EVALUATION_NEEDLES, TRAINING_NEEDLES
+from training.sources import babi_haystack, load_records, magic_number_haystack, pool_needle_haystack
 from training.train import build_trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,6 +228,16 @@ def test_several_magic_numbers_are_answered_as_a_list_in_text_order():
         positions = [record["context"].index(n) for n in numbers]
         assert positions == sorted(positions)
         assert "List all of them" in record["question"]
+
+
+def test_pool_needles_come_from_the_training_pool_and_every_item_asked_is_answered():
+    essays = {"path": str(DATA / "pg_essays" / "essays.jsonl")}
+    for record in pool_needle_haystack(essays, haystack_chars=[2000, 3000], count=8, seed=5, needles=[1, 3]):
+        items = record["answer"].split(", ")
+        asked = [t for t in TRAINING_NEEDLES if t.question in record["question"]]
+        assert 1 <= len(items) <= 3 and len(asked) == len(items)
+        assert all(any(t.sentence.format(item=item) in record["context"] for t in asked) for item in items)
+        assert not any(t.question in record["question"] for t in EVALUATION_NEEDLES)
 
 
 def test_mix_holds_the_configured_share_of_understanding_rows():

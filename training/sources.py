@@ -4,7 +4,8 @@ A record is a dict with `id`, `context`, `question`, `answer` (the format of the
 folder). A source spec (one entry of a config's `data` lists) says where records come from:
 
     {path: file.jsonl | saved datasets folder, where: {field: [values]}, holdout: {...}, limit: N}
-    {builder: babi_haystack | squad_haystack | magic_number_haystack, ...options, haystack: <source spec>}
+    {builder: babi_haystack | squad_haystack | magic_number_haystack | pool_needle_haystack, ...options,
+     haystack: <source spec>}
 
 `holdout: {by: [fields], percent: P, side: train|dev}` splits records by a stable hash of the named
 fields (dotted names read `meta`), so the same spec gives the same development split everywhere.
@@ -18,7 +19,7 @@ from pathlib import Path
 import datasets
 
 from modeling_e2llm.haystacks import NEEDLE_KEYS, background_text, context_lines, distinct_contexts, \
-    hide_in_haystack, magic_number_record, magic_numbers, select_records
+    hide_in_haystack, magic_number_record, magic_numbers, pool_needle_record, pool_needles, select_records
 
 REQUIRED_FIELDS = ("context", "question", "answer")
 SELECT_KEYS = ("path", "where", "holdout", "limit")  # what a file source (or a builder's **select) takes
@@ -121,8 +122,23 @@ def magic_number_haystack(haystack: dict, haystack_chars: list[int], count: int,
     return records
 
 
+def pool_needle_haystack(haystack: dict, haystack_chars: list[int], count: int, seed: int = 0,
+                         needles: tuple[int, int] = (1, 1)) -> list[dict]:
+    """Varied needles: `count` records of needles drawn from the training pool (numbers, names, dates, places,
+    codes in several phrasings, asked for in other words), never from the evaluation pool NIAH measures with.
+    A record holds between `needles` (min, max) needles of different families, all asked for at once."""
+    rng = random.Random(seed)
+    background = haystack_text(haystack, seed)
+    records = []
+    for i in range(count):
+        drawn = pool_needles("training", rng, rng.randint(*needles))
+        records.append({"id": f"pool_needle_{seed}_{i}",
+                        **pool_needle_record(drawn, background, rng.randint(*haystack_chars), rng)})
+    return records
+
+
 BUILDERS = {"babi_haystack": babi_haystack, "squad_haystack": squad_haystack,
-            "magic_number_haystack": magic_number_haystack}
+            "magic_number_haystack": magic_number_haystack, "pool_needle_haystack": pool_needle_haystack}
 
 
 def source_keys(spec: dict, where: str) -> set[str]:
