@@ -9,7 +9,6 @@ import copy
 import inspect
 import json
 import os
-import re
 
 import torch
 from safetensors import SafetensorError
@@ -19,9 +18,9 @@ from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, Genera
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging as transformers_logging
 
-from .configuration_e2llm import HYBRID_RANKINGS, E2LLMConfig, check_source
+from .configuration_e2llm import HYBRID_RANKINGS, HYBRID_SCORING, E2LLMConfig, check_source
 from .context_cache import ContextCache, as_caches, text_fingerprint, weights_fingerprint
-from .processing_e2llm import E2LLMProcessor, _as_list, _broadcast, add_chunk_token
+from .processing_e2llm import E2LLMProcessor, _as_list, _broadcast, add_chunk_token, split_sentences
 
 # The fused ranking's weight of the standardized BM25 score against the standardized cosine. On NIAH grids of
 # needles asked in other words (evaluation/results/hybrid-ranking) 0.2 put the most needles' chunks in the top 5:
@@ -112,8 +111,8 @@ class E2LLMModel(E2LLMPreTrainedModel):
         """The encoder hybrid recall ranks chunks with (`scoring`, default `config.hybrid_scoring`): the frozen
         pretrained copy for "base", the chunk encoder itself for "tuned"."""
         scoring = self.config.hybrid_scoring if scoring is None else scoring
-        if scoring not in ("tuned", "base"):
-            raise ValueError(f'scoring must be "tuned" or "base", got {scoring!r}.')
+        if scoring not in HYBRID_SCORING:
+            raise ValueError(f"scoring must be one of {HYBRID_SCORING}, got {scoring!r}.")
         if scoring == "tuned":
             return self.encoder
         if self.scoring_encoder is None:
@@ -383,7 +382,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             pooled, chunk_texts = chunks.pooled, chunks.chunk_texts
         else:
             pooled = chunks
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+", question.strip()) if s] or [question]
+        sentences = split_sentences(question) or [question]
         tokens = processor.encoder_tokenizer(sentences, truncation=True, max_length=processor.max_chunk_tokens,
                                              padding="longest", return_tensors="pt").to(self.device)
         queries = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True,

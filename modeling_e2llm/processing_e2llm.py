@@ -55,6 +55,13 @@ def _last_match_end(pattern: re.Pattern, text: str, start: int, end: int) -> int
     return best
 
 
+def split_sentences(text: str) -> list[str]:
+    """`text` cut after each sentence end or line break (the chunker's rule), stripped, empty pieces dropped."""
+    ends = [match.end() for match in _SENTENCE_OR_LINE_END.finditer(text)]
+    pieces = (text[start:end].strip() for start, end in zip([0] + ends, ends + [len(text)]))
+    return [piece for piece in pieces if piece]
+
+
 def split_into_chunks(text: str, chunk_size: int, overlap_chars: int = 0) -> list[tuple[int, int]]:
     """Character spans `(start, end)` of consecutive chunks of at most `chunk_size` characters.
 
@@ -416,4 +423,4 @@ def pad_sequences(rows: list[list[int]], value: int, side: str = "right") -> tor
 
 E2LLMProcessor.register_for_auto_class()
 
-__all__ = ["E2LLMProcessor", "split_into_chunks", "add_chunk_token", "pad_sequences"]
+__all__ = ["E2LLMProcessor", "split_into_chunks", "split_sentences", "add_chunk_token", "pad_sequences"]

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeling_e2llm import split_into_chunks
+from modeling_e2llm.processing_e2llm import split_sentences
 
 texts = st.text(alphabet=st.sampled_from(list("ab xyz.!?\n。！？42")), min_size=1, max_size=600)
 sizes = st.integers(min_value=1, max_value=80)
@@ -69,3 +70,8 @@ def test_falls_back_to_white_space_then_hard_cut():
 def test_invalid_sizes_are_refused_with_the_reason(size, overlap, word):
     with pytest.raises(ValueError, match=word):
         split_into_chunks("text", size, overlap)
+
+
+def test_sentences_split_where_the_chunker_cuts():
+    assert split_sentences("Who won? Where was it.\nWhen 3.14 hit e.g. zero。然后") == [
+        "Who won?", "Where was it.", "When 3.14 hit e.g. zero。", "然后"]
