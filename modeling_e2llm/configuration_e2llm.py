@@ -19,6 +19,11 @@ class E2LLMConfig(PreTrainedConfig):
         text_config: config of the decoder-only LLM.
         chunk_token_id: decoder vocabulary id of the placeholder that each chunk vector replaces.
         pooling: how an encoded chunk becomes one vector, `"mean"` over tokens or the `"cls"` token.
+        encoder_tokens_per_chunk_token: the compression knob. None (default, the paper's): one chunk token per
+            chunk. An integer k: a chunk of n encoder tokens becomes ceil(n / k) chunk tokens, each the mean of k
+            consecutive token states (the last one shorter), so the decoder can read detail that one vector per
+            ~128-token chunk averages away (working systems use 4-32), at k/128-ish times more decoder tokens.
+            Needs `pooling="mean"`; the processor must hold the same value (it writes the placeholders).
         adapter_num_layers: Linear layers in the adapter (1-3), GELU between them.
         adapter_hidden_size: width of the adapter's hidden layers (default: the decoder's hidden size).
         encoder_batch_size: chunks per encoder forward; bounds encoding memory for any context length
@@ -48,6 +53,7 @@ class E2LLMConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     chunk_token_id: int = 0
     pooling: Literal["mean", "cls"] = "mean"
+    encoder_tokens_per_chunk_token: int | None = None
     adapter_num_layers: int = 2
     adapter_hidden_size: int | None = None
     encoder_batch_size: int = 8
@@ -81,6 +87,11 @@ class E2LLMConfig(PreTrainedConfig):
         self.tie_word_embeddings = self.tie_word_embeddings or bool(self.text_config.tie_word_embeddings)
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")
+        check_encoder_tokens_per_chunk_token(self.encoder_tokens_per_chunk_token)
+        if self.encoder_tokens_per_chunk_token is not None and self.pooling == "cls":
+            raise ValueError(f"encoder_tokens_per_chunk_token={self.encoder_tokens_per_chunk_token} pools each chunk "
+                             'in segments of token states, which pooling="cls" (one [CLS] vector per chunk) cannot: '
+                             'set pooling="mean", or encoder_tokens_per_chunk_token=None.')
         if self.hybrid_scoring not in HYBRID_SCORING:
             raise ValueError(f"hybrid_scoring must be one of {HYBRID_SCORING}, got {self.hybrid_scoring!r}.")
         if self.hybrid_ranking not in HYBRID_RANKINGS:
@@ -108,6 +119,16 @@ class E2LLMConfig(PreTrainedConfig):
             raise ValueError(f"{source!r} holds a {found!r} model, not an E2LLM. Use it as the encoder or decoder "
                              "of E2LLMForCausalLM.from_encoder_decoder_pretrained(encoder_path, decoder_path).")
         return config_dict, kwargs
+
+
+def check_encoder_tokens_per_chunk_token(value) -> None:
+    """Refuse a compression setting that is neither None nor an integer >= 1 (a float or "4" would fail deep
+    inside pooling, 0 would divide by zero); the config and the processor both check it here."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"encoder_tokens_per_chunk_token must be None (one chunk token per chunk) or an integer "
+                         f">= 1 (encoder tokens pooled into each chunk token, e.g. 4, 8, 16), got {value!r}.")
 
 
 def check_source(source) -> str:

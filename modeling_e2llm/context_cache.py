@@ -2,7 +2,8 @@
 
 A cache holds the document's chunk tokens (after the adapter), the pooled encoder vectors and the
 chunk offsets, keyed by a hash of the text (with the chunking settings) and of the encoder and
-adapter weights, so that a cache made from other text or other weights is refused, never used.
+adapter weights, and by the compression setting (`encoder_tokens_per_chunk_token`), so that a cache made
+from other text, other weights or another setting is refused, never used.
 """
 
 import hashlib
@@ -49,11 +50,14 @@ def content_fingerprint(tensors: dict[str, torch.Tensor]) -> str:
 class ContextCache:
     """One encoded document.
 
-    chunk_features: (n_chunks, dec_hidden) chunk tokens, ready for the decoder.
-    pooled: (n_chunks, enc_hidden) pooled outputs of the scoring encoder, for ranking chunks against a
-        question (`E2LLMForCausalLM.chunk_scores`); None in a one-call cache that ranks nothing.
+    chunk_features: (n_chunk_tokens, dec_hidden) chunk tokens, ready for the decoder, chunk by chunk (one per
+        chunk, or ceil(n_i / k) with the model's encoder_tokens_per_chunk_token k).
+    pooled: (n_chunks, enc_hidden) pooled outputs of the scoring encoder, one per chunk, for ranking chunks
+        against a question (`E2LLMForCausalLM.chunk_scores`); None in a one-call cache that ranks nothing.
     offsets: (n_chunks, 2) character spans of the chunks in the text.
     text: the document itself (hybrid recall quotes chunks from it).
+    encoder_tokens_per_chunk_token: the model's compression setting when it was made (None in a cache saved
+        before the setting existed: one chunk token per chunk, which is what those models made).
     """
 
     chunk_features: torch.Tensor
@@ -62,9 +66,15 @@ class ContextCache:
     text: str
     text_hash: str
     weights_hash: str
+    encoder_tokens_per_chunk_token: int | None = None
 
     @property
     def num_chunks(self) -> int:
+        return self.offsets.shape[0]
+
+    @property
+    def num_chunk_tokens(self) -> int:
+        """The decoder tokens (placeholders) the chunks take: num_chunks, or more with the compression knob."""
         return self.chunk_features.shape[0]
 
     @property
@@ -78,6 +88,8 @@ class ContextCache:
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         metadata = {"format": CACHE_FORMAT, "text_hash": self.text_hash, "weights_hash": self.weights_hash,
                     "content_hash": content_fingerprint(tensors)}
+        if self.encoder_tokens_per_chunk_token is not None:  # absent: the default, as in caches saved before it
+            metadata["encoder_tokens_per_chunk_token"] = str(self.encoder_tokens_per_chunk_token)
         save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
@@ -97,10 +109,18 @@ class ContextCache:
             raise ValueError(f"The context cache {path} does not hold what was saved (the file was changed or "
                              f"damaged, or saved before caches carried a content hash): {remake}.")
         text = bytes(tensors.pop("text_utf8").numpy()).decode("utf-8")
-        return cls(**tensors, text=text, text_hash=metadata["text_hash"], weights_hash=metadata["weights_hash"])
+        k = metadata.get("encoder_tokens_per_chunk_token")
+        return cls(**tensors, text=text, text_hash=metadata["text_hash"], weights_hash=metadata["weights_hash"],
+                   encoder_tokens_per_chunk_token=None if k is None else int(k))
 
-    def check(self, weights_hash: str, text_hash: str | None = None) -> None:
-        """Refuse a stale cache: made with other encoder/adapter weights, or for another text."""
+    def check(self, weights_hash: str, text_hash: str | None = None,
+              encoder_tokens_per_chunk_token: int | None = None) -> None:
+        """Refuse a stale cache: made with other encoder/adapter weights, for another text, or with another
+        compression setting (its chunk tokens would be a sequence the model never reads)."""
+        if encoder_tokens_per_chunk_token != self.encoder_tokens_per_chunk_token:
+            raise ValueError(f"This context cache was made with encoder_tokens_per_chunk_token="
+                             f"{self.encoder_tokens_per_chunk_token} but the model uses "
+                             f"{encoder_tokens_per_chunk_token}. Re-encode the text with model.encode_context(text).")
         if weights_hash != self.weights_hash:
             raise ValueError("This context cache was made with other encoder or adapter weights: it would give "
                              "wrong chunk tokens. Re-encode the text with model.encode_context(text).")

@@ -1,4 +1,5 @@
-"""E2LLM: a sentence encoder compresses each text chunk into one vector, an MLP adapter maps it into the
+"""E2LLM: a sentence encoder compresses each text chunk into one vector (or, with
+`config.encoder_tokens_per_chunk_token` k, one vector per k encoder tokens), an MLP adapter maps it into the
 decoder's embedding space, and a decoder-only LLM reads these chunk tokens in place of the raw text.
 
 Layout follows LLaVA: `E2LLMModel` holds encoder, adapter and decoder backbone and merges chunk
@@ -20,7 +21,8 @@ from transformers.utils import logging as transformers_logging
 
 from .configuration_e2llm import HYBRID_RANKINGS, HYBRID_SCORING, E2LLMConfig, check_source
 from .context_cache import ContextCache, as_caches, text_fingerprint, weights_fingerprint
-from .processing_e2llm import E2LLMProcessor, _as_list, _broadcast, add_chunk_token, split_sentences
+from .processing_e2llm import (E2LLMProcessor, _as_list, _broadcast, add_chunk_token, chunk_token_counts,
+                               split_sentences)
 
 # The fused ranking's weight of the standardized BM25 score against the standardized cosine. On NIAH grids of
 # needles asked in other words (evaluation/results/hybrid-ranking) 0.2 put the most needles' chunks in the top 5:
@@ -53,7 +55,7 @@ class E2LLMAdapter(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.layers(pooled)  # (n_chunks, enc_hidden) -> (n_chunks, dec_hidden)
+        return self.layers(pooled)  # (..., enc_hidden) -> (..., dec_hidden)
 
 
 class E2LLMPreTrainedModel(PreTrainedModel):
@@ -86,12 +88,18 @@ class E2LLMModel(E2LLMPreTrainedModel):
                     progress: bool = False, for_scoring: bool = False, scoring: str | None = None) -> torch.Tensor:
         """Encoder output of every text (a chunk, or a question to rank chunks by) pooled to one vector:
         (n, L) -> (n, enc_hidden). `for_scoring`: with the encoder hybrid recall ranks by (`ranking_encoder`).
+        Chunk tokens with `config.encoder_tokens_per_chunk_token` k (not for scoring: ranking compares whole
+        chunks): (n, L) -> (n, S, enc_hidden), S = ceil(L / k), the mean of each k consecutive tokens, zeros
+        past a chunk's end (`chunk_tokens` keeps the real ones).
 
         Chunks run in batches of `config.encoder_batch_size`, longest first, each batch trimmed to its
         own longest chunk on the CPU: memory stays bounded for any number of chunks and little goes to padding.
         On an accelerator batches keep the full width, since reading a length back would stall the forward.
         """
         encoder = self.ranking_encoder(scoring) if for_scoring else self.encoder
+        segment_size = None if for_scoring else self.config.encoder_tokens_per_chunk_token
+        # S from the full width, not each batch's trimmed one, so that every batch pools to the same shape.
+        num_segments = None if segment_size is None else -(-chunk_input_ids.shape[1] // segment_size)
         lengths = chunk_attention_mask.sum(dim=1)  # (n,)
         order = torch.argsort(lengths, descending=True)
         on_cpu = lengths.device.type == "cpu"
@@ -101,9 +109,9 @@ class E2LLMModel(E2LLMPreTrainedModel):
             width = int(lengths[index].max()) if on_cpu else chunk_input_ids.shape[1]
             mask = chunk_attention_mask[index, :width]  # (batch, width)
             hidden = encoder(input_ids=chunk_input_ids[index, :width], attention_mask=mask).last_hidden_state
-            vectors = _pool(hidden, mask, self.config.pooling)
+            vectors = _pool(hidden, mask, self.config.pooling, segment_size, num_segments)
             if pooled is None:
-                pooled = vectors.new_empty(len(order), vectors.shape[-1])
+                pooled = vectors.new_empty(len(order), *vectors.shape[1:])
             pooled = pooled.index_copy(0, index, vectors)  # out of place: keeps autograd happy in training
         return pooled
 
@@ -123,19 +131,50 @@ class E2LLMModel(E2LLMPreTrainedModel):
 
     def get_chunk_features(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
                            progress: bool = False) -> torch.Tensor:
-        """Chunk tokens for the decoder: (n_chunks, L) encoder ids -> (n_chunks, dec_hidden)."""
-        return self.adapter(self.pool_chunks(chunk_input_ids, chunk_attention_mask, progress=progress))
+        """Chunk tokens for the decoder: (n_chunks, L) encoder ids -> (n_chunk_tokens, dec_hidden), chunk by
+        chunk (see `chunk_tokens`; n_chunk_tokens = n_chunks by default)."""
+        pooled = self.pool_chunks(chunk_input_ids, chunk_attention_mask, progress=progress)
+        return self.adapter(self.chunk_tokens(pooled, chunk_attention_mask))
 
-    def get_placeholder_mask(self, input_ids: torch.Tensor, chunk_features: torch.Tensor) -> torch.Tensor:
-        """(B, T) bool mask of the chunk placeholders; their count must equal the number of chunk features."""
+    def chunk_tokens(self, pooled: torch.Tensor, chunk_attention_mask: torch.Tensor) -> torch.Tensor:
+        """`pool_chunks`' output as a sequence of chunk tokens in (chunk, segment) order, the order of the
+        placeholders: (n, enc_hidden) as it is; (n, S, enc_hidden) -> (n_chunk_tokens, enc_hidden), the
+        ceil(n_i / k) real segments of each chunk.
+
+        On an accelerator the result keeps all n * S rows, the chunk tokens first and the empty segments
+        after them: counting the real ones would wait for the device, and `masked_scatter` reads only as many
+        rows as there are placeholders (`count_chunk_tokens` gives the count to check them against).
+        """
+        if pooled.dim() == 2:
+            return pooled
+        counts = self.count_chunk_tokens(chunk_attention_mask, per_chunk=True)  # (n,)
+        real = torch.arange(pooled.shape[1], device=pooled.device) < counts.unsqueeze(1)  # (n, S)
+        order = torch.argsort((~real).flatten().to(torch.uint8), stable=True)  # real segments first, in order
+        if pooled.device.type == "cpu":
+            order = order[:int(counts.sum())]
+        return pooled.flatten(0, 1)[order]  # (n_chunk_tokens, enc_hidden)
+
+    def count_chunk_tokens(self, chunk_attention_mask: torch.Tensor, per_chunk: bool = False) -> torch.Tensor:
+        """Chunk tokens the chunks become (the processor writes as many placeholders): the total, a 0-d tensor
+        on the mask's device, or (n_chunks,) with `per_chunk`."""
+        counts = chunk_token_counts(chunk_attention_mask.sum(dim=1), self.config.encoder_tokens_per_chunk_token)
+        return counts if per_chunk else counts.sum()
+
+    def get_placeholder_mask(self, input_ids: torch.Tensor, chunk_features: torch.Tensor,
+                             num_chunk_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) bool mask of the chunk placeholders; their count must equal the number of chunk tokens,
+        `num_chunk_tokens` (0-d, see `count_chunk_tokens`) or else the rows of `chunk_features`."""
         mask = input_ids == self.config.chunk_token_id
-        message = (f"The prompts' chunk placeholders (id {self.config.chunk_token_id}) do not match the "
-                   f"{chunk_features.shape[0]} chunks encoded; build inputs with the model's E2LLMProcessor.")
+        expected = chunk_features.shape[0] if num_chunk_tokens is None else num_chunk_tokens
+        message = (f"The prompts' chunk placeholders (id {self.config.chunk_token_id}) do not match the chunk "
+                   "tokens encoded; build inputs with the model's E2LLMProcessor (same encoder_tokens_per_chunk_token "
+                   f"as the model, {self.config.encoder_tokens_per_chunk_token}).")
         if mask.device.type == "cpu":
-            if int(mask.sum()) != chunk_features.shape[0]:
-                raise ValueError(f"{message} The prompts hold {int(mask.sum())} placeholders.")
+            if int(mask.sum()) != int(expected):
+                raise ValueError(f"{message} The prompts hold {int(mask.sum())} placeholders for {int(expected)} "
+                                 "chunk tokens.")
         else:  # reading the count back would stall the forward until the device caught up: check it there
-            torch._assert_async(mask.sum() == chunk_features.shape[0], message)
+            torch._assert_async(mask.sum() == expected, message)
         return mask
 
     def embed_inputs(self, input_ids: torch.Tensor, chunk_input_ids: torch.Tensor | None = None,
@@ -146,15 +185,17 @@ class E2LLMModel(E2LLMPreTrainedModel):
         The chunks of sample 0 fill its placeholders first, then those of sample 1, ... (row-major).
         """
         inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, dec_hidden)
+        num_chunk_tokens = None  # precomputed chunk_features hold exactly the chunk tokens
         if chunk_features is None and chunk_input_ids is not None:
             chunk_features = self.get_chunk_features(chunk_input_ids, chunk_attention_mask, progress=progress)
+            num_chunk_tokens = self.count_chunk_tokens(chunk_attention_mask)
         if chunk_features is None:
             # A one-token decoding step never holds a placeholder (generation suppresses it): only check longer input.
             if input_ids.shape[1] > 1 and (input_ids == self.config.chunk_token_id).any():
                 raise ValueError("input_ids hold chunk placeholders but no chunks were given: pass chunk_input_ids "
                                  "and chunk_attention_mask (or chunk_features) from the model's E2LLMProcessor.")
             return inputs_embeds
-        mask = self.get_placeholder_mask(input_ids, chunk_features).unsqueeze(-1)  # (B, T, 1)
+        mask = self.get_placeholder_mask(input_ids, chunk_features, num_chunk_tokens).unsqueeze(-1)  # (B, T, 1)
         return inputs_embeds.masked_scatter(mask, chunk_features.to(inputs_embeds.dtype))
 
     def check_window(self, input_ids: torch.Tensor, new_tokens: int = 0) -> None:
@@ -165,11 +206,19 @@ class E2LLMModel(E2LLMPreTrainedModel):
             return
         chunks = int((input_ids == self.config.chunk_token_id).sum(dim=1).max())
         room = window - new_tokens - (input_ids.shape[1] - chunks)
-        fix = (f"Use a chunk_size about {chunks / room:.1f}x larger in the processor (the window holds {room} chunks "
-               "with this prompt), or a shorter context." if room > 0 else
+        fix = (f"{self.fewer_chunk_tokens(chunks / room)} (the window holds {room} chunk tokens with this prompt)."
+               if room > 0 else
                "Ask for fewer new tokens, or shorten the prompt or the hybrid passages (smaller hybrid_token_budget).")
         raise ContextTooLong(f"The decoder input is {input_ids.shape[1]} tokens ({chunks} chunk tokens) + {new_tokens} "
                              f"new tokens but the decoder's window is {window} tokens. {fix}")
+
+    def fewer_chunk_tokens(self, factor: float) -> str:
+        """How to make `factor` times fewer chunk tokens, for an error message."""
+        k = self.config.encoder_tokens_per_chunk_token
+        if k is None:
+            return f"Use a chunk_size about {factor:.1f}x larger in the processor, or a shorter context"
+        return (f"Use an encoder_tokens_per_chunk_token about {factor:.1f}x larger than {k} (model config and "
+                "processor; the model must be trained with it), or a shorter context")
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
@@ -177,7 +226,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
                 chunk_features: torch.FloatTensor | None = None, use_cache: bool | None = None,
                 **kwargs) -> BaseModelOutputWithPast:
         """Chunks come as encoder ids (`chunk_input_ids`, `chunk_attention_mask`: (n_chunks, L)) or already
-        encoded (`chunk_features`: (n_chunks, dec_hidden), e.g. from a context cache). The decoder's key/value
+        encoded (`chunk_features`: (n_chunk_tokens, dec_hidden), e.g. from a context cache). The decoder's key/value
         cache comes as `cache` or `past_key_values` (either transformers version)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
@@ -270,9 +319,10 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         # (chunk tokens, and the vectors that rank chunks when quoting) -> rank -> prompt with the passages
         chunks = None if context_cache is not None else [processor.encode_chunks([text])
                                                          for text in _as_list(context, "context")]
-        counts = ([cache.num_chunks for cache in as_caches(context_cache)] if chunks is None
-                  else [text_chunks["num_chunks"][0] for text_chunks in chunks])
-        batch = processor.encode_prompts(counts, prompt)
+        sizes = ([(cache.num_chunks, cache.num_chunk_tokens) for cache in as_caches(context_cache)] if chunks is None
+                 else [(text_chunks["num_chunks"][0], text_chunks["num_chunk_tokens"][0]) for text_chunks in chunks])
+        counts, token_counts = (list(column) for column in zip(*sizes))
+        batch = processor.encode_prompts(counts, prompt, num_chunk_tokens=token_counts)
         if kwargs.get("max_length") is not None and kwargs.get("max_new_tokens") is None:
             raise ValueError(f"max_length={kwargs['max_length']} counts the prompt, which generate(context=...) builds "
                              f"itself ({batch['input_ids'].shape[1]} tokens here): pass max_new_tokens.")
@@ -280,9 +330,9 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         caches = self._context_caches(context, context_cache, processor, progress, quoting, chunks)
         if quoting:
             passages = self._hybrid_passages(caches, prompt, processor, top_k, token_budget)
-            batch = processor.encode_prompts(counts, prompt, passages=passages)
+            batch = processor.encode_prompts(counts, prompt, passages=passages, num_chunk_tokens=token_counts)
             self.model.check_window(batch["input_ids"], new_tokens)
-        features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)  # (total_chunks, dec_hidden)
+        features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)  # (chunk tokens, dec_hidden)
         kwargs["inputs_embeds"] = self.model.embed_inputs(batch["input_ids"].to(self.device), chunk_features=features)
         kwargs["attention_mask"] = batch["attention_mask"].to(self.device)
         return super().generate(None, generation_config, *args, **kwargs)  # the new tokens only
@@ -303,7 +353,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def encode_context(self, context: str, processor: E2LLMProcessor | None = None,
                        progress: bool = False) -> ContextCache:
-        """Encode a document once: its chunk tokens, pooled encoder vectors and chunk offsets.
+        """Encode a document once: its chunk tokens, pooled encoder vectors (one per chunk) and chunk offsets.
 
         Pass the result to `generate(context_cache=..., prompt=...)` for each question; `save`/`load`
         it as safetensors. It is refused if the encoder or adapter weights change.
@@ -322,18 +372,21 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         `rank=False` skips the ranking encoder's pass (no ranking to do): `pooled` may then be None. `chunks`:
         the context's `processor.encode_chunks` output, when the caller has it already."""
         chunks = processor.encode_chunks([context]) if chunks is None else chunks
-        # More chunks than the whole window holds can never be read: say so before encoding them takes minutes.
-        count, window = len(chunks["offsets"]), getattr(self.config.text_config, "max_position_embeddings", None)
+        # More chunk tokens than the whole window holds can never be read: say so before encoding them takes minutes.
+        count, window = chunks["num_chunk_tokens"][0], getattr(self.config.text_config, "max_position_embeddings", None)
         if window is not None and count > window:
-            raise ValueError(f"The context makes {count:,} chunks, more than the decoder's whole window of {window} "
-                             f"tokens: use a chunk_size over {count / window:.1f}x larger, or a shorter context.")
+            raise ValueError(f"The context makes {count:,} chunk tokens, more than the decoder's whole window of "
+                             f"{window} tokens: {self.model.fewer_chunk_tokens(count / window)}.")
         ids, mask = chunks["chunk_input_ids"].to(self.device), chunks["chunk_attention_mask"].to(self.device)
-        pooled = self.model.pool_chunks(ids, mask, progress=progress)
-        scoring_pooled = pooled  # one pass serves both unless a separate encoder ranks
+        pooled = self.model.pool_chunks(ids, mask, progress=progress)  # (n_chunks[, S], enc_hidden)
+        k = self.config.encoder_tokens_per_chunk_token
+        # One pass serves both unless a separate encoder ranks; segment means give the whole-chunk means exactly.
+        scoring_pooled = pooled if k is None else _whole_chunk_means(pooled, mask.sum(dim=1), k)
         if self.model.ranking_encoder() is not self.model.encoder:
             scoring_pooled = self.model.pool_chunks(ids, mask, for_scoring=True) if rank else None
-        return ContextCache(chunk_features=self.model.adapter(pooled), pooled=scoring_pooled,
-                            offsets=chunks["offsets"], text=context, text_hash="", weights_hash="")
+        features = self.model.adapter(self.model.chunk_tokens(pooled, mask))  # (n_chunk_tokens, dec_hidden)
+        return ContextCache(chunk_features=features, pooled=scoring_pooled, offsets=chunks["offsets"], text=context,
+                            text_hash="", weights_hash="", encoder_tokens_per_chunk_token=k)
 
     @torch.no_grad()
     def hybrid_passages(self, context: str, prompt: str, processor: E2LLMProcessor | None = None,
@@ -410,7 +463,8 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             raise ValueError(f"{len(texts)} contexts but {len(caches)} context caches: give one cache per context.")
         weights = self.weights_fingerprint()
         for cache, text in zip(caches, texts):
-            cache.check(weights, None if text is None else text_fingerprint(text, processor))
+            cache.check(weights, None if text is None else text_fingerprint(text, processor),
+                        self.config.encoder_tokens_per_chunk_token)
         return caches
 
     def weights_fingerprint(self) -> str:
@@ -457,6 +511,14 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
                 f"The processor's chunk token {processor.chunk_token!r} has id {processor.chunk_token_id} but "
                 f"the model expects id {self.config.chunk_token_id}: processor and model come from different "
                 "checkpoints. Load both from the same folder.")
+        k = self.config.encoder_tokens_per_chunk_token
+        # A processor of code from before the setting has no attribute: it writes one placeholder per chunk.
+        given = getattr(processor, "encoder_tokens_per_chunk_token", None)
+        if given != k:  # it would write the wrong number of placeholders
+            raise ValueError(
+                f"The processor has encoder_tokens_per_chunk_token={given} but "
+                f"the model pools with {k}: set processor.encoder_tokens_per_chunk_token = {k}, or load both from "
+                "the same folder.")
         encoder_vocab = self.config.encoder_config.vocab_size
         if len(processor.encoder_tokenizer) > encoder_vocab:
             raise ValueError(
@@ -539,12 +601,27 @@ def _with_cache_name(kwargs: dict) -> dict:
     return kwargs
 
 
-def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """(n, L, H) token states -> (n, H): masked mean, or the first ([CLS]) token."""
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, segment_size: int | None = None,
+          num_segments: int | None = None) -> torch.Tensor:
+    """(n, L, H) token states -> (n, H): masked mean, or the first ([CLS]) token. With `segment_size` k (mean
+    only): (n, num_segments, H), the masked mean of each k consecutive tokens (zeros past the real tokens);
+    num_segments * k must be at least L."""
     if mode == "cls":
         return hidden[:, 0]
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (n, L, 1)
+    if segment_size is not None:
+        pad = num_segments * segment_size - hidden.shape[1]
+        hidden = nn.functional.pad(hidden, (0, 0, 0, pad)).unflatten(1, (num_segments, segment_size))  # (n, S, k, H)
+        weights = nn.functional.pad(weights, (0, 0, 0, pad)).unflatten(1, (num_segments, segment_size))  # (n, S, k, 1)
+    return (hidden * weights).sum(dim=-2) / weights.sum(dim=-2).clamp(min=1.0)
+
+
+def _whole_chunk_means(segments: torch.Tensor, lengths: torch.Tensor, segment_size: int) -> torch.Tensor:
+    """(n, S, H) segment means of chunks of `lengths` (n,) tokens -> (n, H) the mean of all their tokens, what
+    one-vector pooling gives (up to rounding), without running the encoder again."""
+    starts = torch.arange(segments.shape[1], device=segments.device) * segment_size  # (S,)
+    sizes = (lengths.unsqueeze(1) - starts).clamp(0, segment_size).to(segments.dtype)  # (n, S) tokens per segment
+    return (segments * sizes.unsqueeze(-1)).sum(dim=1) / sizes.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
 def bm25_scores(chunk_ids: torch.Tensor, chunk_mask: torch.Tensor, query_ids: torch.Tensor,

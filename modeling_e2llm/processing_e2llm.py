@@ -1,7 +1,8 @@
 """E2LLM processor: splits raw text into chunks and builds the decoder prompt around chunk tokens.
 
 Data flow: text -> `chunk()` character spans -> encoder token ids (one row per chunk) and a decoder
-prompt holding one placeholder token per chunk, whose embedding the model later replaces.
+prompt holding one placeholder token per chunk token (one per chunk by default; ceil(n_i / k) for a chunk of
+n_i encoder tokens with `encoder_tokens_per_chunk_token` k), whose embeddings the model later replaces.
 """
 
 import os
@@ -12,6 +13,8 @@ import warnings
 import torch
 from transformers import AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
+
+from .configuration_e2llm import check_encoder_tokens_per_chunk_token
 
 REASONING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nAnswer the question: {query}"
 UNDERSTANDING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nRestate the aforementioned context"
@@ -44,6 +47,14 @@ def add_chunk_token(tokenizer, chunk_token: str = DEFAULT_CHUNK_TOKEN) -> int:
     if chunk_token not in tokenizer.get_vocab():
         tokenizer.add_tokens([chunk_token], special_tokens=True)
     return tokenizer.convert_tokens_to_ids(chunk_token)
+
+
+def chunk_token_counts(lengths: torch.Tensor, encoder_tokens_per_chunk_token: int | None) -> torch.Tensor:
+    """Chunk tokens each chunk becomes: (n_chunks,) encoder token counts -> (n_chunks,) ceil(n_i / k), or ones
+    when k is None. The processor writes that many placeholders and the model pools that many vectors, so both
+    count with this one function (on any device: no value is read back)."""
+    k = encoder_tokens_per_chunk_token
+    return torch.ones_like(lengths) if k is None else (lengths + k - 1) // k
 
 
 def _last_match_end(pattern: re.Pattern, text: str, start: int, end: int) -> int | None:
@@ -95,7 +106,9 @@ class E2LLMProcessor(ProcessorMixin):
         encoder_tokenizer: the chunk encoder's tokenizer.
         chunk_size: characters per chunk (paper: 512).
         chunk_overlap: overlap between consecutive chunks as a fraction of `chunk_size` (paper's ablation: 0.3).
-        chunk_token: placeholder string; one per chunk in the prompt.
+        chunk_token: placeholder string; one per chunk token in the prompt.
+        encoder_tokens_per_chunk_token: the model config's compression setting, which this processor needs to
+            write the placeholders: None, one per chunk; k, ceil(n_i / k) for a chunk of n_i encoder tokens.
         max_chunk_tokens: encoder tokens a chunk may hold; longer chunks are split again (default: the
             encoder tokenizer's limit, at most 512).
         reasoning_template: prompt with a question; fields `{context}` (chunk tokens) and `{query}`.
@@ -111,13 +124,15 @@ class E2LLMProcessor(ProcessorMixin):
                  max_chunk_tokens: int | None = None, reasoning_template: str = REASONING_TEMPLATE,
                  understanding_template: str = UNDERSTANDING_TEMPLATE, hybrid_top_k: int = 0,
                  hybrid_token_budget: int = 1024, passages_template: str = PASSAGES_TEMPLATE,
-                 passage_template: str = PASSAGE_TEMPLATE, **kwargs):
+                 passage_template: str = PASSAGE_TEMPLATE, encoder_tokens_per_chunk_token: int | None = None,
+                 **kwargs):
         super().__init__(tokenizer, encoder_tokenizer, **kwargs)  # first: max_chunk_tokens is checked against it
         # Every setting below is checked by __setattr__, here and whenever it is changed later.
         self.chunk_size, self.chunk_overlap, self.chunk_token = chunk_size, chunk_overlap, chunk_token
         self.reasoning_template, self.understanding_template = reasoning_template, understanding_template
         self.hybrid_top_k, self.hybrid_token_budget = hybrid_top_k, hybrid_token_budget
         self.passages_template, self.passage_template = passages_template, passage_template
+        self.encoder_tokens_per_chunk_token = encoder_tokens_per_chunk_token
         if max_chunk_tokens is None and encoder_tokenizer is not None:
             max_chunk_tokens = min(self._encoder_token_limit(), 512)
         self.max_chunk_tokens = max_chunk_tokens
@@ -132,6 +147,8 @@ class E2LLMProcessor(ProcessorMixin):
             _check_fraction(name, value)
         elif name == "max_chunk_tokens" and value is not None:
             self._check_max_chunk_tokens(value)
+        elif name == "encoder_tokens_per_chunk_token":
+            check_encoder_tokens_per_chunk_token(value)
         elif name in TEMPLATE_FIELDS:
             _check_template(name, value, *TEMPLATE_FIELDS[name])
         super().__setattr__(name, value)
@@ -208,10 +225,12 @@ class E2LLMProcessor(ProcessorMixin):
         return fitted
 
     # --- prompt -----------------------------------------------------------------------------------
-    def build_prompt(self, num_chunks: int, prompt: str | None = None, passages: list[tuple[int, str]] = ()) -> str:
-        """The decoder's text: the template with `num_chunks` placeholders (followed by the hybrid
-        `passages`, `(chunk index, text)` pairs, if any), in the chat template if the decoder has one."""
-        context = self.chunk_token * num_chunks
+    def build_prompt(self, num_chunks: int, prompt: str | None = None, passages: list[tuple[int, str]] = (),
+                     num_chunk_tokens: int | None = None) -> str:
+        """The decoder's text: the template with `num_chunk_tokens` placeholders (default: one per chunk)
+        for a context of `num_chunks` chunks, followed by the hybrid `passages`, `(chunk index, text)` pairs
+        labelled "[chunk i of num_chunks]", if any; in the chat template if the decoder has one."""
+        context = self.chunk_token * (num_chunks if num_chunk_tokens is None else num_chunk_tokens)
         if passages:
             lines = "".join(self.passage_template.format(index=i + 1, total=num_chunks, text=self._as_text(text))
                             for i, text in passages)
@@ -243,14 +262,16 @@ class E2LLMProcessor(ProcessorMixin):
                 used += cost
         return sorted(chosen)
 
-    def _prompt_ids(self, num_chunks: int, prompt: str | None, passages: list[tuple[int, str]] = ()) -> list[int]:
-        ids = self.tokenizer(self.build_prompt(num_chunks, prompt, passages), add_special_tokens=False)["input_ids"]
+    def _prompt_ids(self, num_chunks: int, prompt: str | None, passages: list[tuple[int, str]] = (),
+                    num_chunk_tokens: int | None = None) -> list[int]:
+        text = self.build_prompt(num_chunks, prompt, passages, num_chunk_tokens)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if self.tokenizer.chat_template is None and self.tokenizer.bos_token_id is not None:
             ids = [self.tokenizer.bos_token_id] + ids
-        found = ids.count(self.chunk_token_id)
-        if found != num_chunks:
+        found, wanted = ids.count(self.chunk_token_id), num_chunks if num_chunk_tokens is None else num_chunk_tokens
+        if found != wanted:
             raise ValueError(
-                f"The prompt holds {found - num_chunks} extra chunk placeholder(s) {self.chunk_token!r}: "
+                f"The prompt holds {found - wanted} extra chunk placeholder(s) {self.chunk_token!r}: "
                 "that string is reserved for chunk tokens. Remove it from the prompt and the template."
             )
         return ids
@@ -279,7 +300,8 @@ class E2LLMProcessor(ProcessorMixin):
         A `prompt` of None uses the understanding (restate) template.
         """
         chunks = self.encode_chunks(_as_list(context, "context"))
-        data = self.encode_prompts(chunks.pop("num_chunks"), prompt, target, padding_side=padding_side)
+        data = self.encode_prompts(chunks["num_chunks"], prompt, target, padding_side=padding_side,
+                                   num_chunk_tokens=chunks["num_chunk_tokens"])
         data.update(chunk_input_ids=chunks["chunk_input_ids"], chunk_attention_mask=chunks["chunk_attention_mask"])
         return BatchFeature(data, tensor_type=return_tensors)
 
@@ -287,17 +309,21 @@ class E2LLMProcessor(ProcessorMixin):
         """Encoder inputs of all chunks of `contexts`, in order.
 
         Returns chunk_input_ids, chunk_attention_mask: (total_chunks, L) tensors; offsets: (total_chunks, 2)
-        character spans within their own text; num_chunks: chunks per context.
+        character spans within their own text; num_chunks: chunks per context; num_chunk_tokens: the chunk
+        tokens (placeholders) they become per context (= num_chunks with one chunk token per chunk).
         """
         chunks = [self._tokenized_chunks(text) for text in contexts]
         spans = [[span for span, _ in text_chunks] for text_chunks in chunks]
         rows = [ids for text_chunks in chunks for _, ids in text_chunks]
         chunk_input_ids = pad_sequences(rows, self.encoder_tokenizer.pad_token_id or 0)  # (total_chunks, L)
         self._check_representable(contexts, spans, chunk_input_ids)
+        num_chunks = [len(text_spans) for text_spans in spans]
+        lengths = torch.tensor([len(ids) for ids in rows])  # (total_chunks,) encoder tokens of each chunk
+        per_chunk = chunk_token_counts(lengths, self.encoder_tokens_per_chunk_token).split(num_chunks)
         return {"chunk_input_ids": chunk_input_ids,
                 "chunk_attention_mask": pad_sequences([[1] * len(ids) for ids in rows], 0),
                 "offsets": torch.tensor([span for text_spans in spans for span in text_spans], dtype=torch.long),
-                "num_chunks": [len(text_spans) for text_spans in spans]}
+                "num_chunks": num_chunks, "num_chunk_tokens": [int(counts.sum()) for counts in per_chunk]}
 
     def _check_representable(self, contexts: list[str], spans: list[list[tuple[int, int]]],
                              chunk_ids: torch.Tensor) -> None:
@@ -325,8 +351,10 @@ class E2LLMProcessor(ProcessorMixin):
 
     def encode_prompts(self, num_chunks: list[int], prompt: str | list[str] | None = None,
                        target: str | list[str] | None = None, padding_side: str = "left",
-                       passages: list[list[tuple[int, str]]] | None = None) -> dict:
+                       passages: list[list[tuple[int, str]]] | None = None,
+                       num_chunk_tokens: list[int] | None = None) -> dict:
         """Decoder inputs (input_ids, attention_mask[, labels]) for contexts of `num_chunks` chunks each,
+        holding `num_chunk_tokens` placeholders each (`encode_chunks` gives both; default: one per chunk),
         with each context's hybrid `passages` if given (see `select_passages`).
 
         Needs no encoder work, so a context encoded once (a context cache) can take new prompts.
@@ -334,11 +362,12 @@ class E2LLMProcessor(ProcessorMixin):
         prompts = _broadcast(prompt, len(num_chunks), "prompt")
         targets = _broadcast(target, len(num_chunks), "target")
         passages = passages if passages is not None else [()] * len(num_chunks)
+        num_chunk_tokens = num_chunk_tokens if num_chunk_tokens is not None else num_chunks
         rows, labels = [], []
-        for count, query, answer, chosen in zip(num_chunks, prompts, targets, passages):
+        for count, tokens, query, answer, chosen in zip(num_chunks, num_chunk_tokens, prompts, targets, passages):
             if query is not None:
                 _check_text(query, "prompt", allow_empty=True)
-            ids = self._prompt_ids(count, query, chosen)
+            ids = self._prompt_ids(count, query, chosen, tokens)
             label = [IGNORE_INDEX] * len(ids)
             if answer is not None:
                 target_ids = self._target_ids(answer)
@@ -423,4 +452,5 @@ def pad_sequences(rows: list[list[int]], value: int, side: str = "right") -> tor
 
 E2LLMProcessor.register_for_auto_class()
 
-__all__ = ["E2LLMProcessor", "split_into_chunks", "split_sentences", "add_chunk_token", "pad_sequences"]
+__all__ = ["E2LLMProcessor", "split_into_chunks", "split_sentences", "add_chunk_token", "chunk_token_counts",
+           "pad_sequences"]
