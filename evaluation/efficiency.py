@@ -1,6 +1,8 @@
-"""Efficiency benchmark: E2LLM's decoder reads one token per chunk instead of every context token.
+"""Efficiency benchmark: E2LLM's decoder reads one token per chunk (or per k encoder tokens, with the
+compression knob) instead of every context token.
 
     python -m evaluation.efficiency --output DIR [--model PATH | --encoder PATH --decoder PATH]
+                                    [--encoder-tokens-per-chunk-token K]
                                     [--max-tokens 1048576] [--repeats 3] [--threads N]
 
 - Up to the decoder's window (1K, 2K, 4K, 8K context tokens by default; the largest is cut so that the
@@ -9,7 +11,8 @@
   Measured: time to first token (prefill, from raw text), total time, peak RSS and working memory
   (peak above the RSS right after loading).
 - Beyond the window (16K ... --max-tokens), E2LLM alone, with the smallest chunk size at which the
-  longest context's chunk tokens fit the window.
+  longest context's chunk tokens fit the window (refused where none does: with the knob a context of N
+  encoder tokens takes at least N / K chunk tokens, whatever the chunk size).
 - Context cache: --cache-questions questions about one --cache-tokens document, re-encoded for each
   question or encoded once.
 - The machine's fp32 matmul peak (torch.mm, --threads threads), before and after, and the encoder's
@@ -107,20 +110,25 @@ def matmul_flops_per_s(size: int, threads: int, repeats: int = 5) -> float:
     return 2 * size ** 3 / best
 
 
-def chunk_size_that_fits(processor, text: str, max_chunks: int) -> int:
+def chunk_size_that_fits(processor, text: str, max_chunk_tokens: int) -> int:
     """The processor's chunk size, or the smallest larger one (steps of 64 characters) at which `text`
-    has at most `max_chunks` chunks."""
+    makes at most `max_chunk_tokens` chunk tokens; refused when even one chunk of the whole text (split only
+    where the encoder's token limit forces it) makes more."""
     trial = copy.copy(processor)
     size = processor.chunk_size
-    while (count := len(_chunks(trial, size, text))) > max_chunks:
+    while (count := _chunk_tokens(trial, size, text)) > max_chunk_tokens:
+        if size >= len(text):
+            raise ValueError(f"No chunk size fits the {len(text):,}-character text in {max_chunk_tokens:,} chunk tokens "
+                             f"(it takes at least {count:,}): lower --max-tokens, or pool more encoder tokens per "
+                             "chunk token (--encoder-tokens-per-chunk-token).")
         # Chunks are cut back to sentence ends, so their count falls a little slower than 1/size.
-        size = max(size + _CHUNK_SIZE_STEP, -(-size * count // max_chunks // _CHUNK_SIZE_STEP) * _CHUNK_SIZE_STEP)
+        size = max(size + _CHUNK_SIZE_STEP, -(-size * count // max_chunk_tokens // _CHUNK_SIZE_STEP) * _CHUNK_SIZE_STEP)
     return size
 
 
-def _chunks(processor, size: int, text: str) -> list:
+def _chunk_tokens(processor, size: int, text: str) -> int:
     processor.chunk_size = size
-    return processor.chunk(text)
+    return processor.encode_chunks([text])["num_chunk_tokens"][0]
 
 
 def write_texts(essays: list[str], tokenizer, lengths: dict[int, int], folder: Path) -> dict[int, tuple[int, Path]]:
@@ -154,6 +162,7 @@ def plan_jobs(compare: dict, long: dict, cache: tuple[int, Path], repeats: int, 
 
 def worker_spec(job: dict, settings: dict) -> dict:
     spec = {"model": settings["model"], "encoder": settings["encoder"], "decoder": settings["decoder"],
+            "encoder_tokens_per_chunk_token": settings["encoder_tokens_per_chunk_token"],
             "threads": settings["threads"], "new_tokens": settings["new_tokens"], "top_k": settings["top_k"],
             "encoder_batch_size": settings["encoder_batch_size"], "text_path": job["text_path"],
             "chunk_size": job.get("chunk_size")}
@@ -296,6 +305,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="saved E2LLM folder or Hub id (default: the embedded default)")
     parser.add_argument("--encoder", default=None, help="encoder folder, with --decoder: a new composite")
     parser.add_argument("--decoder", default=None, help="decoder folder, with --encoder")
+    parser.add_argument("--encoder-tokens-per-chunk-token", type=int, default=None, metavar="K",
+                        help="compression knob of a new composite (--encoder/--decoder, or the embedded default's "
+                             "models, untrained): one chunk token per K encoder tokens (default: one per chunk)")
     parser.add_argument("--min-tokens", type=int, default=1024, help="shortest context (decoder tokens)")
     parser.add_argument("--max-tokens", type=int, default=1_048_576, help="longest context (decoder tokens)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of every measurement (median)")
@@ -312,17 +324,20 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     if not 1 <= args.min_tokens <= args.max_tokens:
         parser.error(f"need 1 <= --min-tokens <= --max-tokens, got {args.min_tokens} and {args.max_tokens}.")
     for name in ("repeats", "threads", "new_tokens", "top_k", "cache_tokens", "cache_questions", "matmul_size",
-                 "encoder_batch_size"):
+                 "encoder_batch_size", "encoder_tokens_per_chunk_token"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if (args.encoder is None) != (args.decoder is None) or (args.encoder and args.model):
         parser.error("give --encoder and --decoder together, or --model alone (or neither: the embedded default).")
+    if args.model and args.encoder_tokens_per_chunk_token is not None:
+        parser.error("--encoder-tokens-per-chunk-token composes a new model; a saved --model keeps its own setting.")
     return args
 
 
 def benchmark_settings(args: argparse.Namespace) -> tuple[dict, object]:
     """What every worker needs, with the decoder's window and the room it leaves; and the processor."""
-    model, processor, label = load_benchmark_model(args.model, args.encoder, args.decoder)
+    model, processor, label = load_benchmark_model(args.model, args.encoder, args.decoder,
+                                                   args.encoder_tokens_per_chunk_token)
     window = model.config.text_config.max_position_embeddings
     # The full-context prompt and the answer must fit the window: that caps the comparison's lengths.
     plain_prompt = len(FullSystem(model, processor).prompt_ids("", QUESTION, False, args.new_tokens))
@@ -330,6 +345,7 @@ def benchmark_settings(args: argparse.Namespace) -> tuple[dict, object]:
     if processor.hybrid_top_k:  # hybrid recall adds raw passages up to their budget after the chunk tokens
         chunk_prompt += processor.hybrid_token_budget
     settings = {"model": args.model, "encoder": args.encoder, "decoder": args.decoder, "model_label": label,
+                "encoder_tokens_per_chunk_token": model.config.encoder_tokens_per_chunk_token,
                 "threads": args.threads, "repeats": args.repeats, "new_tokens": args.new_tokens, "top_k": args.top_k,
                 "question": QUESTION, "window": window, "chunk_size": processor.chunk_size,
                 "encoder_batch_size": args.encoder_batch_size or model.config.encoder_batch_size,

@@ -74,12 +74,17 @@ def _header(results: dict) -> list[str]:
         f"{machine['median_load_average']:.2f} after each run (this benchmark alone accounts for up to "
         f"{machine['torch_threads']}). Medians of {settings['repeats']} repetition(s), each in its own process; "
         f"{settings['new_tokens']} new tokens per answer; {settings['encoder_batch_size']} chunks per encoder "
-        "forward.", "",
+        f"forward; {_compression(settings)}.", "",
     ]
     if machine["median_load_average"] > machine["torch_threads"] + BUSY_LOAD_MARGIN:
         lines += ["**Other processes shared the CPU during this run: its times are inflated and noisy (memory "
                   "figures are not). Take final figures on a quiet machine.**", ""]
     return lines + [f"Command: `{results['command']}`", ""]
+
+
+def _compression(settings: dict) -> str:
+    k = settings.get("encoder_tokens_per_chunk_token")  # absent from results written before the knob
+    return "one chunk token per chunk" if k is None else f"one chunk token per {k} encoder tokens of a chunk"
 
 
 def _targets(results: dict) -> list[str]:
@@ -112,11 +117,13 @@ def _comparison(results: dict) -> list[str]:
 def _long(results: dict) -> list[str]:
     if not results["medians"].get("long"):  # --max-tokens within the window: nothing was measured beyond it
         return []
-    rows = [[f"{int(tokens):,}", _fmt(figures["encoder_chunks"], 0), _fmt(figures["prefill_s"]),
+    rows = [[f"{int(tokens):,}", _fmt(figures["encoder_chunks"], 0), _fmt(figures["decoder_input_tokens"], 0),
+             _fmt(figures["prefill_s"]),
              _fmt(figures["total_s"]), _fmt(1000 * figures["total_s"] / int(tokens), 3), _fmt(figures["working_mb"], 1),
              _fmt(figures["process_peak_mb"], 0)]
             for tokens, figures in sorted(results["medians"]["long"].get("e2llm", {}).items(), key=lambda i: int(i[0]))]
-    header = ["context tokens", "chunks", "prefill s", "total s", "s per 1K tokens", "working MB", "process peak MB"]
+    header = ["context tokens", "chunks", "decoder input tokens", "prefill s", "total s", "s per 1K tokens",
+              "working MB", "process peak MB"]
     lines = [f"## Beyond the window: E2LLM alone (chunk size {results['settings']['long_chunk_size']} characters)",
              "", markdown_table(header, rows).rstrip("\n")]
     line = results["linearity"]

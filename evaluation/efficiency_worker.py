@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from modeling_e2llm.loading import compose_model, compose_processor, load_model
+from modeling_e2llm.loading import compose_model_and_processor, load_model
 
 from .data import Example
 from .systems import build_system
@@ -68,15 +68,22 @@ def reset_peak_memory() -> bool:
         return False
 
 
-def load_benchmark_model(model: str | None = None, encoder: str | None = None, decoder: str | None = None):
-    """`(model, processor, label)`: a saved E2LLM folder, a new composite of an encoder and a decoder
-    (untrained adapter: timing does not depend on the weights' values), or the embedded default."""
-    if encoder or decoder:
-        if not (encoder and decoder) or model:
+def load_benchmark_model(model: str | None = None, encoder: str | None = None, decoder: str | None = None,
+                         encoder_tokens_per_chunk_token: int | None = None):
+    """`(model, processor, label)`: a saved E2LLM folder, a new composite of an encoder and a decoder (or of
+    the embedded default's, when only `encoder_tokens_per_chunk_token` is given; untrained adapter: timing does
+    not depend on the weights' values), or the embedded default."""
+    if encoder or decoder or encoder_tokens_per_chunk_token is not None:
+        if bool(encoder) != bool(decoder) or model:
             raise ValueError("Give --encoder and --decoder together, or --model alone (or nothing for the "
-                             "embedded default).")
-        label = f"{Path(encoder).name} + {Path(decoder).name}"
-        return compose_model(encoder, decoder).eval(), compose_processor(encoder, decoder), label
+                             "embedded default); --encoder-tokens-per-chunk-token composes a new model.")
+        label = f"{Path(encoder).name} + {Path(decoder).name}" if encoder else "embedded default (untrained)"
+        if encoder_tokens_per_chunk_token is not None:
+            label += f", one chunk token per {encoder_tokens_per_chunk_token} encoder tokens"
+        paths = {"encoder_path": encoder, "decoder_path": decoder}
+        composite, processor = compose_model_and_processor(
+            {**paths, "encoder_tokens_per_chunk_token": encoder_tokens_per_chunk_token}, paths)
+        return composite.eval(), processor, label
     return load_model(model)
 
 
@@ -203,7 +210,8 @@ def _example(context: str, question: str) -> Example:
 def run(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     began = time.perf_counter()
-    model, processor, _ = load_benchmark_model(spec.get("model"), spec.get("encoder"), spec.get("decoder"))
+    model, processor, _ = load_benchmark_model(spec.get("model"), spec.get("encoder"), spec.get("decoder"),
+                                               spec.get("encoder_tokens_per_chunk_token"))
     load_s = time.perf_counter() - began
     if spec.get("chunk_size"):
         processor.chunk_size = spec["chunk_size"]

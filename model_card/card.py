@@ -68,11 +68,21 @@ class ModelFacts:
     dtype: str
     trained: bool
     lora_merged: bool = True
+    encoder_tokens_per_chunk_token: int | None = None  # the compression knob (None: one chunk token per chunk)
+    chunk_tokens_per_chunk: float = 1.0  # chunk tokens one chunk of English text becomes
 
     @property
     def max_chunks(self) -> int:
-        """Chunk tokens that fit in the decoder's window beside the prompt."""
-        return max(0, self.decoder_window - self.prompt_tokens)
+        """Chunks whose chunk tokens fit in the decoder's window beside the prompt."""
+        return max(0, int((self.decoder_window - self.prompt_tokens) / self.chunk_tokens_per_chunk))
+
+    @property
+    def compression(self) -> str:
+        """What one chunk token stands for, in words."""
+        if self.encoder_tokens_per_chunk_token is None:
+            return f"one vector per chunk of up to {self.chunk_size} characters"
+        return (f"one vector per {self.encoder_tokens_per_chunk_token} encoder tokens (about "
+                f"{self.chunk_tokens_per_chunk:.1f} per chunk of up to {self.chunk_size} characters)")
 
 
 @dataclass
@@ -97,11 +107,13 @@ def model_facts(model, processor, repo_id: str, encoder_name: str, decoder_name:
     """Facts for the card from an E2LLM model and its processor.
 
     The compression is measured on the English text of the card's "What E2LLM is" section: its
-    decoder tokens divided by the number of chunks the processor cuts it into.
+    decoder tokens divided by the number of chunks the processor cuts it into, and the chunk tokens
+    those chunks become.
     """
     config = model.config
     sample = about_text()
     sample_tokens = len(processor.tokenizer(sample, add_special_tokens=False)["input_ids"])
+    chunks = processor.encode_chunks([sample])
     prompt = processor.build_prompt(0, "")
     return ModelFacts(
         repo_id=repo_id, encoder_name=encoder_name, decoder_name=decoder_name,
@@ -109,9 +121,10 @@ def model_facts(model, processor, repo_id: str, encoder_name: str, decoder_name:
         max_chunk_tokens=processor.max_chunk_tokens, pooling=config.pooling,
         adapter_num_layers=config.adapter_num_layers, decoder_window=config.text_config.max_position_embeddings,
         prompt_tokens=len(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"]),
-        tokens_per_chunk=sample_tokens / len(processor.chunk(sample)),
+        tokens_per_chunk=sample_tokens / chunks["num_chunks"][0],
         num_parameters=model.num_parameters(), dtype=str(model.dtype).removeprefix("torch."),
-        trained=trained, lora_merged=lora_merged)
+        trained=trained, lora_merged=lora_merged, encoder_tokens_per_chunk_token=config.encoder_tokens_per_chunk_token,
+        chunk_tokens_per_chunk=chunks["num_chunk_tokens"][0] / chunks["num_chunks"][0])
 
 
 # --- reading result files ------------------------------------------------------------------------
@@ -221,7 +234,8 @@ def build_model_card(facts: ModelFacts, evaluations: list[EvalSummary] = (), tra
         efficiency_table=_efficiency_table(efficiency) if efficiency else "",
         chunk_size=facts.chunk_size, encoder_name=facts.encoder_name, decoder_name=facts.decoder_name,
         max_chunk_tokens=facts.max_chunk_tokens, decoder_window=f"{facts.decoder_window:,}",
-        max_chunks=f"{facts.max_chunks:,}", max_context_chars=_approx(facts.max_chunks * facts.chunk_size))
+        max_chunks=f"{facts.max_chunks:,}", max_context_chars=_approx(facts.max_chunks * facts.chunk_size),
+        compression=facts.compression)
 
 
 def _own_results(evaluations: list[EvalSummary], system: str | None) -> list[EvalSummary]:
@@ -292,11 +306,12 @@ def _details_table(facts: ModelFacts) -> str:
         ["Chunk encoder", f"[{facts.encoder_name}](https://huggingface.co/{facts.encoder_name}), "
                           f"{facts.pooling} pooling, at most {facts.max_chunk_tokens} tokens per chunk"],
         ["Adapter", f"{facts.adapter_num_layers}-layer MLP, one chunk vector -> one decoder input embedding"],
+        ["Chunk tokens", facts.compression[0].upper() + facts.compression[1:]],
         ["Decoder", f"[{facts.decoder_name}](https://huggingface.co/{facts.decoder_name}), "
                     f"window {facts.decoder_window:,} tokens"],
         ["Chunk size", f"up to {facts.chunk_size} characters, cut at sentence ends where possible{overlap}"],
-        ["Compression", f"one chunk token replaces about {facts.tokens_per_chunk:.0f} decoder tokens of "
-                        f"English text (measured on the text of \"What E2LLM is\" above)"],
+        ["Compression", f"one chunk token replaces about {facts.tokens_per_chunk / facts.chunk_tokens_per_chunk:.0f} "
+                        "decoder tokens of English text (measured on the text of \"What E2LLM is\" above)"],
         ["Longest context",
          f"about {facts.max_chunks:,} chunks, {_approx(facts.max_chunks * facts.chunk_size)} characters"],
         ["Parameters", f"{facts.num_parameters / 1e6:.1f} M ({facts.dtype})"],

@@ -44,7 +44,7 @@ def is_trained_run(source: str | Path) -> bool:
 def trained_run_base(run_dir: str | Path) -> tuple[E2LLMForCausalLM, E2LLMProcessor]:
     """The untrained composite and processor a trained run started from, rebuilt from its settings."""
     settings = json.loads((Path(run_dir) / RUN_SETTINGS_FILE).read_text())
-    return compose_model(**settings.get("config", {})), compose_processor(**settings.get("processor", {}))
+    return compose_model_and_processor(settings.get("config", {}), settings.get("processor", {}))
 
 
 def load_trained_run(run_dir: str | Path) -> tuple[E2LLMForCausalLM, E2LLMProcessor]:
@@ -65,6 +65,16 @@ def compose_model(encoder_path: str | None = None, decoder_path: str | None = No
         encoder_path or default_encoder_path(), decoder_path or default_decoder_path(),
         encoder_name=None if encoder_path else ENCODER_HUB_ID, decoder_name=None if decoder_path else DECODER_HUB_ID,
         **config_kwargs)
+
+
+def compose_model_and_processor(config_kwargs: dict, processor_settings: dict) -> tuple[E2LLMForCausalLM,
+                                                                                       E2LLMProcessor]:
+    """A new composite from `compose_model(**config_kwargs)` and its processor from
+    `compose_processor(**processor_settings)`, which takes the model's `encoder_tokens_per_chunk_token` (it decides
+    the placeholders): the model config is the one place a training config or a trained run sets it."""
+    model = compose_model(**config_kwargs)
+    k = model.config.encoder_tokens_per_chunk_token
+    return model, compose_processor(**processor_settings, encoder_tokens_per_chunk_token=k)
 
 
 def compose_processor(encoder_path: str | None = None, decoder_path: str | None = None, **settings) -> E2LLMProcessor:

@@ -24,6 +24,7 @@ import yaml
 from trl import SFTConfig
 
 from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM
+from modeling_e2llm.configuration_e2llm import check_encoder_tokens_per_chunk_token
 
 from .sources import source_keys
 
@@ -45,6 +46,7 @@ class ModelSettings:
 
     def __post_init__(self):
         _check_keys(self.config, MODEL_CONFIG_KEYS, "config.model.config")
+        check_encoder_tokens_per_chunk_token(self.config.get("encoder_tokens_per_chunk_token"))  # before any load
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Training samples for E2LLM's two tasks, and the collator that batches them.
 
 A sample is a row of plain lists:
-    input_ids, attention_mask, labels: (T,) the decoder prompt (one placeholder per chunk) and the target;
+    input_ids, attention_mask, labels: (T,) the decoder prompt (one placeholder per chunk token: per chunk, or
+        ceil(n_i / k) with the compression knob) and the target;
         labels are -100 everywhere except the target tokens (and their EOS);
     chunk_input_ids, chunk_attention_mask: (n_chunks, L_i) the encoder tokens of each chunk, unpadded;
     task: "understanding" (restate the chunks, paper 3.2) or "reasoning" (answer a question).
@@ -32,14 +33,16 @@ def build_sample(processor: E2LLMProcessor, context: str, prompt: str | None, ta
     Raises ContextTooLongError, naming `name`, when the row is longer than `max_length` decoder tokens.
     """
     chunks = processor.encode_chunks([context])
-    batch = processor.encode_prompts(chunks["num_chunks"], prompt, target, padding_side="right", passages=[passages])
+    batch = processor.encode_prompts(chunks["num_chunks"], prompt, target, padding_side="right", passages=[passages],
+                                     num_chunk_tokens=chunks["num_chunk_tokens"])
     length = batch["input_ids"].shape[1]
-    num_chunks = chunks["num_chunks"][0]
+    num_chunk_tokens = chunks["num_chunk_tokens"][0]
     if max_length is not None and length > max_length:
+        larger = "chunk_size" if processor.encoder_tokens_per_chunk_token is None else "encoder_tokens_per_chunk_token"
         raise ContextTooLongError(
-            f"{name}: {len(context)} characters make {num_chunks} chunk tokens; with prompt, quoted passages and "
-            f"target the decoder input is {length} tokens, more than the decoder window of {max_length}. Use a "
-            "larger chunk_size, a shorter context (split the record), or leave this record out.")
+            f"{name}: {len(context)} characters make {num_chunk_tokens} chunk tokens; with prompt, quoted passages "
+            f"and target the decoder input is {length} tokens, more than the decoder window of {max_length}. Use a "
+            f"larger {larger}, a shorter context (split the record), or leave this record out.")
     chunk_lengths = chunks["chunk_attention_mask"].sum(dim=1).tolist()
     chunk_ids = [row[:n] for row, n in zip(chunks["chunk_input_ids"].tolist(), chunk_lengths)]
     return {

@@ -19,7 +19,7 @@ from transformers import TrainerCallback, set_seed
 from trl import SFTConfig
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
-from modeling_e2llm.loading import RUN_SETTINGS_FILE, compose_model, compose_processor
+from modeling_e2llm.loading import RUN_SETTINGS_FILE, compose_model_and_processor
 from modeling_e2llm.lora import lora_config
 
 from .config import TrainConfig
@@ -34,9 +34,8 @@ PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 def load_model_and_processor(config: TrainConfig) -> tuple[E2LLMForCausalLM, E2LLMProcessor]:
     """The untrained composite and its processor (no encoder/decoder paths: the embedded default)."""
-    model = compose_model(config.model.encoder, config.model.decoder, **config.model.config)
-    processor = compose_processor(config.model.encoder, config.model.decoder, **vars(config.processor))
-    return model, processor
+    paths = {"encoder_path": config.model.encoder, "decoder_path": config.model.decoder}
+    return compose_model_and_processor({**paths, **config.model.config}, {**paths, **vars(config.processor)})
 
 
 # transformers 5.23 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the old name
