@@ -71,6 +71,20 @@ def tiny_processor(tiny_paths) -> E2LLMProcessor:
     return E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_size=64)
 
 
+@pytest.fixture
+def tiny_at(tiny_paths):
+    """`build(k)` -> (model, processor) with the compression setting k (encoder_tokens_per_chunk_token): the
+    weights of `tiny_model` (same seed), the chunking of `tiny_processor` unless `chunk_size` says otherwise
+    (64 characters make 8-14 encoder tokens: k=16 needs longer chunks to make more than one chunk token)."""
+    def build(k: int | None, chunk_size: int = 64) -> tuple[E2LLMForCausalLM, E2LLMProcessor]:
+        torch.manual_seed(2)
+        model = E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths, encoder_tokens_per_chunk_token=k)
+        processor = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_size=chunk_size,
+                                                                   encoder_tokens_per_chunk_token=k)
+        return model.eval(), processor
+    return build
+
+
 @pytest.fixture(scope="session")
 def essay_text() -> str:
     """A real Paul Graham essay (about 20k characters) from ../shared/data."""

@@ -320,3 +320,105 @@ def test_composing_twice_gives_identical_models(tiny_paths, tiny_processor):
 def test_generation_past_the_window_is_refused_before_it_starts(tiny_model, tiny_processor):
     with pytest.raises(ValueError, match=r"\+ 2040 new tokens but the decoder's window is 2048"):
         tiny_model.generate(context=TEXT, prompt="q", processor=tiny_processor, max_new_tokens=2040)
+
+
+# --- the compression knob: encoder_tokens_per_chunk_token -----------------------------------------
+def test_each_chunk_becomes_its_segment_means_through_the_adapter(tiny_at):
+    model, processor = tiny_at(4)
+    batch = processor(TEXT, "Who chaired?")
+    expected = []
+    for ids, mask in zip(batch["chunk_input_ids"], batch["chunk_attention_mask"]):
+        n = int(mask.sum())  # the chunk's real encoder tokens, encoded alone without padding
+        states = model.model.encoder(input_ids=ids[None, :n]).last_hidden_state[0]  # (n, enc_hidden)
+        expected += [states[start:start + 4].mean(dim=0) for start in range(0, n, 4)]  # the last one shorter
+    features = model.model.get_chunk_features(batch["chunk_input_ids"], batch["chunk_attention_mask"])
+    torch.testing.assert_close(features, model.model.adapter(torch.stack(expected)), atol=1e-5, rtol=1e-5)
+    assert features.shape[0] == int((batch["input_ids"] == model.config.chunk_token_id).sum())
+
+
+def test_without_the_knob_a_chunk_token_is_the_mean_of_the_whole_chunk(tiny_at):
+    model, processor = tiny_at(None)
+    batch = processor(TEXT, "Who chaired?")
+    expected = [model.model.encoder(input_ids=ids[None, :int(mask.sum())]).last_hidden_state[0].mean(dim=0)
+                for ids, mask in zip(batch["chunk_input_ids"], batch["chunk_attention_mask"])]
+    features = model.model.get_chunk_features(batch["chunk_input_ids"], batch["chunk_attention_mask"])
+    torch.testing.assert_close(features, model.model.adapter(torch.stack(expected)), atol=1e-5, rtol=1e-5)
+
+
+def test_a_segment_longer_than_every_chunk_gives_the_default_chunk_tokens_exactly(tiny_at):
+    (default, processor), (whole, _) = tiny_at(None), tiny_at(512)
+    batch = processor(TEXT, "Who chaired?")
+    assert torch.equal(whole.model.get_chunk_features(batch["chunk_input_ids"], batch["chunk_attention_mask"]),
+                       default.model.get_chunk_features(batch["chunk_input_ids"], batch["chunk_attention_mask"]))
+
+
+@pytest.mark.parametrize("k, chunk_size", [(None, 64), (4, 64), (16, 256)])
+def test_a_batch_of_two_contexts_with_different_chunk_counts_equals_each_alone(tiny_at, k, chunk_size):
+    model, processor = tiny_at(k, chunk_size)
+    contexts, prompts = [TEXT, SHORT], ["Who chaired?", "What was lunch?"]
+    batch = processor(contexts, prompts)
+    logits = model(**batch).logits
+    batched = model.generate(context=contexts, prompt=prompts, processor=processor, max_new_tokens=5, do_sample=False)
+    for row, (context, prompt) in enumerate(zip(contexts, prompts)):
+        single = model(**processor(context, prompt)).logits[0]
+        torch.testing.assert_close(logits[row, -single.shape[0]:], single, atol=1e-4, rtol=1e-4)
+        alone = model.generate(context=context, prompt=prompt, processor=processor, max_new_tokens=5, do_sample=False)
+        assert batched[row].tolist() == alone[0].tolist()
+
+
+@pytest.mark.parametrize("k, chunk_size", [(4, 64), (16, 256)])
+def test_the_text_path_and_the_token_path_generate_the_same_with_the_knob(tiny_at, k, chunk_size):
+    model, processor = tiny_at(k, chunk_size)
+    batch = processor(TEXT, "Who chaired?")
+    from_tokens = model.generate(**batch, max_new_tokens=5, do_sample=False)[0, batch["input_ids"].shape[1]:]
+    from_text = model.generate(context=TEXT, prompt="Who chaired?", processor=processor, max_new_tokens=5,
+                               do_sample=False)[0]
+    assert from_text.tolist() == from_tokens.tolist()
+
+
+def test_save_and_load_with_the_knob_in_a_fresh_virtualenv_generates_the_same_tokens(tiny_at, tmp_path):
+    model, processor = tiny_at(4)
+    model.save_pretrained(tmp_path / "saved")
+    processor.save_pretrained(tmp_path / "saved")
+    expected = model.generate(context=TEXT, prompt="Who chaired?", processor=processor, max_new_tokens=6,
+                              do_sample=False)[0].tolist()
+    stdout = run_isolated(f"""
+import json
+from transformers import AutoModelForCausalLM, AutoProcessor
+model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True)
+ids = model.generate(context={TEXT!r}, prompt="Who chaired?", max_new_tokens=6, do_sample=False)
+print(json.dumps({{"ids": ids[0].tolist(), "k": [model.config.encoder_tokens_per_chunk_token,
+                                                processor.encoder_tokens_per_chunk_token]}}))
+""", cwd=tmp_path)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    assert result == {"ids": expected, "k": [4, 4]}
+
+
+@pytest.mark.parametrize("value", [0, -4, 2.5, "4", True])
+def test_a_knob_that_is_not_a_positive_integer_is_refused(tiny_model, value):
+    with pytest.raises(ValueError, match=r"encoder_tokens_per_chunk_token must be None .* or an integer >= 1"):
+        E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
+                    encoder_tokens_per_chunk_token=value)
+
+
+def test_the_knob_with_cls_pooling_is_refused(tiny_model):
+    with pytest.raises(ValueError, match='pooling="cls".*set pooling="mean"'):
+        E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
+                    pooling="cls", encoder_tokens_per_chunk_token=4)
+
+
+def test_a_processor_with_another_knob_setting_is_refused_with_the_fix(tiny_at):
+    model, _ = tiny_at(4)
+    _, other = tiny_at(None)
+    with pytest.raises(ValueError, match=r"encoder_tokens_per_chunk_token=None but the model pools with 4: set "
+                                         r"processor.encoder_tokens_per_chunk_token = 4"):
+        model.generate(context=TEXT, prompt="q", processor=other, max_new_tokens=2)
+
+
+def test_a_context_too_long_with_the_knob_counts_chunk_tokens_and_suggests_a_larger_k(tiny_at):
+    model, processor = tiny_at(4)
+    long_text = "This sentence is filler. " * 1200  # 600 chunks of 64 characters, 14 encoder tokens -> 4 chunk tokens
+    with pytest.raises(ValueError, match=r"\(2400 chunk tokens\) \+ 2 new tokens but the decoder's window is 2048 "
+                                         r"tokens.*encoder_tokens_per_chunk_token about 1\.2x larger than 4"):
+        model.generate(context=long_text, prompt="q", processor=processor, max_new_tokens=2)
