@@ -74,3 +74,37 @@ print(json.dumps(peaks))
     short, long = json.loads(stdout.strip().splitlines()[-1])
     # Unbatched, 2,000 chunks x 64 tokens of attention and MLP activations would add over 100 MB.
     assert long - short < 40, (short, long)
+
+
+def test_with_the_knob_a_cache_holds_the_chunk_tokens_and_one_ranking_vector_per_chunk(tiny_at, tmp_path):
+    model, processor = tiny_at(4)
+    cache = model.encode_context(TEXT, processor=processor)
+    cache.save(tmp_path / "doc.safetensors")
+    loaded = ContextCache.load(tmp_path / "doc.safetensors")
+    chunks = processor.encode_chunks([TEXT])
+    assert (loaded.num_chunks, loaded.num_chunk_tokens) == (chunks["num_chunks"][0], chunks["num_chunk_tokens"][0])
+    assert loaded.pooled.shape == (loaded.num_chunks, 32) and loaded.encoder_tokens_per_chunk_token == 4
+    for question in ("Who chaired?", "What did Bob present?"):
+        uncached = model.generate(context=TEXT, prompt=question, processor=processor, max_new_tokens=6,
+                                  do_sample=False, hybrid_top_k=2)
+        cached = model.generate(context_cache=loaded, prompt=question, processor=processor, max_new_tokens=6,
+                                do_sample=False, hybrid_top_k=2)
+        assert cached.tolist() == uncached.tolist()
+
+
+def test_a_cache_made_with_another_knob_setting_is_refused(tiny_at, tmp_path):
+    (compressed, processor), (default, default_processor) = tiny_at(4), tiny_at(None)  # the same weights
+    cache = compressed.encode_context(TEXT, processor=processor)
+    with pytest.raises(ValueError, match="made with encoder_tokens_per_chunk_token=4 but the model uses None"):
+        default.generate(context_cache=cache, prompt="q", processor=default_processor, max_new_tokens=2)
+
+
+def test_a_cache_saved_without_the_knob_setting_loads_as_one_chunk_token_per_chunk(tiny_model, tiny_processor,
+                                                                                  tmp_path):
+    from safetensors import safe_open
+
+    tiny_model.encode_context(TEXT, processor=tiny_processor).save(tmp_path / "doc.safetensors")
+    with safe_open(str(tmp_path / "doc.safetensors"), framework="pt") as f:
+        assert "encoder_tokens_per_chunk_token" not in f.metadata()  # as in caches saved before the knob
+    loaded = ContextCache.load(tmp_path / "doc.safetensors")
+    assert loaded.encoder_tokens_per_chunk_token is None and loaded.num_chunk_tokens == loaded.num_chunks

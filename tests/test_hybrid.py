@@ -221,3 +221,16 @@ def test_family_summaries_count_each_needle_family_apart(essay_text, tiny_proces
     summary = family_summaries(examples, [[0], [6], [2]])
     assert summary["code"]["all_needles_in_top_5"] == 0.5 and summary["date"]["all_needles_in_top_3"] == 1.0
     assert sorted(summary) == ["code", "date"]
+
+
+@pytest.mark.parametrize("scoring", ["base", "tuned"])
+def test_hybrid_ranking_is_the_same_with_and_without_the_knob(tiny_at, scoring):
+    (default, processor), (compressed, compressed_processor) = tiny_at(None), tiny_at(4)
+    default.config.hybrid_scoring = compressed.config.hybrid_scoring = scoring
+    plain = default.encode_context(TEXT, processor=processor)
+    knob = compressed.encode_context(TEXT, processor=compressed_processor)
+    # "tuned" ranks with the chunk encoder: its whole-chunk means come from the segment means, not a second pass.
+    torch.testing.assert_close(knob.pooled, plain.pooled, atol=1e-5, rtol=1e-5)
+    question = "What does paragraph 7 talk about?"
+    assert (compressed.hybrid_passages(TEXT, question, compressed_processor, top_k=3)
+            == default.hybrid_passages(TEXT, question, processor, top_k=3))

@@ -99,3 +99,36 @@ def test_missing_processor_files_give_a_clear_error(tmp_path):
 def test_template_without_fields_is_refused(tiny_paths):
     with pytest.raises(ValueError, match="{query}"):
         E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, reasoning_template="Context: {context}")
+
+
+@pytest.mark.parametrize("k, chunk_size", [(4, 64), (16, 256)])
+def test_with_the_knob_each_chunk_gets_ceil_of_its_encoder_tokens_over_k_placeholders(tiny_paths, k, chunk_size):
+    processor = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_size=chunk_size,
+                                                               encoder_tokens_per_chunk_token=k)
+    batch = processor([TEXT, "A short note."], ["Who chaired the meeting?", "What?"])
+    lengths = batch["chunk_attention_mask"].sum(dim=1).tolist()
+    chunks = len(processor.chunk(TEXT))
+    wanted = [sum(-(-n // k) for n in lengths[:chunks]), sum(-(-n // k) for n in lengths[chunks:])]
+    assert (batch["input_ids"] == processor.chunk_token_id).sum(dim=1).tolist() == wanted
+    assert wanted[0] > chunks  # several chunk tokens per chunk
+    assert processor.encode_chunks([TEXT])["num_chunk_tokens"] == wanted[:1]
+
+
+def test_the_knob_survives_save_and_load(tiny_paths, tmp_path):
+    E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, encoder_tokens_per_chunk_token=8).save_pretrained(tmp_path)
+    assert E2LLMProcessor.from_pretrained(tmp_path).encoder_tokens_per_chunk_token == 8
+
+
+@pytest.mark.parametrize("value", [0, 1.5, "8"])
+def test_a_knob_that_is_not_a_positive_integer_is_refused_on_construction_and_assignment(tiny_processor, tiny_paths,
+                                                                                         value):
+    with pytest.raises(ValueError, match="encoder_tokens_per_chunk_token must be None"):
+        E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, encoder_tokens_per_chunk_token=value)
+    with pytest.raises(ValueError, match="encoder_tokens_per_chunk_token must be None"):
+        tiny_processor.encoder_tokens_per_chunk_token = value
+
+
+def test_passage_labels_count_chunks_while_placeholders_count_chunk_tokens(tiny_processor):
+    batch = tiny_processor.encode_prompts([3], "Who?", passages=[[(1, "Alice chaired.")]], num_chunk_tokens=[11])
+    assert int((batch["input_ids"] == tiny_processor.chunk_token_id).sum()) == 11
+    assert "[chunk 2 of 3] Alice chaired." in tiny_processor.decode(batch["input_ids"][0])
