@@ -13,6 +13,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCa
 
 from modeling_e2llm.embedded_default import default_decoder_path
 from modeling_e2llm.haystacks import holdout_side, understanding_windows
+from modeling_e2llm.loading import load_model
 
 from training.config import TrainConfig
 from training.dataset import mix_tasks, reasoning_dataset, understanding_dataset
@@ -388,3 +389,31 @@ def _as_raw(config: TrainConfig) -> dict:
     from dataclasses import asdict
 
     return asdict(config)
+
+
+# --- the compression knob ------------------------------------------------------------------------------
+def test_samples_hold_ceil_of_encoder_tokens_over_k_placeholders_per_chunk(tiny_at, essay_text):
+    _, processor = tiny_at(4)
+    sample = build_sample(processor, essay_text[:2000], "Who wrote this?", "Paul Graham")
+    wanted = sum(-(-len(chunk) // 4) for chunk in sample["chunk_input_ids"])
+    assert sample["input_ids"].count(processor.chunk_token_id) == wanted > len(sample["chunk_input_ids"])
+    with pytest.raises(ContextTooLongError, match=r"make \d+ chunk tokens.*Use a larger encoder_tokens_per_chunk_token"):
+        build_sample(processor, essay_text, "Q?", "A", max_length=100)
+
+
+def test_a_knob_set_in_the_yaml_trains_and_the_trained_run_loads_with_it(tiny_paths, tmp_path, essay_text):
+    config = tiny_config(tiny_paths, tmp_path, essay_text, records=2,
+                         model={"config": {"encoder_tokens_per_chunk_token": 4}},
+                         training={"max_steps": 2, "save_strategy": "no"})
+    trainer = train(config)
+    chunk_token_id = trainer.model.config.chunk_token_id
+    for row in trainer.train_dataset:
+        assert row["input_ids"].count(chunk_token_id) == sum(-(-len(chunk) // 4) for chunk in row["chunk_input_ids"])
+    model, processor, _ = load_model(tmp_path / "run" / "final")
+    assert (model.config.encoder_tokens_per_chunk_token, processor.encoder_tokens_per_chunk_token) == (4, 4)
+    assert model.generate(context=essay_text[:1000], prompt="Who?", processor=processor, max_new_tokens=2).shape == (1, 2)
+
+
+def test_a_knob_that_is_not_a_positive_integer_is_refused_while_the_yaml_is_read(tiny_paths, tmp_path, essay_text):
+    with pytest.raises(ValueError, match="encoder_tokens_per_chunk_token must be None"):
+        tiny_config(tiny_paths, tmp_path, essay_text, model={"config": {"encoder_tokens_per_chunk_token": 0}})
