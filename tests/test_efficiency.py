@@ -129,3 +129,23 @@ def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
         assert heading in summary
     for plot in ("time.png", "memory.png"):
         assert (output / plot).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_with_the_knob_the_long_chunk_size_counts_chunk_tokens_and_refuses_what_no_size_fits(tiny_at, essay_text):
+    _, processor = tiny_at(4)
+    own = processor.encode_chunks([essay_text])["num_chunk_tokens"][0]
+    size = chunk_size_that_fits(processor, essay_text, int(own * 0.8))
+    processor.chunk_size = size
+    assert processor.encode_chunks([essay_text])["num_chunk_tokens"][0] <= int(own * 0.8)
+    with pytest.raises(ValueError, match="No chunk size fits.*--encoder-tokens-per-chunk-token"):
+        chunk_size_that_fits(processor, essay_text, own // 8)  # whatever the size: at least (encoder tokens) / 4
+
+
+def test_the_benchmark_composes_with_the_knob_and_refuses_it_for_a_saved_model(tiny_paths, tmp_path, capsys):
+    model, processor, label = load_benchmark_model(encoder=tiny_paths[0], decoder=tiny_paths[1],
+                                                   encoder_tokens_per_chunk_token=4)
+    assert (model.config.encoder_tokens_per_chunk_token, processor.encoder_tokens_per_chunk_token) == (4, 4)
+    assert label.endswith("one chunk token per 4 encoder tokens")
+    with pytest.raises(SystemExit):
+        parse_arguments(["--output", str(tmp_path), "--model", str(tmp_path), "--encoder-tokens-per-chunk-token", "4"])
+    assert "a saved --model keeps its own setting" in capsys.readouterr().err
