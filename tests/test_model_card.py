@@ -171,3 +171,16 @@ def test_model_facts_measure_compression_as_sample_tokens_per_chunk(tiny_model, 
     assert facts.tokens_per_chunk == pytest.approx(tokens / len(tiny_processor.chunk(sample)))
     assert (facts.chunk_size, facts.decoder_window, facts.pooling) == (64, 2048, "mean")
     assert facts.num_parameters == sum(p.numel() for p in tiny_model.parameters())
+
+
+def test_with_the_knob_the_card_states_chunk_tokens_per_chunk_and_a_shorter_longest_context(tiny_at):
+    model, processor = tiny_at(4)
+    facts = model_facts(model, processor, "org/x", ENCODER, DECODER, trained=False)
+    chunks = processor.encode_chunks([about_text()])
+    assert facts.chunk_tokens_per_chunk == pytest.approx(chunks["num_chunk_tokens"][0] / chunks["num_chunks"][0])
+    assert facts.chunk_tokens_per_chunk > 1
+    assert facts.max_chunks == int((2048 - facts.prompt_tokens) / facts.chunk_tokens_per_chunk)
+    text = build_model_card(facts).text
+    assert f"one vector per 4 encoder tokens (about {facts.chunk_tokens_per_chunk:.1f} per chunk of up to 64" in text
+    compression = facts.tokens_per_chunk / facts.chunk_tokens_per_chunk
+    assert f"one chunk token replaces about {compression:.0f} decoder tokens" in text
