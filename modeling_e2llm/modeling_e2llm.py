@@ -384,7 +384,10 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         scoring_pooled = pooled if k is None else _whole_chunk_means(pooled, mask.sum(dim=1), k)
         if self.model.ranking_encoder() is not self.model.encoder:
             scoring_pooled = self.model.pool_chunks(ids, mask, for_scoring=True) if rank else None
-        features = self.model.adapter(self.model.chunk_tokens(pooled, mask))  # (n_chunk_tokens, dec_hidden)
+        # The processor counted the chunk tokens on the CPU: trimming to that count drops an accelerator's
+        # empty segments (see `chunk_tokens`) without waiting for the device.
+        tokens = self.model.chunk_tokens(pooled, mask)[:count]  # (n_chunk_tokens, enc_hidden)
+        features = self.model.adapter(tokens)  # (n_chunk_tokens, dec_hidden)
         return ContextCache(chunk_features=features, pooled=scoring_pooled, offsets=chunks["offsets"], text=context,
                             text_hash="", weights_hash="", encoder_tokens_per_chunk_token=k)
 

@@ -192,9 +192,11 @@ def test_placeholders_without_chunks_are_refused(tiny_model, tiny_processor):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on the CPU there is no device to wait for")
-def test_a_training_forward_never_waits_for_the_gpu(tiny_model, tiny_processor):
-    model = tiny_model.cuda().train()
-    batch = tiny_processor([TEXT, TEXT[:300]], ["Who chaired?", "Why?"], target=["Alice.", "To plan."]).to("cuda")
+@pytest.mark.parametrize("k", [None, 4])
+def test_a_training_forward_never_waits_for_the_gpu(tiny_at, k):
+    model, processor = tiny_at(k)
+    model = model.cuda().train()
+    batch = processor([TEXT, TEXT[:300]], ["Who chaired?", "Why?"], target=["Alice.", "To plan."]).to("cuda")
     torch.cuda.set_sync_debug_mode("error")  # any host-device sync raises
     try:
         loss = model(**batch).loss
