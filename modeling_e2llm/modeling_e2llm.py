@@ -150,7 +150,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
         counts = self.count_chunk_tokens(chunk_attention_mask, per_chunk=True)  # (n,)
         real = torch.arange(pooled.shape[1], device=pooled.device) < counts.unsqueeze(1)  # (n, S)
         order = torch.argsort((~real).flatten().to(torch.uint8), stable=True)  # real segments first, in order
-        if pooled.device.type == "cpu":
+        if _reads_back_freely(counts):
             order = order[:int(counts.sum())]
         return pooled.flatten(0, 1)[order]  # (n_chunk_tokens, enc_hidden)
 
@@ -169,7 +169,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
         message = (f"The prompts' chunk placeholders (id {self.config.chunk_token_id}) do not match the chunk "
                    "tokens encoded; build inputs with the model's E2LLMProcessor (same encoder_tokens_per_chunk_token "
                    f"as the model, {self.config.encoder_tokens_per_chunk_token}).")
-        if mask.device.type == "cpu":
+        if _reads_back_freely(mask):
             if int(mask.sum()) != int(expected):
                 raise ValueError(f"{message} The prompts hold {int(mask.sum())} placeholders for {int(expected)} "
                                  "chunk tokens.")
@@ -602,6 +602,12 @@ def _with_cache_name(kwargs: dict) -> dict:
     if given:
         kwargs[_CACHE] = caches[0] if caches else None
     return kwargs
+
+
+def _reads_back_freely(tensor: torch.Tensor) -> bool:
+    """Whether reading a value of `tensor` back to Python costs nothing: on the CPU. On an accelerator it would
+    stall the forward until the device caught up, so the code there keeps static shapes and checks on the device."""
+    return tensor.device.type == "cpu"
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, segment_size: int | None = None,

@@ -424,3 +424,20 @@ def test_a_context_too_long_with_the_knob_counts_chunk_tokens_and_suggests_a_lar
     with pytest.raises(ValueError, match=r"\(2400 chunk tokens\) \+ 2 new tokens but the decoder's window is 2048 "
                                          r"tokens.*encoder_tokens_per_chunk_token about 1\.2x larger than 4"):
         model.generate(context=long_text, prompt="q", processor=processor, max_new_tokens=2)
+
+
+def test_the_accelerator_path_keeping_empty_segments_gives_the_same_logits_generation_and_cache(tiny_at):
+    """On an accelerator `chunk_tokens` keeps the empty segments after the chunk tokens (no read-back); run
+    that path here on the CPU."""
+    model, processor = tiny_at(4)
+    batch = processor([TEXT, SHORT], ["Who chaired?", "What was lunch?"])
+    expected_logits = model(**batch).logits
+    expected_ids = model.generate(context=TEXT, prompt="Who?", processor=processor, max_new_tokens=5, do_sample=False)
+    expected_cache = model.encode_context(TEXT, processor=processor).chunk_features
+    with mock.patch("modeling_e2llm.modeling_e2llm._reads_back_freely", return_value=False):
+        padded = model.model.get_chunk_features(batch["chunk_input_ids"], batch["chunk_attention_mask"])
+        assert padded.shape[0] > int((batch["input_ids"] == model.config.chunk_token_id).sum())
+        torch.testing.assert_close(model(**batch).logits, expected_logits)
+        assert torch.equal(model.generate(context=TEXT, prompt="Who?", processor=processor, max_new_tokens=5,
+                                          do_sample=False), expected_ids)
+        assert torch.equal(model.encode_context(TEXT, processor=processor).chunk_features, expected_cache)
