@@ -206,13 +206,13 @@ class E2LLMModel(E2LLMPreTrainedModel):
             return
         chunks = int((input_ids == self.config.chunk_token_id).sum(dim=1).max())
         room = window - new_tokens - (input_ids.shape[1] - chunks)
-        fix = (f"{self.fewer_chunk_tokens(chunks / room)} (the window holds {room} chunk tokens with this prompt)."
+        fix = (f"{self.fewer_chunk_tokens_fix(chunks / room)} (the window holds {room} chunk tokens with this prompt)."
                if room > 0 else
                "Ask for fewer new tokens, or shorten the prompt or the hybrid passages (smaller hybrid_token_budget).")
         raise ContextTooLong(f"The decoder input is {input_ids.shape[1]} tokens ({chunks} chunk tokens) + {new_tokens} "
                              f"new tokens but the decoder's window is {window} tokens. {fix}")
 
-    def fewer_chunk_tokens(self, factor: float) -> str:
+    def fewer_chunk_tokens_fix(self, factor: float) -> str:
         """How to make `factor` times fewer chunk tokens, for an error message."""
         k = self.config.encoder_tokens_per_chunk_token
         if k is None:
@@ -376,14 +376,14 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         count, window = chunks["num_chunk_tokens"][0], getattr(self.config.text_config, "max_position_embeddings", None)
         if window is not None and count > window:
             raise ValueError(f"The context makes {count:,} chunk tokens, more than the decoder's whole window of "
-                             f"{window} tokens: {self.model.fewer_chunk_tokens(count / window)}.")
+                             f"{window} tokens: {self.model.fewer_chunk_tokens_fix(count / window)}.")
         ids, mask = chunks["chunk_input_ids"].to(self.device), chunks["chunk_attention_mask"].to(self.device)
         pooled = self.model.pool_chunks(ids, mask, progress=progress)  # (n_chunks[, S], enc_hidden)
         k = self.config.encoder_tokens_per_chunk_token
-        # One pass serves both unless a separate encoder ranks; segment means give the whole-chunk means exactly.
-        scoring_pooled = pooled if k is None else _whole_chunk_means(pooled, mask.sum(dim=1), k)
         if self.model.ranking_encoder() is not self.model.encoder:
             scoring_pooled = self.model.pool_chunks(ids, mask, for_scoring=True) if rank else None
+        else:  # one encoder pass serves both; segment means give the whole-chunk means exactly
+            scoring_pooled = pooled if k is None else _whole_chunk_means(pooled, mask.sum(dim=1), k)
         # The processor counted the chunk tokens on the CPU: trimming to that count drops an accelerator's
         # empty segments (see `chunk_tokens`) without waiting for the device.
         tokens = self.model.chunk_tokens(pooled, mask)[:count]  # (n_chunk_tokens, enc_hidden)
