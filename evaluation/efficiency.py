@@ -118,8 +118,8 @@ def chunk_size_that_fits(processor, text: str, max_chunk_tokens: int) -> int:
     size = processor.chunk_size
     while (count := _chunk_tokens(trial, size, text)) > max_chunk_tokens:
         if size >= len(text):
-            raise ValueError(f"No chunk size fits the {len(text):,}-character text in {max_chunk_tokens:,} chunk tokens "
-                             f"(it takes at least {count:,}): lower --max-tokens, or pool more encoder tokens per "
+            raise ValueError(f"No chunk size fits the {len(text):,}-character text in {max_chunk_tokens:,} chunk "
+                             f"tokens (it takes at least {count:,}): lower --max-tokens, or pool more encoder tokens per "
                              "chunk token (--encoder-tokens-per-chunk-token).")
         # Chunks are cut back to sentence ends, so their count falls a little slower than 1/size.
         size = max(size + _CHUNK_SIZE_STEP, -(-size * count // max_chunk_tokens // _CHUNK_SIZE_STEP) * _CHUNK_SIZE_STEP)

@@ -115,7 +115,8 @@ def test_with_the_knob_each_chunk_gets_ceil_of_its_encoder_tokens_over_k_placeho
 
 
 def test_the_knob_survives_save_and_load(tiny_paths, tmp_path):
-    E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, encoder_tokens_per_chunk_token=8).save_pretrained(tmp_path)
+    processor = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, encoder_tokens_per_chunk_token=8)
+    processor.save_pretrained(tmp_path)
     assert E2LLMProcessor.from_pretrained(tmp_path).encoder_tokens_per_chunk_token == 8
 
 
