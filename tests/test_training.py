@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -296,6 +297,19 @@ def test_understanding_weight_scales_only_understanding_tokens(tiny_paths, tmp_p
     und, rea = TASKS.index("understanding"), TASKS.index("reasoning")
     assert losses[0.0] == pytest.approx(nll[rea] / tokens, rel=1e-4)
     assert losses[1.0] == pytest.approx((nll[rea] + nll[und]) / tokens, rel=1e-4)
+
+
+def test_the_loss_sums_bf16_log_probs_in_fp32(tiny_paths, tmp_path, essay_text):
+    # Under bf16 autocast on a GPU the fused LM head returns bf16 log-probs; a bf16 sum of 600 of them keeps
+    # about 3 significant digits, so the loss would differ from the logged per-task losses by ~1e-3.
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text))
+    log_probs = -torch.linspace(0.5, 3.0, 600, dtype=torch.float64).reshape(2, 300)  # (B, T)
+    outputs = SimpleNamespace(log_probs=log_probs.to(torch.bfloat16), label_mask=torch.ones(2, 300, dtype=torch.bool),
+                              entropy=torch.zeros(2, 300), is_top1=torch.zeros(2, 300, dtype=torch.bool))
+    loss = trainer.compute_loss(lambda **inputs: outputs, {"task": torch.tensor([0, 0])})
+    exact = -log_probs.to(torch.bfloat16).double().sum() / 600
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
 
 
 class StopAt(TrainerCallback):

@@ -56,6 +56,9 @@ def sft_config(training: dict) -> SFTConfig:
         "report_to": "none",
         "logging_steps": 10,
         "save_strategy": "steps",
+        # The Trainer's NaN filter reads every micro-batch's loss back from the device, which stalls the step
+        # until the GPU catches up; a NaN then shows in the logged loss instead of being averaged away.
+        "logging_nan_inf_filter": False,
     }
     required = {"remove_unused_columns": False,  # keeps the chunk columns and the task flag
                 "dataset_kwargs": {"skip_prepare_dataset": True}}  # the rows are already tokenized
