@@ -87,16 +87,20 @@ class E2LLMModel(E2LLMPreTrainedModel):
         """Encoder output of every text (a chunk, or a question to rank chunks by) pooled to one vector:
         (n, L) -> (n, enc_hidden). `for_scoring`: with the encoder hybrid recall ranks by (`ranking_encoder`).
 
-        Chunks run in batches of `config.encoder_batch_size`, longest first, each batch trimmed to its
-        own longest chunk on the CPU: memory stays bounded for any number of chunks and little goes to padding.
-        On an accelerator batches keep the full width, since reading a length back would stall the forward.
+        Chunks run in batches of `config.encoder_batch_size` (or as many as `config.encoder_batch_tokens` holds at
+        the padded width), longest first, each batch trimmed to its own longest chunk on the CPU: memory stays
+        bounded for any number of chunks and little goes to padding. On an accelerator batches keep the full
+        width, since reading a length back would stall the forward.
         """
         encoder = self.ranking_encoder(scoring) if for_scoring else self.encoder
         lengths = chunk_attention_mask.sum(dim=1)  # (n,)
         order = torch.argsort(lengths, descending=True)
         on_cpu = lengths.device.type == "cpu"
         pooled = None
-        batches = order.split(self.config.encoder_batch_size)
+        budget = self.config.encoder_batch_tokens
+        # From the padded width, known on the host: sizing batches by the real lengths would wait for the device.
+        per_batch = self.config.encoder_batch_size if budget is None else max(1, budget // chunk_input_ids.shape[1])
+        batches = order.split(per_batch)
         for index in transformers_logging.tqdm(batches, desc="Encoding chunks", unit="batch", disable=not progress):
             width = int(lengths[index].max()) if on_cpu else chunk_input_ids.shape[1]
             mask = chunk_attention_mask[index, :width]  # (batch, width)
