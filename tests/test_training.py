@@ -16,7 +16,7 @@ from modeling_e2llm.embedded_default import default_decoder_path
 from modeling_e2llm.haystacks import holdout_side, understanding_windows
 
 from training.config import TrainConfig
-from training.dataset import mix_tasks, reasoning_dataset, understanding_dataset
+from training.dataset import mix_tasks, reasoning_dataset, sample_cache_key, understanding_dataset
 from training.samples import IGNORE_INDEX, TASKS, ContextTooLongError, E2LLMCollator, build_sample, \
     understanding_samples
 from modeling_e2llm.haystacks import EVALUATION_NEEDLES, TRAINING_NEEDLES
@@ -269,6 +269,32 @@ def test_config_names_unknown_keys_and_impossible_ablations(tiny_paths, tmp_path
         tiny_config(tiny_paths, tmp_path, essay_text, trainable={"encoder": False, "decoder": False})
     with pytest.raises(ValueError, match="hybrid_top_k >= 1"):
         tiny_config(tiny_paths, tmp_path, essay_text, tasks={"hybrid_ratio": 0.5, "hybrid_top_k": 0})
+
+
+def test_samples_built_in_several_processes_equal_those_built_in_one(tiny_processor, tmp_path, essay_text):
+    source = [{"path": write_jsonl(tmp_path / "data.jsonl", qa_records(essay_text))}]
+    one = understanding_dataset(source, tiny_processor, window_chunks=2, max_length=2048, num_proc=1)
+    two = understanding_dataset(source, tiny_processor, window_chunks=2, max_length=2048, num_proc=2)
+    assert len(one) > 6 and one.to_list() == two.to_list()
+
+
+def test_a_repeated_run_loads_its_samples_instead_of_building_them(tiny_paths, tmp_path, essay_text, monkeypatch):
+    config = tiny_config(tiny_paths, tmp_path, essay_text)
+    first = build_trainer(config).train_dataset
+    monkeypatch.setattr("training.train.training_dataset", lambda *args: pytest.fail("samples built again"))
+    assert build_trainer(config).train_dataset.to_list() == first.to_list()
+
+
+def test_a_changed_source_or_setting_changes_the_sample_cache_key(tiny_paths, tmp_path, essay_text):
+    config = tiny_config(tiny_paths, tmp_path, essay_text)
+    key = sample_cache_key(config, 2048, model=None)
+    config.data.num_proc = 4
+    assert sample_cache_key(config, 2048, model=None) == key  # how it is built, not what
+    config.tasks.window_chunks = 3
+    assert sample_cache_key(config, 2048, model=None) != key
+    config.tasks.window_chunks = 2
+    write_jsonl(tmp_path / "data.jsonl", qa_records(essay_text, 5))
+    assert sample_cache_key(config, 2048, model=None) != key
 
 
 # --- trainer -----------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import logging
 import time
 from pathlib import Path
 
+import datasets
 import torch
 import yaml
 from transformers import TrainerCallback, set_seed
@@ -23,7 +24,7 @@ from modeling_e2llm.loading import RUN_SETTINGS_FILE, compose_model, compose_pro
 from modeling_e2llm.lora import lora_config
 
 from .config import TrainConfig
-from .dataset import training_dataset
+from .dataset import sample_cache_key, training_dataset
 from .plot import plot_losses
 from .samples import E2LLMCollator
 from .trainer import E2LLMTrainer
@@ -74,7 +75,7 @@ def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     model, processor = load_model_and_processor(config)
     model.to(args.device)  # hybrid samples score their chunks with the model: on the GPU when there is one
     window = getattr(model.config.text_config, "max_position_embeddings", None)
-    dataset = training_dataset(config.data, config.tasks, processor, window, model)
+    dataset = cached_training_dataset(config, processor, window, model, args)
     collator = E2LLMCollator(pad_token_id=processor.tokenizer.pad_token_id,
                              encoder_pad_token_id=processor.encoder_tokenizer.pad_token_id or 0)
     trainer = E2LLMTrainer(
@@ -86,6 +87,23 @@ def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     if config.max_minutes is not None:
         trainer.add_callback(TimeBudget(config.max_minutes))
     return trainer
+
+
+def cached_training_dataset(config: TrainConfig, processor: E2LLMProcessor, window: int | None,
+                            model: E2LLMForCausalLM, args: SFTConfig) -> datasets.Dataset:
+    """The config's training set, built once and kept in `<output_dir>/samples/<key>`: a resumed or repeated
+    run loads it, a changed source, setting or building code (the key, `sample_cache_key`) builds it anew.
+    The main process builds and saves first; the others then load its copy."""
+    folder = Path(args.output_dir) / "samples" / sample_cache_key(config, window, model)
+    with args.main_process_first(desc="building the training samples"):
+        if folder.is_dir():
+            logger.info("Training samples from %s (built before with the same settings).", folder)
+            return datasets.load_from_disk(str(folder))
+        start = time.monotonic()
+        dataset = training_dataset(config.data, config.tasks, processor, window, model)
+        logger.info("Built %d training samples in %.0f s.", len(dataset), time.monotonic() - start)
+        dataset.save_to_disk(str(folder))
+    return dataset
 
 
 class TimeBudget(TrainerCallback):
