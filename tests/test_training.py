@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +22,7 @@ from training.samples import IGNORE_INDEX, TASKS, ContextTooLongError, E2LLMColl
     understanding_samples
 from modeling_e2llm.haystacks import EVALUATION_NEEDLES, TRAINING_NEEDLES
 from training.sources import babi_haystack, load_records, magic_number_haystack, pool_needle_haystack
-from training.train import build_trainer, train
+from training.train import _CHECKPOINTING, build_trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -399,6 +400,49 @@ def test_ablation_switch_freezes_exactly_its_part(tiny_paths, tmp_path, essay_te
     assert changed and not any(f".model.{frozen}." in name for name in changed)
     assert any(f".model.{trained}." in name for name in changed)
     assert any(".adapter." in name for name in changed)
+
+
+def test_activation_checkpointing_trains_to_the_same_weights(tiny_paths, tmp_path, essay_text):
+    weights = {}
+    for checkpointing in (False, True):
+        config = tiny_config(tiny_paths, tmp_path / str(checkpointing), essay_text,
+                             model={"config": {"lora_dropout": 0.0}},
+                             training={_CHECKPOINTING: checkpointing, "save_strategy": "no", "max_steps": 2})
+        trainer = train(config)
+        decoder = trainer.model.get_base_model().model.language_model
+        assert decoder.is_activation_checkpointing == checkpointing  # recomputes its layers in the backward
+        weights[checkpointing] = trained_weights(trainer)
+    for name in weights[False]:
+        torch.testing.assert_close(weights[True][name], weights[False][name], rtol=0, atol=1e-6, msg=name)
+
+
+class CountDeviceSyncs(TrainerCallback):
+    """Counts the host-device synchronizations (torch.cuda sync debug warnings) between two optimizer steps."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last, self.syncs, self._catcher = first, last, None, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.first:
+            self._catcher = warnings.catch_warnings(record=True)
+            self.syncs = self._catcher.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        elif state.global_step == self.last:
+            torch.cuda.set_sync_debug_mode(0)
+            self._catcher.__exit__(None, None, None)
+            self.syncs = [w for w in self.syncs if "synchroniz" in str(w.message)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on the CPU there is no device to wait for")
+def test_the_trainer_waits_for_the_gpu_at_most_once_per_optimizer_step(tiny_paths, tmp_path, essay_text):
+    config = tiny_config(tiny_paths, tmp_path, essay_text,
+                         training={"max_steps": 6, "logging_steps": 100, "save_strategy": "no"})
+    trainer = build_trainer(config)
+    counter = CountDeviceSyncs(first=2, last=5)  # steps 3, 4 and 5: no logging, no checkpoint
+    trainer.add_callback(counter)
+    trainer.train()
+    assert len(counter.syncs) <= 3, [str(w.message) for w in counter.syncs]
 
 
 def test_two_cpu_processes_follow_the_loss_curve_of_one(tiny_paths, tmp_path, essay_text):

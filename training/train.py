@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -49,6 +50,7 @@ _CHECKPOINTING = next(name for name in ("activation_checkpointing", "gradient_ch
 def sft_config(training: dict) -> SFTConfig:
     """SFTConfig from the config's `training` section, with E2LLM's required settings and CPU-safe defaults."""
     on_gpu = torch.cuda.is_available()
+    workers = min(4, len(os.sched_getaffinity(0)) - 1) if on_gpu else 0
     defaults = {
         "bf16": on_gpu and torch.cuda.is_bf16_supported(),  # SFTConfig's bf16=True makes CPU steps ~14x slower
         "use_cpu": not on_gpu,
@@ -60,6 +62,10 @@ def sft_config(training: dict) -> SFTConfig:
         # The Trainer's NaN filter reads every micro-batch's loss back from the device, which stalls the step
         # until the GPU catches up; a NaN then shows in the logged loss instead of being averaged away.
         "logging_nan_inf_filter": False,
+        # On a GPU, collate the next batches in worker processes into pinned memory while the device computes.
+        "dataloader_num_workers": workers,
+        "dataloader_pin_memory": on_gpu,
+        "dataloader_persistent_workers": workers > 0,
     }
     required = {"remove_unused_columns": False,  # keeps the chunk columns and the task flag
                 "dataset_kwargs": {"skip_prepare_dataset": True}}  # the rows are already tokenized
