@@ -4,7 +4,11 @@ and how it accounts for a step's time. Its timings are figures for the command, 
 import json
 
 import pytest
+import torch
+from transformers import AutoModel
 
+from modeling_e2llm.embedded_default import default_encoder_path
+from training.architectures import with_random_weights, write_architectures
 from training.benchmark import RESULTS_FILE, SUMMARY_FILE, main
 
 
@@ -38,3 +42,13 @@ def test_host_overhead_is_the_step_minus_the_models_forward_and_backward(results
     assert time["host_overhead_s"] + time["forward_s"] + time["backward_s"] == pytest.approx(results["e2llm"]["step_s_mean"])
     assert 0 < time["encoder_s"] < time["forward_s"]
     assert "E2LLM step / (plain SFT step + encoder alone)" in results["summary"]
+
+
+def test_an_architecture_folder_holds_no_weights_and_rebuilds_the_real_encoders_shapes(tmp_path):
+    folder = write_architectures(tmp_path / "architectures")
+    assert not list(folder.rglob("*.safetensors")) and (folder / "decoder" / "tokenizer.json").is_file()
+    real = AutoModel.from_pretrained(default_encoder_path(), add_pooling_layer=False)
+    drawn = AutoModel.from_pretrained(with_random_weights(folder / "encoder", tmp_path / "random"), add_pooling_layer=False)
+    real_shapes = {name: p.shape for name, p in real.named_parameters()}
+    assert {name: p.shape for name, p in drawn.named_parameters()} == real_shapes
+    assert not torch.equal(drawn.embeddings.word_embeddings.weight, real.embeddings.word_embeddings.weight)

@@ -38,6 +38,7 @@ from trl import SFTTrainer
 from modeling_e2llm import flops
 from modeling_e2llm.embedded_default import default_decoder_path
 
+from .architectures import with_random_weights
 from .config import TrainConfig
 from .train import build_trainer, sft_config
 
@@ -271,9 +272,13 @@ def machine() -> dict:
             "transformers": transformers.__version__, "cores": len(os.sched_getaffinity(0))}
 
 
-def benchmark(config_path: str, steps: int, warmup: int, output: Path) -> dict:
-    """Run the three measurements and return every figure (see the module docstring)."""
+def benchmark(config_path: str, steps: int, warmup: int, output: Path, architectures: Path | None = None) -> dict:
+    """Run the three measurements and return every figure (see the module docstring); `architectures`: a
+    `training.architectures` folder whose encoder and decoder, with random weights, replace the config's."""
     config = benchmark_config(config_path, steps, warmup, output)
+    if architectures is not None:
+        config.model.encoder, config.model.decoder = (
+            str(with_random_weights(architectures / part, output / "random-weights" / part)) for part in ("encoder", "decoder"))
     on_gpu = torch.cuda.is_available()
     peak = flops.matmul_flops_per_s(8192 if on_gpu else 2048, torch.bfloat16 if on_gpu else torch.float32,
                                     "cuda" if on_gpu else "cpu")
@@ -293,7 +298,8 @@ def benchmark(config_path: str, steps: int, warmup: int, output: Path) -> dict:
     plain_clock = run_plain_sft(config, plain)
     plain_seconds, plain_stages, plain_batches = measured(plain_clock, warmup)
     results = {
-        "config": config_path, "steps": steps, "warmup": warmup, "machine": machine(),
+        "config": config_path, "models": {"encoder": config.model.encoder, "decoder": config.model.decoder,
+                                          "random_weights_from": str(architectures) if architectures else None}, "steps": steps, "warmup": warmup, "machine": machine(),
         "peak_matmul_flops_per_s": peak, "peak_dtype": "bfloat16" if on_gpu else "float32",
         "sample_building": built,
         "e2llm": {**rates(e2llm_seconds, e2llm_counts, peak), "time": where_time_goes(e2llm_seconds, e2llm_stages)},
@@ -326,7 +332,10 @@ def summary_markdown(results: dict, command: str) -> str:
         f"{results['machine']['device']}, {results['machine']['torch_threads']} torch threads; "
         f"{results['steps']} timed steps after {results['warmup']} warm-up; matmul peak "
         f"{results['peak_matmul_flops_per_s'] / 1e9:,.0f} GFLOP/s ({results['peak_dtype']}). Building "
-        f"{results['sample_building']['rows']} rows took {results['sample_building']['build_s']:.1f} s.", "",
+        f"{results['sample_building']['rows']} rows took {results['sample_building']['build_s']:.1f} s.",
+        *([f"Models: the architectures of {results['models']['random_weights_from']} with RANDOM weights (the same "
+           "FLOPs and speed as trained weights; throughput only)."] if results["models"]["random_weights_from"] else []),
+        "",
         "| system | ms/step | samples/s | decoder tok/s | encoder tok/s | GFLOP/s | of matmul peak |",
         "| --- | --- | --- | --- | --- | --- | --- |", *rows, "",
         f"E2LLM step / (plain SFT step + encoder alone): **{results['ratio_to_parts']:.2f}** "
@@ -345,13 +354,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--output", default="runs/benchmark", help="folder for benchmark.json and summary.md")
+    parser.add_argument("--architectures", type=Path,
+                        help="a `python -m training.architectures` folder: its encoder and decoder with random weights "
+                             "replace the config's (same speed; for throughput only)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be at least 1 (the first step pays for kernel selection).")
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    results = benchmark(args.config, args.steps, args.warmup, output)
-    command = f"python -m training.benchmark --config {args.config} --steps {args.steps} --warmup {args.warmup}"
+    results = benchmark(args.config, args.steps, args.warmup, output, args.architectures)
+    command = f"python -m training.benchmark --config {args.config} --steps {args.steps} --warmup {args.warmup}" + (
+        f" --architectures {args.architectures}" if args.architectures else "")
     (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     (output / SUMMARY_FILE).write_text(summary_markdown(results, command))
     print(summary_markdown(results, command))
