@@ -74,14 +74,19 @@ def sft_config(training: dict) -> SFTConfig:
     return SFTConfig(**{**defaults, **training, **required})
 
 
-def build_trainer(config: TrainConfig) -> E2LLMTrainer:
-    """Model, LoRA, data and trainer as the config says."""
+def build_samples(config: TrainConfig) -> tuple[E2LLMForCausalLM, E2LLMProcessor, datasets.Dataset, SFTConfig]:
+    """The model, processor, training set (cached, see `cached_training_dataset`) and trainer settings."""
     args = sft_config(config.training)
     set_seed(args.seed)  # the adapter and LoRA start from random weights: same seed, same start
     model, processor = load_model_and_processor(config)
     model.to(args.device)  # hybrid samples score their chunks with the model: on the GPU when there is one
     window = getattr(model.config.text_config, "max_position_embeddings", None)
-    dataset = cached_training_dataset(config, processor, window, model, args)
+    return model, processor, cached_training_dataset(config, processor, window, model, args), args
+
+
+def build_trainer(config: TrainConfig) -> E2LLMTrainer:
+    """Model, LoRA, data and trainer as the config says."""
+    model, processor, dataset, args = build_samples(config)
     collator = E2LLMCollator(pad_token_id=processor.tokenizer.pad_token_id,
                              encoder_pad_token_id=processor.encoder_tokenizer.pad_token_id or 0)
     trainer = E2LLMTrainer(
@@ -167,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", nargs="?", const=True, default=None,
                         help="continue from the latest checkpoint in output_dir, or from the checkpoint given")
     parser.add_argument("--output-dir", help="override training.output_dir")
+    parser.add_argument("--samples-only", action="store_true",
+                        help="build (and cache in output_dir) the training samples, then stop")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
@@ -176,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"error: {args.config}: {error}\n")
     if args.output_dir:
         config.training["output_dir"] = args.output_dir
+    if args.samples_only:
+        build_samples(config)
+        return
     trainer = train(config, args.resume)
     logger.info("Done: results in %s", Path(trainer.args.output_dir) / "final")
 
