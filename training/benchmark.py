@@ -37,6 +37,7 @@ from trl import SFTTrainer
 
 from modeling_e2llm import flops
 from modeling_e2llm.embedded_default import default_decoder_path
+from modeling_e2llm.markdown import markdown_table
 
 from .architectures import with_random_weights
 from .config import TrainConfig
@@ -318,32 +319,27 @@ def benchmark(config_path: str, steps: int, warmup: int, output: Path, architect
 
 def summary_markdown(results: dict, command: str) -> str:
     """A short report of `results`: one table of the three systems, one of where an E2LLM step's time goes."""
-    rows = []
-    for name in ("e2llm", "plain_sft", "encoder_alone"):
-        r = results[name]
-        rows.append(f"| {name} | {r['step_s_mean'] * 1e3:.1f} | {r['samples_per_s']:.2f} | "
-                    f"{r['decoder_tokens_per_s']:,.0f} | {r['encoder_tokens_per_s']:,.0f} | "
-                    f"{r['flops_per_s'] / 1e9:,.1f} | {100 * r['matmul_share']:.1f}% |")
+    rows = [[name, f"{r['step_s_mean'] * 1e3:.1f}", f"{r['samples_per_s']:.2f}", f"{r['decoder_tokens_per_s']:,.0f}",
+             f"{r['encoder_tokens_per_s']:,.0f}", f"{r['flops_per_s'] / 1e9:,.1f}", f"{100 * r['matmul_share']:.1f}%"]
+            for name, r in ((name, results[name]) for name in ("e2llm", "plain_sft", "encoder_alone"))]
     stages = results["e2llm"]["time"]
-    host = results["e2llm"]["time"]["host_overhead_s"]
+    random_weights = results["models"]["random_weights_from"]
     return "\n".join([
-        f"# Training step benchmark: {results['config']}", "",
-        f"`{command}`", "",
+        f"# Training step benchmark: {results['config']}", "", f"`{command}`", "",
         f"{results['machine']['device']}, {results['machine']['torch_threads']} torch threads; "
         f"{results['steps']} timed steps after {results['warmup']} warm-up; matmul peak "
         f"{results['peak_matmul_flops_per_s'] / 1e9:,.0f} GFLOP/s ({results['peak_dtype']}). Building "
         f"{results['sample_building']['rows']} rows took {results['sample_building']['build_s']:.1f} s.",
-        *([f"Models: the architectures of {results['models']['random_weights_from']} with RANDOM weights (the same "
-           "FLOPs and speed as trained weights; throughput only)."] if results["models"]["random_weights_from"] else []),
-        "",
-        "| system | ms/step | samples/s | decoder tok/s | encoder tok/s | GFLOP/s | of matmul peak |",
-        "| --- | --- | --- | --- | --- | --- | --- |", *rows, "",
+        *([f"Models: the architectures of {random_weights} with RANDOM weights (the same FLOPs and speed as "
+           "trained weights; throughput only)."] if random_weights else []), "",
+        markdown_table(["system", "ms/step", "samples/s", "decoder tok/s", "encoder tok/s", "GFLOP/s",
+                        "of matmul peak"], rows),
         f"E2LLM step / (plain SFT step + encoder alone): **{results['ratio_to_parts']:.2f}** "
         f"(target <= {TARGET_RATIO}).", "",
-        "| E2LLM step (mean ms) | " + " | ".join(name.removesuffix("_s") for name in stages) + " |",
-        "| --- | " + " | ".join("---" for _ in stages) + " |",
-        "| | " + " | ".join(f"{value * 1e3:.1f}" for value in stages.values()) + " |", "",
-        f"Host overhead (step minus the models' forward and backward): {host * 1e3:.1f} ms per step.",
+        markdown_table(["E2LLM step, mean ms"] + [name.removesuffix("_s") for name in stages],
+                       [[""] + [f"{value * 1e3:.1f}" for value in stages.values()]]),
+        f"Host overhead (step minus the models' forward and backward): {stages['host_overhead_s'] * 1e3:.1f} ms "
+        f"per step (target with tiny models < {TARGET_HOST_OVERHEAD_S * 1e3:.0f} ms).",
         "FLOPs: matmul FLOPs of encoder + adapter + decoder (LM head included) over the real tokens, x3 for the "
         "backward (modeling_e2llm/flops.py).", ""])
 
