@@ -132,10 +132,13 @@ def sample_cache_key(config: TrainConfig, max_length: int, model: E2LLMForCausal
     size and modification time of every file a source names, the sample-building code, the decoder window,
     and (hybrid samples are ranked by it) the model's encoder weights. `data.num_proc` changes nothing."""
     data = {**dataclasses.asdict(config.data), "num_proc": None}
-    files = sorted({path for path in _paths(data)} | {str(path) for path in _BUILDING_CODE})
-    stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in files if os.path.exists(path)]
+    # Data files by size and time (hashing gigabytes each run would cost more than it saves); the code by its
+    # contents, so that a checkout or a copy that leaves it unchanged keeps the cache.
+    stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in sorted(set(_paths(data)))
+             if os.path.exists(path)]
+    code = hashlib.sha256(b"".join(path.read_bytes() for path in _BUILDING_CODE)).hexdigest()
     parts = {"data": data, "tasks": dataclasses.asdict(config.tasks), "processor": dataclasses.asdict(config.processor),
-             "model": dataclasses.asdict(config.model), "files": stats, "max_length": max_length,
+             "model": dataclasses.asdict(config.model), "files": stats, "code": code, "max_length": max_length,
              "ranking": model.weights_fingerprint() if config.tasks.hybrid_ratio > 0 else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
