@@ -35,13 +35,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
 from tqdm.auto import tqdm
+
+from modeling_e2llm import flops
 
 from .efficiency_report import SYSTEMS, save_plots, summary_markdown
 from .efficiency_worker import load_benchmark_model
@@ -100,14 +101,7 @@ def machine_description(threads: int) -> dict:
 def matmul_flops_per_s(size: int, threads: int, repeats: int = 5) -> float:
     """Best fp32 FLOP/s of torch.mm on two size x size matrices with `threads` threads."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    out = torch.mm(a, b)  # warm-up: thread pool and BLAS buffers
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b, out=out)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+    return flops.matmul_flops_per_s(size, repeats=repeats)
 
 
 def chunk_size_that_fits(processor, text: str, max_chunk_tokens: int) -> int:

@@ -26,24 +26,13 @@ from pathlib import Path
 
 import torch
 
+from modeling_e2llm.flops import encoder_flops
 from modeling_e2llm.loading import compose_model_and_processor, load_model
 
 from .data import Example
 from .systems import build_system
 
 WARMUP_CHARS = 1000  # a short answer pages in the weights and initializes the kernels
-
-
-def encoder_flops(encoder_config, lengths: list[int]) -> int:
-    """Matrix-multiply FLOPs (2 per multiply-add) of a BERT-style encoder over chunks of `lengths` tokens.
-
-    Per layer and chunk of s tokens, hidden h, intermediate i: the q, k, v and output projections
-    4 * 2*s*h*h, the feed-forward 2 * 2*s*h*i, attention scores QK^T 2*s*s*h and their weighted sum
-    2*s*s*h. Embeddings, layer norms, softmax and activations are left out (a few percent).
-    """
-    h, i = encoder_config.hidden_size, encoder_config.intermediate_size
-    per_layer = sum(8 * s * h * h + 4 * s * h * i + 4 * s * s * h for s in lengths)
-    return encoder_config.num_hidden_layers * per_layer
 
 
 def memory_mb() -> dict[str, float]:

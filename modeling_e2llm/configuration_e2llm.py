@@ -28,6 +28,9 @@ class E2LLMConfig(PreTrainedConfig):
         adapter_hidden_size: width of the adapter's hidden layers (default: the decoder's hidden size).
         encoder_batch_size: chunks per encoder forward; bounds encoding memory for any context length
             (8 chunks of ~128 tokens run as fast as 32 on CPU, with a third of the activation memory).
+        encoder_batch_tokens: if set, chunks per encoder forward come from this token budget instead (padded
+            width x chunks <= budget, at least one chunk), so that a training step's chunks run in a few large
+            forwards that keep a GPU busy; None (default) keeps `encoder_batch_size`, which bounds CPU memory.
         lora_rank / lora_alpha / lora_dropout: LoRA settings shared by encoder and decoder.
         encoder_lora_layers: how many of the encoder's *last* layers get LoRA (paper: the last layers).
         encoder_lora_modules / decoder_lora_modules: linear-layer names that get LoRA.
@@ -57,6 +60,7 @@ class E2LLMConfig(PreTrainedConfig):
     adapter_num_layers: int = 2
     adapter_hidden_size: int | None = None
     encoder_batch_size: int = 8
+    encoder_batch_tokens: int | None = None
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
@@ -100,6 +104,9 @@ class E2LLMConfig(PreTrainedConfig):
             raise ValueError(f"adapter_num_layers must be 1, 2 or 3, got {self.adapter_num_layers}.")
         if self.encoder_batch_size < 1:
             raise ValueError(f"encoder_batch_size must be at least 1, got {self.encoder_batch_size}.")
+        if self.encoder_batch_tokens is not None and self.encoder_batch_tokens < 1:
+            raise ValueError(f"encoder_batch_tokens must be at least 1 (None: use encoder_batch_size), got "
+                             f"{self.encoder_batch_tokens}.")
         if self.encoder_lora_modules is None:
             self.encoder_lora_modules = ["query", "key", "value", "dense"]
         if self.decoder_lora_modules is None:

@@ -92,9 +92,10 @@ class E2LLMModel(E2LLMPreTrainedModel):
         chunks): (n, L) -> (n, S, enc_hidden), S = ceil(L / k), the mean of each k consecutive tokens, zeros
         past a chunk's end (`chunk_tokens` keeps the real ones).
 
-        Chunks run in batches of `config.encoder_batch_size`, longest first, each batch trimmed to its
-        own longest chunk on the CPU: memory stays bounded for any number of chunks and little goes to padding.
-        On an accelerator batches keep the full width, since reading a length back would stall the forward.
+        Chunks run in batches of `config.encoder_batch_size` (or as many as `config.encoder_batch_tokens` holds at
+        the padded width), longest first, each batch trimmed to its own longest chunk on the CPU: memory stays
+        bounded for any number of chunks and little goes to padding. On an accelerator batches keep the full
+        width, since reading a length back would stall the forward.
         """
         encoder = self.ranking_encoder(scoring) if for_scoring else self.encoder
         segment_size = None if for_scoring else self.config.encoder_tokens_per_chunk_token
@@ -104,7 +105,10 @@ class E2LLMModel(E2LLMPreTrainedModel):
         order = torch.argsort(lengths, descending=True)
         on_cpu = lengths.device.type == "cpu"
         pooled = None
-        batches = order.split(self.config.encoder_batch_size)
+        budget = self.config.encoder_batch_tokens
+        # From the padded width, known on the host: sizing batches by the real lengths would wait for the device.
+        per_batch = self.config.encoder_batch_size if budget is None else max(1, budget // chunk_input_ids.shape[1])
+        batches = order.split(per_batch)
         for index in transformers_logging.tqdm(batches, desc="Encoding chunks", unit="batch", disable=not progress):
             width = int(lengths[index].max()) if on_cpu else chunk_input_ids.shape[1]
             mask = chunk_attention_mask[index, :width]  # (batch, width)

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random encoder/decoder folders with the embedded default's real tokenizers."""
 
 import atexit
+import copy
 import functools
 import json
 import os
@@ -22,18 +23,17 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoTokenizer, BertModel, LlamaForCausalLM  # noqa: E402
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor  # noqa: E402
 from modeling_e2llm.embedded_default import default_decoder_path, default_encoder_path  # noqa: E402
+from training.architectures import TINY_DECODER, TINY_ENCODER  # noqa: E402
 
 
 def build_tiny_encoder(folder: Path, pooling: str = "mean") -> Path:
     """BERT with hidden size 32 and the all-MiniLM-L6-v2 tokenizer, saved like a sentence-transformers folder."""
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=512)
-    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    BertModel(copy.deepcopy(TINY_ENCODER), add_pooling_layer=False).save_pretrained(folder)
     AutoTokenizer.from_pretrained(default_encoder_path()).save_pretrained(folder)
     (folder / "1_Pooling").mkdir()
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(
@@ -44,10 +44,7 @@ def build_tiny_encoder(folder: Path, pooling: str = "mean") -> Path:
 def build_tiny_decoder(folder: Path) -> Path:
     """Llama with hidden size 48 and the SmolLM2 tokenizer (ChatML template)."""
     torch.manual_seed(1)
-    config = LlamaConfig(vocab_size=49152, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=96, max_position_embeddings=2048,
-                         tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    LlamaForCausalLM(copy.deepcopy(TINY_DECODER)).save_pretrained(folder)
     AutoTokenizer.from_pretrained(default_decoder_path()).save_pretrained(folder)
     return folder
 

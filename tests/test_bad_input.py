@@ -447,8 +447,9 @@ def training_yaml(tmp_path: Path, tiny_paths, data_file: Path, **changes) -> str
     ({"data": {"reasoning": [{"path": "x.jsonl", "limt": 3}]}},
      r"Unknown key\(s\) \['limt'\] in config.data.reasoning\[0\] \('limt': did you mean 'limit'\?\)"),
     ({"processor": {"hybrid_top_k": -1}}, "processor.hybrid_top_k must be at least 0, got -1"),
+    ({"data": {"num_proc": 0}}, "data.num_proc must be at least 1, got 0"),
 ], ids=["lora_rnak", "negative-adapter-lr", "max_steps-0", "max_steps-negative", "trainable-false",
-        "lr-as-text", "ratio-half", "max_steps-ten", "batch-size-0", "source-key-typo", "hybrid-top-k"])
+        "lr-as-text", "ratio-half", "max_steps-ten", "batch-size-0", "source-key-typo", "hybrid-top-k", "num-proc-0"])
 def test_training_config_mistakes_stop_the_command_before_anything_loads(tiny_paths, data_file, tmp_path, capsys,
                                                                            changes, message):
     config = training_yaml(tmp_path, tiny_paths, data_file, **changes)

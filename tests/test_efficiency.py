@@ -9,7 +9,8 @@ from transformers import BertConfig
 
 from evaluation.efficiency import (RESULTS_FILE, SUMMARY_FILE, TARGETS, check_targets, chunk_size_that_fits,
                                    context_lengths, linearity, main, parse_arguments, write_texts)
-from evaluation.efficiency_worker import encoder_flops, load_benchmark_model, memory_mb, reset_peak_memory
+from evaluation.efficiency_worker import load_benchmark_model, memory_mb, reset_peak_memory
+from modeling_e2llm.flops import encoder_flops
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

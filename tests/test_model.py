@@ -39,6 +39,16 @@ def test_encoder_batch_size_does_not_change_chunk_vectors(tiny_model, tiny_proce
     torch.testing.assert_close(tiny_model.model.pool_chunks(ids, mask), one_by_one, atol=1e-5, rtol=1e-5)
 
 
+def test_a_forward_makes_one_encoder_call_per_token_budget_batch(tiny_model, tiny_processor, essay_text):
+    batch = tiny_processor([essay_text[:3000], essay_text[3000:5000]], ["Why?", "Who?"], target=["So.", "Her."])
+    chunks, width = batch["chunk_input_ids"].shape  # over 100 chunks of 64 characters, padded to the longest
+    calls = []
+    tiny_model.model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    tiny_model.config.encoder_batch_tokens = 20 * width  # 20 chunks a forward
+    tiny_model.train()(**batch).loss.backward()
+    assert chunks > 40 and len(calls) == -(-chunks // 20)  # not chunks / encoder_batch_size (8) forwards
+
+
 def test_loss_is_cross_entropy_over_target_tokens_only(tiny_model, tiny_processor):
     batch = tiny_processor(TEXT, "Who chaired?", target="Alice.")
     output = tiny_model(**batch)

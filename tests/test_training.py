@@ -5,7 +5,9 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,12 +18,12 @@ from modeling_e2llm.haystacks import holdout_side, understanding_windows
 from modeling_e2llm.loading import load_model
 
 from training.config import TrainConfig
-from training.dataset import mix_tasks, reasoning_dataset, understanding_dataset
+from training.dataset import mix_tasks, reasoning_dataset, sample_cache_key, understanding_dataset
 from training.samples import IGNORE_INDEX, TASKS, ContextTooLongError, E2LLMCollator, build_sample, \
     understanding_samples
 from modeling_e2llm.haystacks import EVALUATION_NEEDLES, TRAINING_NEEDLES
 from training.sources import babi_haystack, load_records, magic_number_haystack, pool_needle_haystack
-from training.train import build_trainer, train
+from training.train import _CHECKPOINTING, build_trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -271,6 +273,32 @@ def test_config_names_unknown_keys_and_impossible_ablations(tiny_paths, tmp_path
         tiny_config(tiny_paths, tmp_path, essay_text, tasks={"hybrid_ratio": 0.5, "hybrid_top_k": 0})
 
 
+def test_samples_built_in_several_processes_equal_those_built_in_one(tiny_processor, tmp_path, essay_text):
+    source = [{"path": write_jsonl(tmp_path / "data.jsonl", qa_records(essay_text))}]
+    one = understanding_dataset(source, tiny_processor, window_chunks=2, max_length=2048, num_proc=1)
+    two = understanding_dataset(source, tiny_processor, window_chunks=2, max_length=2048, num_proc=2)
+    assert len(one) > 6 and one.to_list() == two.to_list()
+
+
+def test_a_repeated_run_loads_its_samples_instead_of_building_them(tiny_paths, tmp_path, essay_text, monkeypatch):
+    config = tiny_config(tiny_paths, tmp_path, essay_text)
+    first = build_trainer(config).train_dataset
+    monkeypatch.setattr("training.train.training_dataset", lambda *args: pytest.fail("samples built again"))
+    assert build_trainer(config).train_dataset.to_list() == first.to_list()
+
+
+def test_a_changed_source_or_setting_changes_the_sample_cache_key(tiny_paths, tmp_path, essay_text):
+    config = tiny_config(tiny_paths, tmp_path, essay_text)
+    key = sample_cache_key(config, 2048, model=None)
+    config.data.num_proc = 4
+    assert sample_cache_key(config, 2048, model=None) == key  # how it is built, not what
+    config.tasks.window_chunks = 3
+    assert sample_cache_key(config, 2048, model=None) != key
+    config.tasks.window_chunks = 2
+    write_jsonl(tmp_path / "data.jsonl", qa_records(essay_text, 5))
+    assert sample_cache_key(config, 2048, model=None) != key
+
+
 # --- trainer -----------------------------------------------------------------------------------------
 def test_trainer_overfits_a_tiny_dataset(tiny_paths, sharp_decoder, tmp_path, essay_text):
     config = tiny_config(tiny_paths, tmp_path, essay_text, records=2, model={"decoder": sharp_decoder},
@@ -297,6 +325,19 @@ def test_understanding_weight_scales_only_understanding_tokens(tiny_paths, tmp_p
     und, rea = TASKS.index("understanding"), TASKS.index("reasoning")
     assert losses[0.0] == pytest.approx(nll[rea] / tokens, rel=1e-4)
     assert losses[1.0] == pytest.approx((nll[rea] + nll[und]) / tokens, rel=1e-4)
+
+
+def test_the_loss_sums_bf16_log_probs_in_fp32(tiny_paths, tmp_path, essay_text):
+    # Under bf16 autocast on a GPU the fused LM head returns bf16 log-probs; a bf16 sum of 600 of them keeps
+    # about 3 significant digits, so the loss would differ from the logged per-task losses by ~1e-3.
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text))
+    log_probs = -torch.linspace(0.5, 3.0, 600, dtype=torch.float64).reshape(2, 300)  # (B, T)
+    outputs = SimpleNamespace(log_probs=log_probs.to(torch.bfloat16), label_mask=torch.ones(2, 300, dtype=torch.bool),
+                              entropy=torch.zeros(2, 300), is_top1=torch.zeros(2, 300, dtype=torch.bool))
+    loss = trainer.compute_loss(lambda **inputs: outputs, {"task": torch.tensor([0, 0])})
+    exact = -log_probs.to(torch.bfloat16).double().sum() / 600
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
 
 
 class StopAt(TrainerCallback):
@@ -360,6 +401,49 @@ def test_ablation_switch_freezes_exactly_its_part(tiny_paths, tmp_path, essay_te
     assert changed and not any(f".model.{frozen}." in name for name in changed)
     assert any(f".model.{trained}." in name for name in changed)
     assert any(".adapter." in name for name in changed)
+
+
+def test_activation_checkpointing_trains_to_the_same_weights(tiny_paths, tmp_path, essay_text):
+    weights = {}
+    for checkpointing in (False, True):
+        config = tiny_config(tiny_paths, tmp_path / str(checkpointing), essay_text,
+                             model={"config": {"lora_dropout": 0.0}},
+                             training={_CHECKPOINTING: checkpointing, "save_strategy": "no", "max_steps": 2})
+        trainer = train(config)
+        decoder = trainer.model.get_base_model().model.language_model
+        assert decoder.is_activation_checkpointing == checkpointing  # recomputes its layers in the backward
+        weights[checkpointing] = trained_weights(trainer)
+    for name in weights[False]:
+        torch.testing.assert_close(weights[True][name], weights[False][name], rtol=0, atol=1e-6, msg=name)
+
+
+class CountDeviceSyncs(TrainerCallback):
+    """Counts the host-device synchronizations (torch.cuda sync debug warnings) between two optimizer steps."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last, self.syncs, self._catcher = first, last, None, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.first:
+            self._catcher = warnings.catch_warnings(record=True)
+            self.syncs = self._catcher.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        elif state.global_step == self.last:
+            torch.cuda.set_sync_debug_mode(0)
+            self._catcher.__exit__(None, None, None)
+            self.syncs = [w for w in self.syncs if "synchroniz" in str(w.message)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on the CPU there is no device to wait for")
+def test_the_trainer_waits_for_the_gpu_at_most_once_per_optimizer_step(tiny_paths, tmp_path, essay_text):
+    config = tiny_config(tiny_paths, tmp_path, essay_text,
+                         training={"max_steps": 6, "logging_steps": 100, "save_strategy": "no"})
+    trainer = build_trainer(config)
+    counter = CountDeviceSyncs(first=2, last=5)  # steps 3, 4 and 5: no logging, no checkpoint
+    trainer.add_callback(counter)
+    trainer.train()
+    assert len(counter.syncs) <= 3, [str(w.message) for w in counter.syncs]
 
 
 def test_two_cpu_processes_follow_the_loss_curve_of_one(tiny_paths, tmp_path, essay_text):

@@ -6,7 +6,7 @@ processor:  {chunk_size: 512, chunk_overlap: 0.0}                   # chunk_over
 trainable:  {encoder: true, decoder: true}                          # false: the -E / -D ablations
 tasks:      {understanding: true, understanding_ratio: 0.5, understanding_weight: 1.0, window_chunks: 4,
              hybrid_ratio: 0.0, hybrid_top_k: 3}                    # hybrid: reasoning rows that quote passages
-data:       {seed: 0, understanding: [<source>...], reasoning: [<source>...]}   # see training/sources.py
+data:       {seed: 0, num_proc: 1, understanding: [<source>...], reasoning: [<source>...]}   # see training/sources.py
 adapter_learning_rate: null                                         # null: the trainer's learning_rate
 max_minutes: null                                                   # stop (and save) after this much training time
 training:   {output_dir: runs/x, max_steps: 100, ...}               # trl.SFTConfig arguments
@@ -98,10 +98,12 @@ class TaskSettings:
 @dataclass
 class DataSettings:
     seed: int = 0
+    num_proc: int = 1  # processes that build the samples (capped at this machine's cores)
     understanding: list = field(default_factory=list)
     reasoning: list = field(default_factory=list)
 
     def __post_init__(self):
+        _check_range("data.num_proc", self.num_proc, 1)
         for task in ("understanding", "reasoning"):
             for i, spec in enumerate(getattr(self, task)):
                 _check_source(spec, f"config.data.{task}[{i}]")

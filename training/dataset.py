@@ -1,43 +1,51 @@
 """The training set: understanding and reasoning samples built from a config's sources, then mixed."""
 
+import dataclasses
+import functools
+import hashlib
+import json
 import logging
+import os
 import random
+from pathlib import Path
 
 import datasets
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.haystacks import distinct_contexts
 
-from .config import DataSettings, TaskSettings
-from .samples import build_sample, understanding_samples
+from .config import DataSettings, TaskSettings, TrainConfig
+from .samples import ROW_KEYS, build_sample, understanding_samples
 from .sources import load_records
 
 logger = logging.getLogger(__name__)
 
 
 def understanding_dataset(sources: list, processor: E2LLMProcessor, window_chunks: int, max_length: int,
-                          seed: int = 0) -> datasets.Dataset | None:
-    """Restate samples over every distinct context of `sources` (None when there are none)."""
-    rows = []
-    for spec in sources:
-        for record in distinct_contexts(load_records(spec, seed)):
-            rows += understanding_samples(processor, record["context"], window_chunks, max_length, name=record["id"])
-    return datasets.Dataset.from_list(rows) if rows else None
+                          seed: int = 0, num_proc: int = 1) -> datasets.Dataset | None:
+    """Restate samples over every distinct context of `sources` (None when there are none), built in
+    `num_proc` processes."""
+    contexts = [{"id": str(record["id"]), "context": record["context"]}
+                for spec in sources for record in distinct_contexts(load_records(spec, seed))]
+    build = functools.partial(_understanding_rows, processor, window_chunks, max_length)
+    return _build_rows(contexts, build, num_proc, "Building restate samples")
 
 
 def reasoning_dataset(sources: list, processor: E2LLMProcessor, max_length: int, seed: int = 0,
                       hybrid_ratio: float = 0.0, hybrid_top_k: int = 3,
-                      model: E2LLMForCausalLM | None = None) -> datasets.Dataset | None:
-    """One question-answer sample per record of `sources` (None when there are none).
+                      model: E2LLMForCausalLM | None = None, num_proc: int = 1) -> datasets.Dataset | None:
+    """One question-answer sample per record of `sources` (None when there are none), built in `num_proc`
+    processes.
 
     A random `hybrid_ratio` share of them (seeded) also quote the raw text of their `hybrid_top_k` chunks
     most similar to the question, chosen by `model` as `generate` chooses them (with the weights it has
-    now, before training), so the decoder learns to read both views.
+    now, before training), so the decoder learns to read both views. The model ranks in this process (it
+    may sit on a GPU, which forked workers cannot share); the workers only tokenize.
     """
     if hybrid_ratio > 0 and model is None:
         raise ValueError("Hybrid samples (hybrid_ratio > 0) need the model that scores the chunks: pass model=.")
     rng = random.Random(seed)
-    rows, quoting = [], 0
+    records, quoting = [], 0
     for spec in sources:
         for record in load_records(spec, seed):
             if not record["question"].strip():
@@ -47,11 +55,39 @@ def reasoning_dataset(sources: list, processor: E2LLMProcessor, max_length: int,
             if rng.random() < hybrid_ratio:
                 passages = model.hybrid_passages(record["context"], record["question"], processor, top_k=hybrid_top_k)
                 quoting += bool(passages)
-            rows.append(build_sample(processor, record["context"], record["question"], record["answer"],
-                                     max_length, name=f"record {record['id']!r}", passages=passages))
+            records.append({"id": str(record["id"]), "context": record["context"], "question": record["question"],
+                            "answer": record["answer"], "passage_chunks": [index for index, _ in passages],
+                            "passage_texts": [text for _, text in passages]})
     if hybrid_ratio > 0:
-        logger.info("Reasoning samples: %d, of which %d quote passages (hybrid).", len(rows), quoting)
-    return datasets.Dataset.from_list(rows) if rows else None
+        logger.info("Reasoning samples: %d, of which %d quote passages (hybrid).", len(records), quoting)
+    build = functools.partial(_reasoning_rows, processor, max_length)
+    return _build_rows(records, build, num_proc, "Building question samples")
+
+
+def _understanding_rows(processor: E2LLMProcessor, window_chunks: int, max_length: int, record: dict) -> list[dict]:
+    return understanding_samples(processor, record["context"], window_chunks, max_length, name=record["id"])
+
+
+def _reasoning_rows(processor: E2LLMProcessor, max_length: int, record: dict) -> list[dict]:
+    passages = list(zip(record["passage_chunks"], record["passage_texts"]))
+    return [build_sample(processor, record["context"], record["question"], record["answer"], max_length,
+                         name=f"record {record['id']!r}", passages=passages)]
+
+
+def _build_rows(records: list[dict], build, num_proc: int, desc: str) -> datasets.Dataset | None:
+    """The rows `build(record) -> [row, ...]` makes of every record, in record order, over `num_proc`
+    processes (datasets.map: contiguous shards, so the order is the same for any count)."""
+    if not records:
+        return None
+
+    def build_batch(batch: dict) -> dict:
+        rows = [row for i in range(len(batch["id"])) for row in build({key: batch[key][i] for key in batch})]
+        return {key: [row[key] for row in rows] for key in ROW_KEYS}
+
+    table = datasets.Dataset.from_list(records)
+    num_proc = max(1, min(num_proc, len(os.sched_getaffinity(0)), len(records)))
+    return table.map(build_batch, batched=True, batch_size=16, num_proc=num_proc if num_proc > 1 else None,
+                     remove_columns=table.column_names, desc=desc, load_from_cache_file=False)
 
 
 def mix_tasks(understanding: datasets.Dataset | None, reasoning: datasets.Dataset | None,
@@ -74,12 +110,43 @@ def training_dataset(data: DataSettings, tasks: TaskSettings, processor: E2LLMPr
     many samples of each kind it holds."""
     understanding = None
     if tasks.understanding:
-        understanding = understanding_dataset(data.understanding, processor, tasks.window_chunks, max_length, data.seed)
+        understanding = understanding_dataset(data.understanding, processor, tasks.window_chunks, max_length, data.seed,
+                                              data.num_proc)
     reasoning = reasoning_dataset(data.reasoning, processor, max_length, data.seed, tasks.hybrid_ratio,
-                                  tasks.hybrid_top_k, model)
+                                  tasks.hybrid_top_k, model, data.num_proc)
     ratio = tasks.understanding_ratio if reasoning is not None else 1.0
     mixed = mix_tasks(understanding, reasoning, ratio if understanding is not None else 0.0, data.seed,
                       tasks.stopping_strategy)
     logger.info("Training samples: %d understanding, %d reasoning; %d rows in the mix.",
                    len(understanding or []), len(reasoning or []), len(mixed))
     return mixed
+
+
+# What the samples are made by: a change in any of these files rebuilds a cached training set.
+_BUILDING_CODE = [Path(__file__).with_name(name) for name in ("dataset.py", "samples.py", "sources.py")] + [
+    Path(__file__).resolve().parents[1] / "modeling_e2llm" / name for name in ("haystacks.py", "processing_e2llm.py")]
+
+
+def sample_cache_key(config: TrainConfig, max_length: int, model: E2LLMForCausalLM | None) -> str:
+    """Hash of everything the training set depends on: the data, task, processor and model settings, the
+    size and modification time of every file a source names, the sample-building code, the decoder window,
+    and (hybrid samples are ranked by it) the model's encoder weights. `data.num_proc` changes nothing."""
+    data = {**dataclasses.asdict(config.data), "num_proc": None}
+    # Data files by size and time (hashing gigabytes each run would cost more than it saves); the code by its
+    # contents, so that a checkout or a copy that leaves it unchanged keeps the cache.
+    stats = [(path, os.stat(path).st_size, os.stat(path).st_mtime_ns) for path in sorted(set(_paths(data)))
+             if os.path.exists(path)]
+    code = hashlib.sha256(b"".join(path.read_bytes() for path in _BUILDING_CODE)).hexdigest()
+    parts = {"data": data, "tasks": dataclasses.asdict(config.tasks), "processor": dataclasses.asdict(config.processor),
+             "model": dataclasses.asdict(config.model), "files": stats, "code": code, "max_length": max_length,
+             "ranking": model.weights_fingerprint() if config.tasks.hybrid_ratio > 0 else None}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _paths(value) -> list[str]:
+    """Every `path:` value in a (nested) source spec."""
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in ([str(item)] if key == "path" else _paths(item))]
+    if isinstance(value, list):
+        return [p for item in value for p in _paths(item)]
+    return []

@@ -18,6 +18,7 @@ from modeling_e2llm.haystacks import understanding_windows
 
 UNDERSTANDING, REASONING = "understanding", "reasoning"
 TASKS = (REASONING, UNDERSTANDING)  # position = the task id the collator puts in the batch
+ROW_KEYS = ("input_ids", "attention_mask", "labels", "chunk_input_ids", "chunk_attention_mask", "task")
 
 
 class ContextTooLongError(ValueError):

@@ -10,9 +10,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
+import datasets
 import torch
 import yaml
 from transformers import TrainerCallback, set_seed
@@ -23,7 +25,7 @@ from modeling_e2llm.loading import RUN_SETTINGS_FILE, compose_model_and_processo
 from modeling_e2llm.lora import lora_config
 
 from .config import TrainConfig
-from .dataset import training_dataset
+from .dataset import sample_cache_key, training_dataset
 from .plot import plot_losses
 from .samples import E2LLMCollator
 from .trainer import E2LLMTrainer
@@ -47,6 +49,7 @@ _CHECKPOINTING = next(name for name in ("activation_checkpointing", "gradient_ch
 def sft_config(training: dict) -> SFTConfig:
     """SFTConfig from the config's `training` section, with E2LLM's required settings and CPU-safe defaults."""
     on_gpu = torch.cuda.is_available()
+    workers = min(4, len(os.sched_getaffinity(0)) - 1) if on_gpu else 0
     defaults = {
         "bf16": on_gpu and torch.cuda.is_bf16_supported(),  # SFTConfig's bf16=True makes CPU steps ~14x slower
         "use_cpu": not on_gpu,
@@ -55,6 +58,13 @@ def sft_config(training: dict) -> SFTConfig:
         "report_to": "none",
         "logging_steps": 10,
         "save_strategy": "steps",
+        # The Trainer's NaN filter reads every micro-batch's loss back from the device, which stalls the step
+        # until the GPU catches up; a NaN then shows in the logged loss instead of being averaged away.
+        "logging_nan_inf_filter": False,
+        # On a GPU, collate the next batches in worker processes into pinned memory while the device computes.
+        "dataloader_num_workers": workers,
+        "dataloader_pin_memory": on_gpu,
+        "dataloader_persistent_workers": workers > 0,
     }
     required = {"remove_unused_columns": False,  # keeps the chunk columns and the task flag
                 "dataset_kwargs": {"skip_prepare_dataset": True}}  # the rows are already tokenized
@@ -63,14 +73,19 @@ def sft_config(training: dict) -> SFTConfig:
     return SFTConfig(**{**defaults, **training, **required})
 
 
-def build_trainer(config: TrainConfig) -> E2LLMTrainer:
-    """Model, LoRA, data and trainer as the config says."""
+def build_samples(config: TrainConfig) -> tuple[E2LLMForCausalLM, E2LLMProcessor, datasets.Dataset, SFTConfig]:
+    """The model, processor, training set (cached, see `cached_training_dataset`) and trainer settings."""
     args = sft_config(config.training)
     set_seed(args.seed)  # the adapter and LoRA start from random weights: same seed, same start
     model, processor = load_model_and_processor(config)
     model.to(args.device)  # hybrid samples score their chunks with the model: on the GPU when there is one
     window = getattr(model.config.text_config, "max_position_embeddings", None)
-    dataset = training_dataset(config.data, config.tasks, processor, window, model)
+    return model, processor, cached_training_dataset(config, processor, window, model, args), args
+
+
+def build_trainer(config: TrainConfig) -> E2LLMTrainer:
+    """Model, LoRA, data and trainer as the config says."""
+    model, processor, dataset, args = build_samples(config)
     collator = E2LLMCollator(pad_token_id=processor.tokenizer.pad_token_id,
                              encoder_pad_token_id=processor.encoder_tokenizer.pad_token_id or 0)
     trainer = E2LLMTrainer(
@@ -82,6 +97,23 @@ def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     if config.max_minutes is not None:
         trainer.add_callback(TimeBudget(config.max_minutes))
     return trainer
+
+
+def cached_training_dataset(config: TrainConfig, processor: E2LLMProcessor, window: int | None,
+                            model: E2LLMForCausalLM, args: SFTConfig) -> datasets.Dataset:
+    """The config's training set, built once and kept in `<output_dir>/samples/<key>`: a resumed or repeated
+    run loads it, a changed source, setting or building code (the key, `sample_cache_key`) builds it anew.
+    The main process builds and saves first; the others then load its copy."""
+    folder = Path(args.output_dir) / "samples" / sample_cache_key(config, window, model)
+    with args.main_process_first(desc="building the training samples"):
+        if folder.is_dir():
+            logger.info("Training samples from %s (built before with the same settings).", folder)
+            return datasets.load_from_disk(str(folder))
+        start = time.monotonic()
+        dataset = training_dataset(config.data, config.tasks, processor, window, model)
+        logger.info("Built %d training samples in %.0f s.", len(dataset), time.monotonic() - start)
+        dataset.save_to_disk(str(folder))
+    return dataset
 
 
 class TimeBudget(TrainerCallback):
@@ -139,6 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", nargs="?", const=True, default=None,
                         help="continue from the latest checkpoint in output_dir, or from the checkpoint given")
     parser.add_argument("--output-dir", help="override training.output_dir")
+    parser.add_argument("--samples-only", action="store_true",
+                        help="build (and cache in output_dir) the training samples, then stop")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
@@ -148,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"error: {args.config}: {error}\n")
     if args.output_dir:
         config.training["output_dir"] = args.output_dir
+    if args.samples_only:
+        build_samples(config)
+        return
     trainer = train(config, args.resume)
     logger.info("Done: results in %s", Path(trainer.args.output_dir) / "final")
 

@@ -36,8 +36,10 @@ class E2LLMTrainer(SFTTrainer):
         _refuse(unsupported_options(args) + (["compute_loss_func"] if kwargs.get("compute_loss_func") else []))
         self.understanding_weight = understanding_weight
         self.adapter_learning_rate = adapter_learning_rate
-        # Per task: [summed NLL, target tokens] since the last log, for "train" and "eval".
-        self._task_totals = {"train": torch.zeros(len(TASKS), 2), "eval": torch.zeros(len(TASKS), 2)}
+        # Since the last log, for "train" and "eval", on the device: per task [summed NLL, target tokens] (tasks, 2),
+        # and [summed token entropy, top-1 hits] (2,). None until the first micro-batch.
+        self._task_totals: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
+        self._token_totals: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
         super().__init__(model, args, *more, **kwargs)
         _refuse(["output_router_logits (a mixture-of-experts auxiliary loss)"] if self.aux_loss_enabled else [])
 
@@ -46,7 +48,9 @@ class E2LLMTrainer(SFTTrainer):
         task = inputs.pop("task")  # (B,); E2LLMModel.forward passes unknown keys on to the decoder
         # TRL's fused LM head: per-token log-probs of the labels without building (B, T, vocab) logits.
         outputs = model(**inputs, use_cache=False, fused_lm_head=True)
-        per_sample_nll = -outputs.log_probs.sum(dim=1)  # (B,); ignored positions hold 0
+        # (B,); ignored positions hold 0. Summed in fp32: under bf16 autocast a bf16 sum of hundreds of log-probs
+        # keeps only 3 significant digits.
+        per_sample_nll = -outputs.log_probs.float().sum(dim=1)
         per_sample_tokens = outputs.label_mask.sum(dim=1)  # (B,)
         weights = torch.where(task == _UNDERSTANDING_ID, self.understanding_weight, 1.0).to(per_sample_nll.dtype)
         num_tokens = per_sample_tokens.sum() if num_items_in_batch is None else num_items_in_batch
@@ -58,24 +62,30 @@ class E2LLMTrainer(SFTTrainer):
         return (loss, outputs) if return_outputs else loss
 
     def _record(self, mode: str, task: torch.Tensor, nll: torch.Tensor, tokens: torch.Tensor, outputs) -> None:
-        """Add this micro-batch's per-task NLL and token counts (summed over processes) and TRL's metrics."""
-        totals = torch.stack([torch.stack([nll[task == t].sum(), tokens[task == t].sum().to(nll.dtype)])
-                              for t in range(len(TASKS))])  # (tasks, 2)
-        self._task_totals[mode] += self.accelerator.reduce(totals, reduction="sum").float().cpu()
-        num_valid = self.accelerator.reduce(tokens.sum(), reduction="sum")
-        entropy = self.accelerator.reduce(outputs.entropy.detach().sum(), reduction="sum")
-        correct = self.accelerator.reduce(outputs.is_top1.sum(), reduction="sum")
-        self._metrics[mode]["entropy"].append((entropy / num_valid.clamp(min=1)).item())
-        self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid.clamp(min=1)).item())
+        """Add this micro-batch's per-task NLL and token counts, token entropy and top-1 hits (summed over
+        processes) to the totals on the device. Nothing is read back here: a step that waited for the device
+        to report a number would leave it idle while the host prepares the next one (see `log`)."""
+        per_task = torch.stack([torch.stack([torch.where(task == t, nll, 0).sum(),
+                                             torch.where(task == t, tokens, 0).sum().to(nll.dtype)])
+                                for t in range(len(TASKS))])  # (tasks, 2); where, not nll[task == t]: no sync
+        per_token = torch.stack([outputs.entropy.detach().float().sum(), outputs.is_top1.sum().float()])  # (2,)
+        for totals, batch in ((self._task_totals, per_task), (self._token_totals, per_token)):
+            batch = self.accelerator.reduce(batch, reduction="sum")
+            totals[mode] = batch if totals[mode] is None else totals[mode] + batch
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the per-task losses, the token entropy and the top-1 accuracy since the last log: the one point
+        where the totals come back from the device."""
         mode = "train" if self.model.training else "eval"
         prefix = "eval_" if mode == "eval" else ""
-        for task_id, name in enumerate(TASKS):
-            nll, tokens = self._task_totals[mode][task_id].tolist()
-            if tokens > 0:
-                logs[f"{prefix}loss_{name}"] = nll / tokens
-        self._task_totals[mode].zero_()
+        if self._task_totals[mode] is not None:
+            per_task, (entropy, correct) = self._task_totals[mode].tolist(), self._token_totals[mode].tolist()
+            for (nll, tokens), name in zip(per_task, TASKS):
+                if tokens > 0:
+                    logs[f"{prefix}loss_{name}"] = nll / tokens
+            all_tokens = max(1.0, sum(tokens for _, tokens in per_task))
+            logs[f"{prefix}entropy"], logs[f"{prefix}mean_token_accuracy"] = entropy / all_tokens, correct / all_tokens
+            self._task_totals[mode] = self._token_totals[mode] = None
         super().log(logs, start_time)
 
     def get_optimizer_cls_and_kwargs(self, args, model=None) -> tuple[type, dict]:
