@@ -16,12 +16,16 @@ logger = logging.getLogger(__name__)
 
 
 def understanding_dataset(sources: list, processor: E2LLMProcessor, window_chunks: int, max_length: int,
-                          seed: int = 0) -> datasets.Dataset | None:
-    """Restate samples over every distinct context of `sources` (None when there are none)."""
+                          seed: int = 0, windows_per_context: int | None = None) -> datasets.Dataset | None:
+    """Restate samples over every distinct context of `sources` (None when there are none): all its windows, or
+    `windows_per_context` drawn from it (seeded by `seed` and the record's id), so that a source of whole
+    books gives a bounded number of samples and is never chunked whole."""
     rows = []
     for spec in sources:
         for record in distinct_contexts(load_records(spec, seed)):
-            rows += understanding_samples(processor, record["context"], window_chunks, max_length, name=record["id"])
+            rng = random.Random(f"{seed}:{record['id']}")
+            rows += understanding_samples(processor, record["context"], window_chunks, max_length, name=record["id"],
+                                          count=windows_per_context, rng=rng)
     return datasets.Dataset.from_list(rows) if rows else None
 
 
@@ -74,7 +78,8 @@ def training_dataset(data: DataSettings, tasks: TaskSettings, processor: E2LLMPr
     many samples of each kind it holds."""
     understanding = None
     if tasks.understanding:
-        understanding = understanding_dataset(data.understanding, processor, tasks.window_chunks, max_length, data.seed)
+        understanding = understanding_dataset(data.understanding, processor, tasks.window_chunks, max_length, data.seed,
+                                              tasks.windows_per_context)
     reasoning = reasoning_dataset(data.reasoning, processor, max_length, data.seed, tasks.hybrid_ratio,
                                   tasks.hybrid_top_k, model)
     ratio = tasks.understanding_ratio if reasoning is not None else 1.0
