@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from .haystacks import chunk_runs
 from .processing_e2llm import IGNORE_INDEX
 
-MIN_CHUNK_CHARS = 100  # shorter chunks (headings, a lone line) say too little to tell own from nearby
+# Shorter chunks (a heading, a lone line) say too little to tell own from nearby; small chunk sizes keep those
+# of at least a quarter chunk.
+MIN_CHUNK_CHARS = 100
 
 
 @dataclass
@@ -42,16 +44,21 @@ def probe_chunks(processor, documents: list[str], count: int, seed: int = 0) -> 
     if len(documents) < 2:
         raise ValueError(f"The restatement probe compares chunks of different documents, but its source gave "
                          f"{len(documents)}: name a source with at least two held-out documents.")
-    per_document = -(-count // len(documents))  # ceil: every document contributes
+    per_document = 2 * -(-count // len(documents))  # twice ceil(count / documents): room for the short ones left out
+    min_chars = min(MIN_CHUNK_CHARS, processor.chunk_size // 4)
     pairs = []  # (document index, chunk text, next chunk text)
     for index, text in enumerate(documents):
         rng = random.Random(f"{seed}:{index}")
         for run in chunk_runs(processor, text, 2, per_document, rng, skip_first=True):
             texts = [text[start:end] for start, end in run]
-            if len(texts) == 2 and all(len(t.strip()) >= MIN_CHUNK_CHARS for t in texts):
+            if len(texts) == 2 and all(len(t.strip()) >= min_chars for t in texts):
                 pairs.append((index, *texts))
     pairs = pairs[::max(1, len(pairs) // count)][:count]  # evenly over the documents
     n = len(pairs)
+    with_chunks = len({document for document, _, _ in pairs})
+    if with_chunks < 2:
+        raise ValueError(f"The restatement probe found chunks (with a next chunk, each of {min_chars}+ characters) "
+                         f"in {with_chunks} of {len(documents)} documents; it needs two: name longer held-out documents.")
     other = []
     for i, (document, _, _) in enumerate(pairs):
         # The chunk half the list away, or the next one after it from another document.
