@@ -449,3 +449,29 @@ def _as_raw(config: TrainConfig) -> dict:
     from dataclasses import asdict
 
     return asdict(config)
+
+
+# --- experiments -------------------------------------------------------------------------------------
+def test_an_arm_is_the_base_config_with_its_overrides_merged_section_by_section(tmp_path):
+    from training.experiments import arm_configs
+
+    experiment = tmp_path / "reading.yaml"
+    experiment.write_text("base: {processor: {chunk_size: 512, chunk_overlap: 0.0}, training: {max_steps: 80}}\n"
+                          "arms: {small: {processor: {chunk_size: 128}}, same: {}}\n")
+    arms = arm_configs(experiment)
+    assert arms["small"]["processor"] == {"chunk_size": 128, "chunk_overlap": 0.0}
+    assert arms["same"]["processor"] == {"chunk_size": 512, "chunk_overlap": 0.0}
+    assert arms["small"]["training"] == {"max_steps": 80, "output_dir": str(Path("runs") / "reading" / "small")}
+
+
+def test_the_experiment_table_reports_the_last_probe_its_curve_tokens_and_time_per_step():
+    from training.experiments import arm_row
+
+    probe = {"probe_nll_nearby": 4.25, "probe_nll_other": 4.3, "probe_gap_nearby": 0.05, "probe_gap_other": 0.1}
+    log = [{**probe, "probe_nll_own": 4.2, "probe_seconds": 10.0, "step": 0},
+           {"loss": 3.9, "num_tokens": 3200.0, "step": 10},
+           {**probe, "probe_nll_own": 4.2, "probe_seconds": 30.0, "step": 10},
+           {"train_runtime": 140.0, "step": 10}]
+    assert arm_row("adapter", log, batch=2) == (
+        "| adapter | 10 | 20 | 4.200 / 4.250 / 4.300 | +0.050 / +0.100 | 0: 4.200 / +0.050 / +0.100, "
+        "10: 4.200 / +0.050 / +0.100 | 160 | 10.0 (+20 s a probe) |")

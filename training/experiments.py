@@ -31,13 +31,13 @@ def merged(base: dict, overrides: dict) -> dict:
 def arm_configs(path: Path) -> dict[str, dict]:
     """Each arm's full raw config, its output_dir `runs/<experiment>/<arm>`."""
     experiment = yaml.safe_load(path.read_text())
-    unknown = set(experiment) - {"base", "arms"}
-    if unknown or not experiment.get("arms"):
-        raise ValueError(f"{path} must hold `base` (a training config) and `arms` (name -> overrides); "
-                         f"found {sorted(experiment)}.")
-    return {name: merged(experiment["base"], {**(overrides or {}), "training": {
-                **((overrides or {}).get("training") or {}), "output_dir": str(RUNS / path.stem / name)}})
-            for name, overrides in experiment["arms"].items()}
+    if not isinstance(experiment, dict) or set(experiment) != {"base", "arms"} or not experiment["arms"]:
+        raise ValueError(f"{path} must hold exactly `base` (a training config) and `arms` (name -> overrides).")
+    configs = {}
+    for name, overrides in experiment["arms"].items():
+        output = {"training": {"output_dir": str(RUNS / path.stem / name)}}
+        configs[name] = merged(merged(experiment["base"], overrides or {}), output)
+    return configs
 
 
 def samples_per_step(training: dict) -> int:
