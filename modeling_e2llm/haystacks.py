@@ -85,11 +85,11 @@ def chunk_runs(processor, context: str, run_chunks: int, count: int | None = Non
     order; runs never share a chunk.
 
     count None: every run of the context (the last may be shorter). count N: at most N runs of `run_chunks`
-    chunks at places drawn by `rng` (default: seed 0), one in each of N equal stretches of the context. A long context (a
-    book: 400,000 characters, 800 chunks) is then never chunked whole, which would cost seconds per book for
-    the few runs kept: each run is chunked from a slice of `run_chunks + 2` chunk sizes starting at a drawn
-    point, and the slice's first chunk, cut mid-sentence by that point, is dropped (chunks never exceed
-    `chunk_size` characters, so the run's chunks end where they would in the whole text). `skip_first` leaves
+    chunks at places drawn by `rng` (default: seed 0), one in each of N equal stretches of the context. A long
+    context (a book: 400,000 characters, 800 chunks at 512) is then never chunked whole for the few runs kept:
+    each run is chunked from a slice of `run_chunks + 2` chunk sizes starting at a drawn point, and the slice's
+    first chunk, cut mid-sentence by that point, is dropped (chunks never exceed `chunk_size` characters, so the
+    run's chunks end where they would in the whole text from that start). `skip_first` leaves
     the context's first chunk out (the PG essays all open with the same banner).
     """
     if run_chunks < 1:
