@@ -317,6 +317,15 @@ def test_trainer_overfits_a_tiny_dataset(tiny_paths, sharp_decoder, tmp_path, es
     assert sum(losses[-3:]) / 3 < 0.75 * losses[0]
 
 
+def test_num_tokens_counts_the_decoder_input_tokens_trained_on(tiny_paths, tmp_path, essay_text):
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text, records=2, training={
+        "save_strategy": "no", "per_device_train_batch_size": 1}))
+    trainer.args.max_steps = len(trainer.train_dataset)  # one epoch: every row once
+    trainer.train()
+    counted = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
+    assert counted[-1] == sum(len(row) for row in trainer.train_dataset["input_ids"])
+
+
 def test_understanding_weight_scales_only_understanding_tokens(tiny_paths, tmp_path, essay_text):
     config = tiny_config(tiny_paths, tmp_path, essay_text)
     trainer = build_trainer(config)

@@ -38,6 +38,7 @@ class E2LLMTrainer(SFTTrainer):
         self.adapter_learning_rate = adapter_learning_rate
         # Per task: [summed NLL, target tokens] since the last log, for "train" and "eval".
         self._task_totals = {"train": torch.zeros(len(TASKS), 2), "eval": torch.zeros(len(TASKS), 2)}
+        self._decoder_tokens = 0  # decoder input tokens trained on so far, all processes (TRL's `num_tokens`)
         super().__init__(model, args, *more, **kwargs)
         _refuse(["output_router_logits (a mixture-of-experts auxiliary loss)"] if self.aux_loss_enabled else [])
 
@@ -54,11 +55,13 @@ class E2LLMTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every process's tokens while DDP averages the gradients.
             loss = loss * self.accelerator.num_processes
-        self._record(mode, task, per_sample_nll.detach(), per_sample_tokens, outputs)
+        self._record(mode, task, per_sample_nll.detach(), per_sample_tokens, outputs, inputs["attention_mask"])
         return (loss, outputs) if return_outputs else loss
 
-    def _record(self, mode: str, task: torch.Tensor, nll: torch.Tensor, tokens: torch.Tensor, outputs) -> None:
-        """Add this micro-batch's per-task NLL and token counts (summed over processes) and TRL's metrics."""
+    def _record(self, mode: str, task: torch.Tensor, nll: torch.Tensor, tokens: torch.Tensor, outputs,
+                attention_mask: torch.Tensor) -> None:
+        """Add this micro-batch's per-task NLL and token counts (summed over processes) and TRL's metrics,
+        `num_tokens` included (the decoder input tokens: prompt, chunk tokens and target, without padding)."""
         totals = torch.stack([torch.stack([nll[task == t].sum(), tokens[task == t].sum().to(nll.dtype)])
                               for t in range(len(TASKS))])  # (tasks, 2)
         self._task_totals[mode] += self.accelerator.reduce(totals, reduction="sum").float().cpu()
@@ -67,6 +70,9 @@ class E2LLMTrainer(SFTTrainer):
         correct = self.accelerator.reduce(outputs.is_top1.sum(), reduction="sum")
         self._metrics[mode]["entropy"].append((entropy / num_valid.clamp(min=1)).item())
         self._metrics[mode]["mean_token_accuracy"].append((correct / num_valid.clamp(min=1)).item())
+        if mode == "train":
+            self._decoder_tokens += self.accelerator.reduce(attention_mask.sum(), reduction="sum").item()
+            self._metrics[mode]["num_tokens"] = [self._decoder_tokens]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
