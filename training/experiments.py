@@ -47,17 +47,18 @@ def samples_per_step(training: dict) -> int:
 
 def arm_row(name: str, log_history: list[dict], batch: int) -> str:
     """One markdown row: the last probe, the probe curve (own NLL and both gaps at each probe), decoder tokens per
-    sample (TRL's `num_tokens`: prompt, chunk tokens and target) and seconds per step without the probes."""
+    sample (`num_tokens`: prompt, chunk tokens and target; "-" in runs logged before it existed) and seconds per
+    step without the probes."""
     probes = [entry for entry in log_history if "probe_nll_own" in entry]
     end = next(entry for entry in reversed(log_history) if "train_runtime" in entry)
-    tokens = next(entry["num_tokens"] for entry in reversed(log_history) if "num_tokens" in entry)
+    tokens = next((entry["num_tokens"] for entry in reversed(log_history) if "num_tokens" in entry), None)
     steps = end["step"]
     last, probe_seconds = probes[-1], sum(entry["probe_seconds"] for entry in probes)
     curve = ", ".join(f"{p['step']}: {p['probe_nll_own']:.3f} / {p['probe_gap_nearby']:+.3f} / "
                       f"{p['probe_gap_other']:+.3f}" for p in probes)
     return (f"| {name} | {steps} | {steps * batch} | {last['probe_nll_own']:.3f} / {last['probe_nll_nearby']:.3f} / "
             f"{last['probe_nll_other']:.3f} | {last['probe_gap_nearby']:+.3f} / {last['probe_gap_other']:+.3f} | "
-            f"{curve} | {tokens / (steps * batch):.0f} | {(end['train_runtime'] - probe_seconds) / steps:.1f} "
+            f"{curve} | {'-' if tokens is None else f'{tokens / (steps * batch):.0f}'} | {(end['train_runtime'] - probe_seconds) / steps:.1f} "
             f"(+{probe_seconds / len(probes):.0f} s a probe) |")
 
 
