@@ -1,6 +1,7 @@
 """Comparable training runs ("arms") from one experiment file, and their restatement-probe curves as a table.
 
     python -m training.experiments <experiment.yaml> --arm <name>     # train one arm into runs/<experiment>/<name>
+    python -m training.experiments <experiment.yaml> --arm <name> --max-steps 40   # the same, shorter
     python -m training.experiments <experiment.yaml> --table          # markdown table of the finished arms
 
 An experiment file holds `base` (a training config, see training/config.py, without output_dir) and `arms`:
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--arm", help="train this arm")
     action.add_argument("--table", action="store_true", help="print the finished arms' probe table (markdown)")
+    parser.add_argument("--max-steps", type=int, help="with --arm: stop after this many steps (the table says how many)")
     args = parser.parse_args(argv)
     try:
         arms = arm_configs(args.experiment)
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             return print(table(args.experiment))
         if args.arm not in arms:
             raise ValueError(f"no arm {args.arm!r}; the arms are {sorted(arms)}")
-        config = TrainConfig.from_dict(arms[args.arm])
+        overrides = {"training": {"max_steps": args.max_steps}} if args.max_steps else {}
+        config = TrainConfig.from_dict(merged(arms[args.arm], overrides))
     except (OSError, TypeError, ValueError, yaml.YAMLError) as error:
         parser.exit(2, f"error: {args.experiment}: {error}\n")
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
