@@ -12,8 +12,10 @@ essays; accuracy = the number appears in the answer. `--model` is `trained` (the
 `untrained` (same composite, random adapter) or `decoder` (the plain decoder reading the raw text in the
 baselines' prompt, as `evaluation.run --system full` does; needle only). `prepare` writes, for
 `python -m evaluation.run`, the held-out bAbI qa1/qa2 stories, the held-out essays as haystack, and the
-untrained composite as a model folder. `chunk-stats`: do the chunk tokens of different held-out chunks
-still differ? (A collapsed adapter maps every chunk to about the same vector: mean pairwise cosine near 1.)
+untrained composite as a model folder. `chunk-stats`: do the chunk tokens carry their chunk's content? The
+restatement probe that training logs (`probe:` in a training config), on held-out essay chunks, and whether the
+chunk tokens of different chunks still differ (a collapsed adapter maps every chunk to about the same vector:
+mean pairwise cosine near 1). `--demo-dir runs/<run>/final` measures any finished training run.
 """
 
 import argparse
@@ -29,6 +31,7 @@ import yaml
 from modeling_e2llm.haystacks import NEEDLE_KEYS, background_text, distinct_contexts, magic_number_record, \
     magic_numbers, select_records, understanding_windows
 from modeling_e2llm.loading import DEMO_DIR, is_trained_run, load_model
+from modeling_e2llm.restatement_probe import probe_chunks, restatement_probe
 
 from .data import load_examples
 from .harness import PREDICTIONS_FILE, read_predictions
@@ -84,34 +87,23 @@ def restate(model, processor, limit: int, max_new_tokens: int) -> dict:
 def chunk_stats(model, processor, limit: int) -> dict:
     """Do the chunk tokens carry their chunk's content? On `limit` held-out essay chunks:
 
-    restate NLL (nats per target token) of each chunk's text from its own chunk token, from the next
-    chunk's in the list (often the same essay: only chunk-specific content lowers the first) and from the
-    chunk half the list away (another essay: the topic alone lowers the first); a model that ignores the
-    content scores all three alike;
+    the restatement probe (`modeling_e2llm.restatement_probe`, the figures training's probe logs): restate NLL
+    (nats per target token) of each chunk from its own chunk token, from the next chunk's of the same essay and
+    from another essay's, and the two gaps; a model that ignores the content scores all three alike;
     mean pairwise cosine similarity of the chunk tokens (a collapsed adapter maps all chunks to about the
     same vector: near 1); their mean norm next to that of the decoder's token embeddings.
     """
-    texts = dev_windows(processor, 1, limit)  # one chunk each
-    chunks = processor.encode_chunks(texts)
-    features = model.model.get_chunk_features(chunks["chunk_input_ids"].to(model.device),
-                                              chunks["chunk_attention_mask"].to(model.device))  # (n, dec_hidden)
+    essays = [record["context"] for record in distinct_contexts(dev_records(DEV_ESSAYS))]
+    chunks = probe_chunks(processor, essays, limit)
+    encoded = processor.encode_chunks(chunks.own)
+    features = model.model.get_chunk_features(encoded["chunk_input_ids"].to(model.device),
+                                              encoded["chunk_attention_mask"].to(model.device))  # (n, dec_hidden)
     unit = torch.nn.functional.normalize(features, dim=-1)
     n = len(unit)
     cosine = ((unit @ unit.T).sum() - n) / (n * (n - 1))
     token_norm = model.get_input_embeddings().weight.norm(dim=-1).mean()
-
-    def restate_nll_from(offset: int) -> float:
-        """Mean restate NLL of each chunk from the chunk token `offset` places further down the list."""
-        return sum(_restate_nll(model, processor, texts[(i + offset) % n], text) for i, text in enumerate(texts)) / n
-
-    return {"count": n, "restate_nll_own_chunk": restate_nll_from(0), "restate_nll_other_chunk": restate_nll_from(1),
-            "restate_nll_far_chunk": restate_nll_from(n // 2), "mean_pairwise_cosine": cosine.item(),
+    return {"count": n, **restatement_probe(model, processor, chunks), "mean_pairwise_cosine": cosine.item(),
             "mean_norm": features.norm(dim=-1).mean().item(), "token_embedding_mean_norm": token_norm.item()}
-
-
-def _restate_nll(model, processor, context: str, target: str) -> float:
-    batch = processor(context=context, target=target, padding_side="right").to(model.device)
-    return model(**batch).loss.item()
 
 
 def needle_records(limit: int, seed: int = 123) -> list[dict]:

@@ -66,22 +66,51 @@ def context_lines(context: str) -> list[str]:
     return [line for line in context.split("\n") if line.strip()]
 
 
-def understanding_windows(processor, context: str, window_chunks: int) -> list[str]:
-    """Texts of consecutive windows of `window_chunks` chunks (an E2LLMProcessor's chunks) that together
-    restate `context`: the targets of the restate task, in training and in the demo measurement.
+def understanding_windows(processor, context: str, window_chunks: int, count: int | None = None,
+                          rng: random.Random | None = None) -> list[str]:
+    """Texts of windows of `window_chunks` consecutive chunks (an E2LLMProcessor's chunks) of `context`: the
+    targets of the restate task, in training and in the demo measurement.
 
-    Windows never share a chunk, so every chunk is restated once. Without chunk overlap the windows
-    concatenate back to exactly `context`; with overlap a window's text holds the text its chunks
-    share once (the text runs from its first chunk's start to its last chunk's end).
+    Windows never share a chunk. With `count` None they restate the whole context once: without chunk overlap
+    they concatenate back to exactly `context`; with overlap a window's text holds the text its chunks share
+    once (it runs from its first chunk's start to its last chunk's end). With `count`, `count` windows at
+    `rng`'s places (see `chunk_runs`).
     """
-    if window_chunks < 1:
-        raise ValueError(f"window_chunks must be at least 1, got {window_chunks}.")
-    spans = processor.chunk(context)
-    windows = []
-    for first in range(0, len(spans), window_chunks):
-        last = min(first + window_chunks, len(spans)) - 1
-        windows.append(context[spans[first][0]:spans[last][1]])
-    return windows
+    return [context[run[0][0]:run[-1][1]] for run in chunk_runs(processor, context, window_chunks, count, rng)]
+
+
+def chunk_runs(processor, context: str, run_chunks: int, count: int | None = None, rng: random.Random | None = None,
+               skip_first: bool = False) -> list[list[tuple[int, int]]]:
+    """Runs of `run_chunks` consecutive chunks of `context`, as character spans `(start, end)` in it, in text
+    order; runs never share a chunk.
+
+    count None: every run of the context (the last may be shorter). count N: at most N runs of `run_chunks`
+    chunks at places drawn by `rng` (default: seed 0), one in each of N equal stretches of the context. A long
+    context (a book: 400,000 characters, 800 chunks at 512) is then never chunked whole for the few runs kept:
+    each run is chunked from a slice of `run_chunks + 2` chunk sizes starting at a drawn point, and the slice's
+    first chunk, cut mid-sentence by that point, is dropped (chunks never exceed `chunk_size` characters, so the
+    run's chunks end where they would in the whole text from that start). `skip_first` leaves
+    the context's first chunk out (the PG essays all open with the same banner).
+    """
+    if run_chunks < 1:
+        raise ValueError(f"A run needs at least one chunk (window_chunks >= 1), got {run_chunks}.")
+    rng = rng or random.Random(0)
+    slice_chars = (run_chunks + 2) * processor.chunk_size
+    first_start = processor.chunk_size if skip_first else 0  # past the first chunk's end, wherever it is
+    if count is not None and (len(context) - first_start) // count >= 2 * slice_chars:
+        stretch = (len(context) - first_start) // count
+        runs = []
+        for i in range(count):
+            start = first_start + i * stretch + rng.randrange(stretch - slice_chars)
+            spans = processor.chunk(context[start:start + slice_chars])[1:run_chunks + 1]
+            runs.append([(start + s, start + e) for s, e in spans])
+        return runs
+    spans = processor.chunk(context)[int(skip_first):]
+    runs = [spans[first:first + run_chunks] for first in range(0, len(spans), run_chunks)]
+    if count is None or count >= len(runs):
+        return runs
+    whole = [run for run in runs if len(run) == run_chunks]
+    return [whole[i] for i in sorted(rng.sample(range(len(whole)), min(count, len(whole))))]
 
 
 # --- sentence boundaries -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -263,12 +264,48 @@ def test_understanding_and_reasoning_datasets_come_from_the_same_records(tiny_pr
     assert len(understanding) == windows  # one restate pass per distinct context
 
 
+def book_slice(tmp_path: Path, books: int = 2) -> tuple[str, list[str]]:
+    """The first `books` books of ../shared/data/books (about 120,000 characters and more each), as a JSONL
+    source, and their texts."""
+    with open(DATA / "books" / "books.jsonl") as f:
+        records = [json.loads(next(f)) for _ in range(books)]
+    return write_jsonl(tmp_path / "books.jsonl", records), [r["context"] for r in records]
+
+
+def test_drawn_windows_are_disjoint_in_order_and_never_chunk_a_book_whole(tiny_processor, tmp_path, monkeypatch):
+    _, (book, _) = book_slice(tmp_path)
+    chunked = []
+    chunk = type(tiny_processor).chunk
+    monkeypatch.setattr(type(tiny_processor), "chunk", lambda self, text: chunked.append(len(text)) or chunk(self, text))
+    windows = understanding_windows(tiny_processor, book, window_chunks=3, count=10, rng=random.Random(0))
+    starts = [book.index(window) for window in windows]
+    assert len(windows) == 10 and starts == sorted(starts)
+    assert all(end <= start for end, start in zip([s + len(w) for s, w in zip(starts, windows)], starts[1:]))
+    assert max(chunked) == (3 + 2) * tiny_processor.chunk_size  # a slice around each window, never the book
+    assert all(len(tiny_processor.chunk(window)) == 3 for window in windows)
+
+
+def test_windows_per_context_bounds_the_restate_samples_of_each_book(tiny_processor, tmp_path):
+    path, books = book_slice(tmp_path)
+    dataset = understanding_dataset([{"path": path}], tiny_processor, window_chunks=2, max_length=2048,
+                                    windows_per_context=4)
+    assert len(dataset) == 4 * len(books)
+    again = understanding_dataset([{"path": path}], tiny_processor, window_chunks=2, max_length=2048,
+                                  windows_per_context=4)
+    assert dataset["labels"] == again["labels"]  # seeded: the same windows every time
+
+
+def test_windows_per_context_draws_among_the_windows_of_a_short_context(tiny_processor, essay_text):
+    text = essay_text[:2000]
+    every = understanding_windows(tiny_processor, text, window_chunks=2)
+    drawn = understanding_windows(tiny_processor, text, window_chunks=2, count=5, rng=random.Random(0))
+    assert len(drawn) == 5 and set(drawn) <= set(every)
+
+
 # --- config ------------------------------------------------------------------------------------------
 def test_config_names_unknown_keys_and_impossible_ablations(tiny_paths, tmp_path, essay_text):
     with pytest.raises(ValueError, match=r"Unknown key\(s\) \['understnading'\] in config.tasks"):
         TrainConfig.from_dict({"tasks": {"understnading": False}, "data": {"reasoning": [{}]}})
-    with pytest.raises(ValueError, match="both false"):
-        tiny_config(tiny_paths, tmp_path, essay_text, trainable={"encoder": False, "decoder": False})
     with pytest.raises(ValueError, match="hybrid_top_k >= 1"):
         tiny_config(tiny_paths, tmp_path, essay_text, tasks={"hybrid_ratio": 0.5, "hybrid_top_k": 0})
 
@@ -307,6 +344,15 @@ def test_trainer_overfits_a_tiny_dataset(tiny_paths, sharp_decoder, tmp_path, es
                                    "save_strategy": "no"})
     losses = [e["loss"] for e in train(config).state.log_history if "loss" in e]
     assert sum(losses[-3:]) / 3 < 0.75 * losses[0]
+
+
+def test_num_tokens_counts_the_decoder_input_tokens_trained_on(tiny_paths, tmp_path, essay_text):
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text, records=2, training={
+        "save_strategy": "no", "per_device_train_batch_size": 1}))
+    trainer.args.max_steps = len(trainer.train_dataset)  # one epoch: every row once
+    trainer.train()
+    counted = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
+    assert counted[-1] == sum(len(row) for row in trainer.train_dataset["input_ids"])
 
 
 def test_understanding_weight_scales_only_understanding_tokens(tiny_paths, tmp_path, essay_text):
@@ -446,6 +492,30 @@ def test_the_trainer_waits_for_the_gpu_at_most_once_per_optimizer_step(tiny_path
     assert len(counter.syncs) <= 3, [str(w.message) for w in counter.syncs]
 
 
+def test_freezing_encoder_and_decoder_trains_the_adapter_alone(tiny_paths, tmp_path, essay_text):
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text, trainable={"encoder": False, "decoder": False},
+                                        training={"save_strategy": "no", "learning_rate": 1e-2}))
+    assert all(".adapter." in name for name, p in trainer.model.named_parameters() if p.requires_grad)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(".adapter." in name for name in changed)
+    assert all(not p.abs().any() for name, p in trainer.model.named_parameters() if "lora_B" in name)  # identity
+
+
+def test_an_adapter_only_run_loads_like_any_trained_run(tiny_paths, tmp_path, essay_text):
+    from modeling_e2llm.loading import load_model
+
+    config = tiny_config(tiny_paths, tmp_path, essay_text, trainable={"encoder": False, "decoder": False},
+                         training={"save_strategy": "no", "learning_rate": 1e-2, "max_steps": 2})
+    trainer = train(config)
+    loaded, _, _ = load_model(tmp_path / "run" / "final")
+    adapter = {name.split(".adapter.modules_to_save.default.")[1]: p for name, p in trainer.model.named_parameters()
+               if ".adapter.modules_to_save." in name}
+    for name, weight in loaded.model.adapter.named_parameters():
+        torch.testing.assert_close(weight, adapter[name], rtol=0, atol=0)
+
+
 def test_two_cpu_processes_follow_the_loss_curve_of_one(tiny_paths, tmp_path, essay_text):
     encoder = dropout_free_encoder(tiny_paths, tmp_path / "encoder")
     runs = {}
@@ -503,3 +573,29 @@ def test_a_knob_set_in_the_yaml_trains_and_the_trained_run_loads_with_it(tiny_pa
 def test_a_knob_that_is_not_a_positive_integer_is_refused_while_the_yaml_is_read(tiny_paths, tmp_path, essay_text):
     with pytest.raises(ValueError, match="encoder_tokens_per_chunk_token must be None"):
         tiny_config(tiny_paths, tmp_path, essay_text, model={"config": {"encoder_tokens_per_chunk_token": 0}})
+
+
+# --- experiments -------------------------------------------------------------------------------------
+def test_an_arm_is_the_base_config_with_its_overrides_merged_section_by_section(tmp_path):
+    from training.experiments import arm_configs
+
+    experiment = tmp_path / "reading.yaml"
+    experiment.write_text("base: {processor: {chunk_size: 512, chunk_overlap: 0.0}, training: {max_steps: 80}}\n"
+                          "arms: {small: {processor: {chunk_size: 128}}, same: {}}\n")
+    arms = arm_configs(experiment)
+    assert arms["small"]["processor"] == {"chunk_size": 128, "chunk_overlap": 0.0}
+    assert arms["same"]["processor"] == {"chunk_size": 512, "chunk_overlap": 0.0}
+    assert arms["small"]["training"] == {"max_steps": 80, "output_dir": str(Path("runs") / "reading" / "small")}
+
+
+def test_the_experiment_table_reports_the_last_probe_its_curve_tokens_and_time_per_step():
+    from training.experiments import arm_row
+
+    probe = {"probe_nll_nearby": 4.25, "probe_nll_other": 4.3, "probe_gap_nearby": 0.05, "probe_gap_other": 0.1}
+    log = [{**probe, "probe_nll_own": 4.2, "probe_seconds": 10.0, "step": 0},
+           {"loss": 3.9, "num_tokens": 3200.0, "step": 10},
+           {**probe, "probe_nll_own": 4.2, "probe_seconds": 30.0, "step": 10},
+           {"train_runtime": 140.0, "step": 10}]
+    assert arm_row("adapter", log, batch=2) == (
+        "| adapter | 10 | 20 | 4.200 / 4.250 / 4.300 | +0.050 / +0.100 | 0: 4.200 / +0.050 / +0.100, "
+        "10: 4.200 / +0.050 / +0.100 | 160 | 10.0 (+20 s a probe) |")

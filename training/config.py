@@ -3,12 +3,14 @@
 ```yaml
 model:      {encoder: null, decoder: null, config: {lora_rank: 8}}   # null paths: the embedded default
 processor:  {chunk_size: 512, chunk_overlap: 0.0}                   # chunk_overlap 0.3: the +overlap ablation
-trainable:  {encoder: true, decoder: true}                          # false: the -E / -D ablations
+trainable:  {encoder: true, decoder: true}                          # false: the -E / -D ablations; both: adapter only
 tasks:      {understanding: true, understanding_ratio: 0.5, understanding_weight: 1.0, window_chunks: 4,
-             hybrid_ratio: 0.0, hybrid_top_k: 3}                    # hybrid: reasoning rows that quote passages
+             hybrid_ratio: 0.0, hybrid_top_k: 3,                    # hybrid: reasoning rows that quote passages
+             windows_per_context: null}                             # N: N restate windows drawn per context
 data:       {seed: 0, num_proc: 1, understanding: [<source>...], reasoning: [<source>...]}   # see training/sources.py
 adapter_learning_rate: null                                         # null: the trainer's learning_rate
 max_minutes: null                                                   # stop (and save) after this much training time
+probe:      {every_steps: 50, chunks: 32, source: <source>}          # restatement probe on held-out chunks (absent: off)
 training:   {output_dir: runs/x, max_steps: 100, ...}               # trl.SFTConfig arguments
 ```
 """
@@ -80,10 +82,13 @@ class TaskSettings:
     window_chunks: int = 4  # chunks per restate sample
     hybrid_ratio: float = 0.0  # share of reasoning samples that also quote their best chunks (hybrid recall)
     hybrid_top_k: int = 3  # chunks those samples quote, within processor.hybrid_token_budget tokens
+    windows_per_context: int | None = None  # restate windows drawn per context (null: every window, whole context)
     stopping_strategy: str = "all_exhausted"  # datasets.interleave_datasets: when the mix ends
 
     def __post_init__(self):
         _check_range("tasks.window_chunks", self.window_chunks, 1)
+        if self.windows_per_context is not None:
+            _check_range("tasks.windows_per_context", self.windows_per_context, 1)
         if not 0.0 <= self.understanding_ratio <= 1.0:
             raise ValueError(f"tasks.understanding_ratio must be in [0, 1], got {self.understanding_ratio}.")
         if self.understanding_weight < 0:
@@ -110,6 +115,29 @@ class DataSettings:
 
 
 @dataclass
+class ProbeSettings:
+    """The restatement probe (`training/probe.py`); every_steps 0 (the default): off."""
+
+    every_steps: int = 0
+    chunks: int = 32  # held-out chunks scored, each three times
+    source: dict | None = None  # held-out documents: a file source whose holdout side is dev
+
+    def __post_init__(self):
+        _check_range("probe.every_steps", self.every_steps, 0)
+        _check_range("probe.chunks", self.chunks, 2)
+        if self.every_steps == 0:
+            return
+        if self.source is None:
+            raise ValueError("probe.source is missing: name the held-out documents to probe, e.g. {path: "
+                             "essays.jsonl, holdout: {by: [id], percent: 25, side: dev}}.")
+        _check_source(self.source, "config.probe.source")
+        holdout = self.source.get("holdout")
+        if holdout is not None and holdout.get("side", "train") != "dev":
+            raise ValueError("probe.source.holdout has no `side: dev`: the probe would score the chunks training "
+                             "learns from. Add side: dev to it.")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
@@ -118,6 +146,7 @@ class TrainConfig:
     data: DataSettings = field(default_factory=DataSettings)
     adapter_learning_rate: float | None = None
     max_minutes: float | None = None  # a time budget on shared machines; pair it with a constant LR schedule
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -127,9 +156,6 @@ class TrainConfig:
         if self.max_minutes is not None:
             _check_range("max_minutes", self.max_minutes, 0)
         _check_training(self.training)
-        if not self.trainable.encoder and not self.trainable.decoder:
-            raise ValueError("trainable.encoder and trainable.decoder are both false: LoRA would have nothing to "
-                             "train. Freeze one of them at most (-E or -D).")
         if not self.data.reasoning and not (self.tasks.understanding and self.data.understanding):
             raise ValueError("The config names no training data: add sources under data.reasoning or data.understanding.")
 

@@ -22,12 +22,14 @@ logger = logging.getLogger(__name__)
 
 
 def understanding_dataset(sources: list, processor: E2LLMProcessor, window_chunks: int, max_length: int,
-                          seed: int = 0, num_proc: int = 1) -> datasets.Dataset | None:
-    """Restate samples over every distinct context of `sources` (None when there are none), built in
-    `num_proc` processes."""
+                          seed: int = 0, windows_per_context: int | None = None,
+                          num_proc: int = 1) -> datasets.Dataset | None:
+    """Restate samples over every distinct context of `sources` (None when there are none), built in `num_proc`
+    processes: all its windows, or `windows_per_context` drawn from it (seeded by `seed` and the record's id), so
+    that a source of whole books gives a bounded number of samples and is never chunked whole."""
     contexts = [{"id": str(record["id"]), "context": record["context"]}
                 for spec in sources for record in distinct_contexts(load_records(spec, seed))]
-    build = functools.partial(_understanding_rows, processor, window_chunks, max_length)
+    build = functools.partial(_understanding_rows, processor, window_chunks, max_length, seed, windows_per_context)
     return _build_rows(contexts, build, num_proc, "Building restate samples")
 
 
@@ -64,8 +66,12 @@ def reasoning_dataset(sources: list, processor: E2LLMProcessor, max_length: int,
     return _build_rows(records, build, num_proc, "Building question samples")
 
 
-def _understanding_rows(processor: E2LLMProcessor, window_chunks: int, max_length: int, record: dict) -> list[dict]:
-    return understanding_samples(processor, record["context"], window_chunks, max_length, name=record["id"])
+def _understanding_rows(processor: E2LLMProcessor, window_chunks: int, max_length: int, seed: int,
+                        windows_per_context: int | None, record: dict) -> list[dict]:
+    # A string seed hashes the same in every process (unlike hash()), so any num_proc draws the same windows.
+    rng = random.Random(f"{seed}:{record['id']}")
+    return understanding_samples(processor, record["context"], window_chunks, max_length, name=record["id"],
+                                 count=windows_per_context, rng=rng)
 
 
 def _reasoning_rows(processor: E2LLMProcessor, max_length: int, record: dict) -> list[dict]:
@@ -111,7 +117,7 @@ def training_dataset(data: DataSettings, tasks: TaskSettings, processor: E2LLMPr
     understanding = None
     if tasks.understanding:
         understanding = understanding_dataset(data.understanding, processor, tasks.window_chunks, max_length, data.seed,
-                                              data.num_proc)
+                                              tasks.windows_per_context, data.num_proc)
     reasoning = reasoning_dataset(data.reasoning, processor, max_length, data.seed, tasks.hybrid_ratio,
                                   tasks.hybrid_top_k, model, data.num_proc)
     ratio = tasks.understanding_ratio if reasoning is not None else 1.0

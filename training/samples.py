@@ -8,6 +8,7 @@ A sample is a row of plain lists:
     task: "understanding" (restate the chunks, paper 3.2) or "reasoning" (answer a question).
 """
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -57,15 +58,17 @@ def build_sample(processor: E2LLMProcessor, context: str, prompt: str | None, ta
 
 
 def understanding_samples(processor: E2LLMProcessor, context: str, window_chunks: int,
-                          max_length: int | None = None, name: str = "context") -> list[dict]:
-    """Restate samples over the whole `context`: each window's chunk tokens -> the window's text.
+                          max_length: int | None = None, name: str = "context", count: int | None = None,
+                          rng: random.Random | None = None) -> list[dict]:
+    """Restate samples over the whole `context` (or over `count` windows drawn by `rng`, see
+    `haystacks.chunk_runs`): each window's chunk tokens -> the window's text.
 
     The window's text is both the sample's context and its target. Chunked again on its own, a window
     gives the same chunks as inside the context, except that its last few short chunks may merge into
     one (the chunker then sees the window's end within reach); either way its chunks cover its text.
     """
     return [build_sample(processor, text, None, text, max_length, name=f"{name} window {i}")
-            for i, text in enumerate(understanding_windows(processor, context, window_chunks))
+            for i, text in enumerate(understanding_windows(processor, context, window_chunks, count, rng))
             if text.strip()]
 
 

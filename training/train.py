@@ -27,6 +27,7 @@ from modeling_e2llm.lora import lora_config
 from .config import TrainConfig
 from .dataset import sample_cache_key, training_dataset
 from .plot import plot_losses
+from .probe import restatement_probe_callback
 from .samples import E2LLMCollator
 from .trainer import E2LLMTrainer
 
@@ -88,14 +89,22 @@ def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     model, processor, dataset, args = build_samples(config)
     collator = E2LLMCollator(pad_token_id=processor.tokenizer.pad_token_id,
                              encoder_pad_token_id=processor.encoder_tokenizer.pad_token_id or 0)
+    adapter_only = not (config.trainable.encoder or config.trainable.decoder)
     trainer = E2LLMTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         processing_class=processor.tokenizer,  # a tokenizer, not the processor: TRL would treat a processor as a VLM
-        peft_config=lora_config(model.config, encoder=config.trainable.encoder, decoder=config.trainable.decoder),
+        # Adapter only: peft wraps (and saves, and loads) a model only if LoRA targets something, so the decoder
+        # gets its LoRA, frozen below at its zero start (an identity): the run's folder loads like any other.
+        peft_config=lora_config(model.config, encoder=config.trainable.encoder,
+                                decoder=config.trainable.decoder or adapter_only),
         understanding_weight=config.tasks.understanding_weight,
         adapter_learning_rate=config.adapter_learning_rate)
+    if adapter_only:
+        freeze_lora(trainer.model)
     if config.max_minutes is not None:
         trainer.add_callback(TimeBudget(config.max_minutes))
+    if config.probe.every_steps:
+        trainer.add_callback(restatement_probe_callback(config.probe, processor, config.data.seed))
     return trainer
 
 
@@ -114,6 +123,14 @@ def cached_training_dataset(config: TrainConfig, processor: E2LLMProcessor, wind
         logger.info("Built %d training samples in %.0f s.", len(dataset), time.monotonic() - start)
         dataset.save_to_disk(str(folder))
     return dataset
+
+
+def freeze_lora(model: torch.nn.Module) -> None:
+    """Stop training every LoRA weight of `model` (the optimizer, built later, takes trainable ones only):
+    nothing but the adapter learns, and backward computes no LoRA or encoder gradients."""
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            parameter.requires_grad_(False)
 
 
 class TimeBudget(TrainerCallback):

@@ -37,9 +37,10 @@ class E2LLMTrainer(SFTTrainer):
         self.understanding_weight = understanding_weight
         self.adapter_learning_rate = adapter_learning_rate
         # Since the last log, for "train" and "eval", on the device: per task [summed NLL, target tokens] (tasks, 2),
-        # and [summed token entropy, top-1 hits] (2,). None until the first micro-batch.
+        # and [summed token entropy, top-1 hits, decoder input tokens] (3,). None until the first micro-batch.
         self._task_totals: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
         self._token_totals: dict[str, torch.Tensor | None] = {"train": None, "eval": None}
+        self._decoder_tokens = 0.0  # decoder input tokens trained on so far, all processes (TRL's `num_tokens`)
         super().__init__(model, args, *more, **kwargs)
         _refuse(["output_router_logits (a mixture-of-experts auxiliary loss)"] if self.aux_loss_enabled else [])
 
@@ -58,17 +59,20 @@ class E2LLMTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # num_items_in_batch counts every process's tokens while DDP averages the gradients.
             loss = loss * self.accelerator.num_processes
-        self._record(mode, task, per_sample_nll.detach(), per_sample_tokens, outputs)
+        self._record(mode, task, per_sample_nll.detach(), per_sample_tokens, outputs, inputs["attention_mask"])
         return (loss, outputs) if return_outputs else loss
 
-    def _record(self, mode: str, task: torch.Tensor, nll: torch.Tensor, tokens: torch.Tensor, outputs) -> None:
-        """Add this micro-batch's per-task NLL and token counts, token entropy and top-1 hits (summed over
-        processes) to the totals on the device. Nothing is read back here: a step that waited for the device
-        to report a number would leave it idle while the host prepares the next one (see `log`)."""
+    def _record(self, mode: str, task: torch.Tensor, nll: torch.Tensor, tokens: torch.Tensor, outputs,
+                attention_mask: torch.Tensor) -> None:
+        """Add this micro-batch's per-task NLL and token counts, token entropy, top-1 hits and decoder input tokens
+        (prompt, chunk tokens and target, without padding: TRL's `num_tokens`), summed over processes, to the
+        totals on the device. Nothing is read back here: a step that waited for the device to report a number
+        would leave it idle while the host prepares the next one (see `log`)."""
         per_task = torch.stack([torch.stack([torch.where(task == t, nll, 0).sum(),
                                              torch.where(task == t, tokens, 0).sum().to(nll.dtype)])
                                 for t in range(len(TASKS))])  # (tasks, 2); where, not nll[task == t]: no sync
-        per_token = torch.stack([outputs.entropy.detach().float().sum(), outputs.is_top1.sum().float()])  # (2,)
+        per_token = torch.stack([outputs.entropy.detach().float().sum(), outputs.is_top1.sum().float(),
+                                 attention_mask.sum().float()])  # (3,)
         for totals, batch in ((self._task_totals, per_task), (self._token_totals, per_token)):
             batch = self.accelerator.reduce(batch, reduction="sum")
             totals[mode] = batch if totals[mode] is None else totals[mode] + batch
@@ -79,12 +83,15 @@ class E2LLMTrainer(SFTTrainer):
         mode = "train" if self.model.training else "eval"
         prefix = "eval_" if mode == "eval" else ""
         if self._task_totals[mode] is not None:
-            per_task, (entropy, correct) = self._task_totals[mode].tolist(), self._token_totals[mode].tolist()
+            per_task, (entropy, correct, inputs) = self._task_totals[mode].tolist(), self._token_totals[mode].tolist()
             for (nll, tokens), name in zip(per_task, TASKS):
                 if tokens > 0:
                     logs[f"{prefix}loss_{name}"] = nll / tokens
             all_tokens = max(1.0, sum(tokens for _, tokens in per_task))
             logs[f"{prefix}entropy"], logs[f"{prefix}mean_token_accuracy"] = entropy / all_tokens, correct / all_tokens
+            if mode == "train":
+                self._decoder_tokens += inputs
+                logs["num_tokens"] = self._decoder_tokens
             self._task_totals[mode] = self._token_totals[mode] = None
         super().log(logs, start_time)
 
