@@ -183,13 +183,15 @@ class E2LLMModel(E2LLMPreTrainedModel):
 
     def embed_inputs(self, input_ids: torch.Tensor, chunk_input_ids: torch.Tensor | None = None,
                      chunk_attention_mask: torch.Tensor | None = None, chunk_features: torch.Tensor | None = None,
-                     progress: bool = False) -> torch.Tensor:
+                     progress: bool = False, chunk_pooled: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder input embeddings (B, T, dec_hidden), chunk tokens written over their placeholders.
 
         The chunks of sample 0 fill its placeholders first, then those of sample 1, ... (row-major).
         """
         inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, T, dec_hidden)
         num_chunk_tokens = None  # precomputed chunk_features hold exactly the chunk tokens
+        if chunk_features is None and chunk_pooled is not None:  # a frozen encoder's output, pooled once: adapter only
+            chunk_features = self.adapter(chunk_pooled)
         if chunk_features is None and chunk_input_ids is not None:
             chunk_features = self.get_chunk_features(chunk_input_ids, chunk_attention_mask, progress=progress)
             num_chunk_tokens = self.count_chunk_tokens(chunk_attention_mask)
@@ -228,15 +230,18 @@ class E2LLMModel(E2LLMPreTrainedModel):
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
                 chunk_input_ids: torch.LongTensor | None = None, chunk_attention_mask: torch.Tensor | None = None,
                 chunk_features: torch.FloatTensor | None = None, use_cache: bool | None = None,
-                **kwargs) -> BaseModelOutputWithPast:
-        """Chunks come as encoder ids (`chunk_input_ids`, `chunk_attention_mask`: (n_chunks, L)) or already
-        encoded (`chunk_features`: (n_chunk_tokens, dec_hidden), e.g. from a context cache). The decoder's key/value
-        cache comes as `cache` or `past_key_values` (either transformers version)."""
+                chunk_pooled: torch.FloatTensor | None = None, **kwargs) -> BaseModelOutputWithPast:
+        """Chunks come as encoder ids (`chunk_input_ids`, `chunk_attention_mask`: (n_chunks, L)), already
+        encoded (`chunk_features`: (n_chunk_tokens, dec_hidden), e.g. from a context cache), or pooled by the
+        encoder but not yet adapted (`chunk_pooled`: (n_chunk_tokens, enc_hidden), e.g. a frozen encoder's,
+        computed once for a whole training run). The decoder's key/value cache comes as `cache` or
+        `past_key_values` (either transformers version)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids and inputs_embeds.")
         if inputs_embeds is None:
             self.check_window(input_ids)
-            inputs_embeds = self.embed_inputs(input_ids, chunk_input_ids, chunk_attention_mask, chunk_features)
+            inputs_embeds = self.embed_inputs(input_ids, chunk_input_ids, chunk_attention_mask, chunk_features,
+                                              chunk_pooled=chunk_pooled)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, use_cache=use_cache, **_with_cache_name(kwargs))
 
@@ -263,13 +268,13 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
                 chunk_input_ids: torch.LongTensor | None = None, chunk_attention_mask: torch.Tensor | None = None,
                 chunk_features: torch.FloatTensor | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, logits_to_keep: int | torch.Tensor = 0,
-                **kwargs) -> CausalLMOutputWithPast:
+                chunk_pooled: torch.FloatTensor | None = None, **kwargs) -> CausalLMOutputWithPast:
         """`labels` (B, T): target ids, -100 where no loss applies (prompt, chunk tokens, padding). Chunks and the
         decoder cache come as in `E2LLMModel.forward`."""
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              inputs_embeds=inputs_embeds, chunk_input_ids=chunk_input_ids,
                              chunk_attention_mask=chunk_attention_mask, chunk_features=chunk_features,
-                             use_cache=use_cache, **_with_cache_name(kwargs))
+                             chunk_pooled=chunk_pooled, use_cache=use_cache, **_with_cache_name(kwargs))
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])

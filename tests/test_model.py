@@ -195,6 +195,14 @@ def test_forward_takes_precomputed_chunk_features_as_well_as_chunk_ids(tiny_mode
     assert torch.equal(from_features, tiny_model(**batch).logits)
 
 
+def test_forward_takes_pooled_chunks_and_runs_only_the_adapter_on_them(tiny_model, tiny_processor):
+    batch = tiny_processor(TEXT, "Who chaired?")
+    pooled = tiny_model.model.pool_chunks(batch["chunk_input_ids"], batch["chunk_attention_mask"])
+    from_pooled = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             chunk_pooled=pooled).logits
+    assert torch.equal(from_pooled, tiny_model(**batch).logits)
+
+
 def test_placeholders_without_chunks_are_refused(tiny_model, tiny_processor):
     batch = tiny_processor(TEXT, "Who chaired?")
     with pytest.raises(ValueError, match="input_ids hold chunk placeholders but no chunks were given"):

@@ -17,6 +17,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCa
 from modeling_e2llm.embedded_default import default_decoder_path
 from modeling_e2llm.haystacks import holdout_side, understanding_windows
 from modeling_e2llm.loading import load_model
+from modeling_e2llm.processing_e2llm import pad_sequences
 
 from training.config import TrainConfig
 from training.dataset import mix_tasks, reasoning_dataset, sample_cache_key, understanding_dataset
@@ -501,6 +502,33 @@ def test_freezing_encoder_and_decoder_trains_the_adapter_alone(tiny_paths, tmp_p
     changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(".adapter." in name for name in changed)
     assert all(not p.abs().any() for name, p in trainer.model.named_parameters() if "lora_B" in name)  # identity
+
+
+@pytest.mark.parametrize("k", [None, 4])
+def test_a_frozen_encoder_pools_each_samples_chunks_once_when_the_samples_are_built(tiny_paths, tmp_path,
+                                                                                      essay_text, k):
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text, trainable={"encoder": False, "decoder": True},
+                                        model={"config": {"encoder_tokens_per_chunk_token": k}},
+                                        training={"save_strategy": "no"}))
+    model = trainer.model.get_base_model().eval()
+    for row in trainer.train_dataset.select(range(3)):
+        ids, mask = pad_sequences(row["chunk_input_ids"], 0), pad_sequences(row["chunk_attention_mask"], 0)
+        expected = model.model.chunk_tokens(model.model.pool_chunks(ids, mask), mask)  # (n_chunk_tokens, enc_hidden)
+        assert row["input_ids"].count(model.config.chunk_token_id) == len(expected)
+        torch.testing.assert_close(torch.tensor(row["chunk_pooled"]), expected, rtol=0, atol=1e-6)
+
+
+def test_a_frozen_encoder_never_runs_in_a_training_step(tiny_paths, tmp_path, essay_text):
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text, trainable={"encoder": False, "decoder": True},
+                                        training={"save_strategy": "no", "max_steps": 2}))
+    calls = []
+    encoder = trainer.model.get_base_model().model.encoder
+    hook = encoder.register_forward_hook(lambda *args: calls.append(1))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if ".adapter." in name}
+    trainer.train()
+    hook.remove()
+    assert calls == []
+    assert any(not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters() if name in before)
 
 
 def test_an_adapter_only_run_loads_like_any_trained_run(tiny_paths, tmp_path, essay_text):

@@ -180,6 +180,8 @@ def encoder_alone(trainer, clock: StageClock, warmup: int) -> list[dict]:
     for batches in clock.batches[warmup - 1:]:  # one warm-up step
         forward = backward = 0.0
         for inputs in batches:
+            if "chunk_input_ids" not in inputs:  # a frozen encoder's chunks were pooled before training: no encoder work
+                continue
             ids, mask = inputs["chunk_input_ids"], inputs["chunk_attention_mask"]
             _synchronize()
             start = time.perf_counter()

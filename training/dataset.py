@@ -10,9 +10,11 @@ import random
 from pathlib import Path
 
 import datasets
+import torch
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.haystacks import distinct_contexts
+from modeling_e2llm.processing_e2llm import pad_sequences
 
 from .config import DataSettings, TaskSettings, TrainConfig
 from .samples import ROW_KEYS, build_sample, understanding_samples
@@ -128,6 +130,26 @@ def training_dataset(data: DataSettings, tasks: TaskSettings, processor: E2LLMPr
     return mixed
 
 
+@torch.no_grad()
+def with_pooled_chunks(dataset: datasets.Dataset, model: E2LLMForCausalLM) -> datasets.Dataset:
+    """`dataset` with each row's chunk tokens as the model's (frozen) encoder pools them, before the adapter:
+    `chunk_pooled`, (n_chunk_tokens, enc_hidden) per row. With the encoder frozen these never change, so they
+    are computed once here, in eval mode (no dropout: a fixed feature extractor), instead of in every step of
+    every epoch; the collator then passes them to the model, which runs only the adapter on them."""
+    training = model.training
+    model.eval()
+
+    def pool(row: dict) -> dict:
+        ids = pad_sequences(row["chunk_input_ids"], 0).to(model.device)  # (n_chunks, L); padding is masked out
+        mask = pad_sequences(row["chunk_attention_mask"], 0).to(model.device)
+        tokens = model.model.chunk_tokens(model.model.pool_chunks(ids, mask), mask)  # real chunk tokens first
+        return {"chunk_pooled": tokens[:int(model.model.count_chunk_tokens(mask))].float().cpu().numpy()}
+
+    pooled = dataset.map(pool, desc="Pooling chunks with the frozen encoder", load_from_cache_file=False)
+    model.train(training)
+    return pooled
+
+
 # What the samples are made by: a change in any of these files rebuilds a cached training set.
 _BUILDING_CODE = [Path(__file__).with_name(name) for name in ("dataset.py", "samples.py", "sources.py")] + [
     Path(__file__).resolve().parents[1] / "modeling_e2llm" / name for name in ("haystacks.py", "processing_e2llm.py")]
@@ -144,7 +166,8 @@ def sample_cache_key(config: TrainConfig, max_length: int, model: E2LLMForCausal
              if os.path.exists(path)]
     code = hashlib.sha256(b"".join(path.read_bytes() for path in _BUILDING_CODE)).hexdigest()
     parts = {"data": data, "tasks": dataclasses.asdict(config.tasks), "processor": dataclasses.asdict(config.processor),
-             "model": dataclasses.asdict(config.model), "files": stats, "code": code, "max_length": max_length,
+             "model": dataclasses.asdict(config.model), "trainable": dataclasses.asdict(config.trainable),
+             "files": stats, "code": code, "max_length": max_length,
              "ranking": model.weights_fingerprint() if config.tasks.hybrid_ratio > 0 else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

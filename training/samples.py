@@ -77,20 +77,26 @@ class E2LLMCollator:
     """Pads rows on the right and stacks the chunks of the whole batch (sample 0's chunks first).
 
     Returns input_ids/attention_mask/labels (B, T), chunk_input_ids/chunk_attention_mask
-    (total_chunks, L) and task (B,) with the ids of `TASKS`.
+    (total_chunks, L) and task (B,) with the ids of `TASKS`; for rows that carry `chunk_pooled` (a frozen
+    encoder's), chunk_pooled (n_chunk_tokens, enc_hidden) in place of the chunk ids.
     """
 
     pad_token_id: int
     encoder_pad_token_id: int = 0
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        chunks = [chunk for row in rows for chunk in row["chunk_input_ids"]]
-        chunk_masks = [mask for row in rows for mask in row["chunk_attention_mask"]]
-        return {
+        batch = {
             "input_ids": pad_sequences([row["input_ids"] for row in rows], self.pad_token_id),
             "attention_mask": pad_sequences([row["attention_mask"] for row in rows], 0),
             "labels": pad_sequences([row["labels"] for row in rows], IGNORE_INDEX),
-            "chunk_input_ids": pad_sequences(chunks, self.encoder_pad_token_id),
-            "chunk_attention_mask": pad_sequences(chunk_masks, 0),
             "task": torch.tensor([TASKS.index(row["task"]) for row in rows]),
         }
+        if "chunk_pooled" in rows[0]:  # pooled once by a frozen encoder (see dataset.with_pooled_chunks)
+            batch["chunk_pooled"] = torch.cat([torch.as_tensor(row["chunk_pooled"], dtype=torch.float32)
+                                               for row in rows])  # (n_chunk_tokens, enc_hidden)
+            return batch
+        chunks = [chunk for row in rows for chunk in row["chunk_input_ids"]]
+        chunk_masks = [mask for row in rows for mask in row["chunk_attention_mask"]]
+        batch["chunk_input_ids"] = pad_sequences(chunks, self.encoder_pad_token_id)
+        batch["chunk_attention_mask"] = pad_sequences(chunk_masks, 0)
+        return batch

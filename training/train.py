@@ -25,7 +25,7 @@ from modeling_e2llm.loading import RUN_SETTINGS_FILE, compose_model_and_processo
 from modeling_e2llm.lora import lora_config
 
 from .config import TrainConfig
-from .dataset import sample_cache_key, training_dataset
+from .dataset import sample_cache_key, training_dataset, with_pooled_chunks
 from .plot import plot_losses
 from .probe import restatement_probe_callback
 from .samples import E2LLMCollator
@@ -120,6 +120,8 @@ def cached_training_dataset(config: TrainConfig, processor: E2LLMProcessor, wind
             return datasets.load_from_disk(str(folder))
         start = time.monotonic()
         dataset = training_dataset(config.data, config.tasks, processor, window, model)
+        if not config.trainable.encoder:  # a frozen encoder's chunk tokens are the same every epoch: pool them once
+            dataset = with_pooled_chunks(dataset, model)
         logger.info("Built %d training samples in %.0f s.", len(dataset), time.monotonic() - start)
         dataset.save_to_disk(str(folder))
     return dataset
