@@ -381,7 +381,8 @@ def test_the_loss_sums_bf16_log_probs_in_fp32(tiny_paths, tmp_path, essay_text):
     log_probs = -torch.linspace(0.5, 3.0, 600, dtype=torch.float64).reshape(2, 300)  # (B, T)
     outputs = SimpleNamespace(log_probs=log_probs.to(torch.bfloat16), label_mask=torch.ones(2, 300, dtype=torch.bool),
                               entropy=torch.zeros(2, 300), is_top1=torch.zeros(2, 300, dtype=torch.bool))
-    loss = trainer.compute_loss(lambda **inputs: outputs, {"task": torch.tensor([0, 0])})
+    inputs = {"task": torch.tensor([0, 0]), "attention_mask": torch.ones(2, 300, dtype=torch.long)}  # as collated
+    loss = trainer.compute_loss(lambda **inputs: outputs, inputs)
     exact = -log_probs.to(torch.bfloat16).double().sum() / 600
     assert loss.dtype == torch.float32
     assert loss.item() == pytest.approx(exact.item(), rel=1e-6)
