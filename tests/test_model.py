@@ -187,20 +187,13 @@ def test_a_saved_folder_holds_the_model_files_and_nothing_else_of_the_project(ti
         "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
 
 
-def test_forward_takes_precomputed_chunk_features_as_well_as_chunk_ids(tiny_model, tiny_processor):
+def test_forward_takes_chunks_encoded_or_pooled_as_well_as_chunk_ids(tiny_model, tiny_processor):
     batch = tiny_processor(TEXT, "Who chaired?")
-    features = tiny_model.model.get_chunk_features(batch["chunk_input_ids"], batch["chunk_attention_mask"])
-    from_features = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                               chunk_features=features).logits
-    assert torch.equal(from_features, tiny_model(**batch).logits)
-
-
-def test_forward_takes_pooled_chunks_and_runs_only_the_adapter_on_them(tiny_model, tiny_processor):
-    batch = tiny_processor(TEXT, "Who chaired?")
-    pooled = tiny_model.model.pool_chunks(batch["chunk_input_ids"], batch["chunk_attention_mask"])
-    from_pooled = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             chunk_pooled=pooled).logits
-    assert torch.equal(from_pooled, tiny_model(**batch).logits)
+    pooled = tiny_model.model.pool_chunks(batch["chunk_input_ids"], batch["chunk_attention_mask"])  # (n, enc_hidden)
+    from_ids = tiny_model(**batch).logits
+    for given in ({"chunk_features": tiny_model.model.adapter(pooled)}, {"chunk_pooled": pooled}):
+        logits = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **given).logits
+        assert torch.equal(logits, from_ids), given.keys()
 
 
 def test_placeholders_without_chunks_are_refused(tiny_model, tiny_processor):
