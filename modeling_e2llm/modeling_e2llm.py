@@ -140,23 +140,26 @@ class E2LLMModel(E2LLMPreTrainedModel):
         pooled = self.pool_chunks(chunk_input_ids, chunk_attention_mask, progress=progress)
         return self.adapter(self.chunk_tokens(pooled, chunk_attention_mask))
 
-    def chunk_tokens(self, pooled: torch.Tensor, chunk_attention_mask: torch.Tensor) -> torch.Tensor:
+    def chunk_tokens(self, pooled: torch.Tensor, chunk_attention_mask: torch.Tensor,
+                     num_chunk_tokens: int | None = None) -> torch.Tensor:
         """`pool_chunks`' output as a sequence of chunk tokens in (chunk, segment) order, the order of the
         placeholders: (n, enc_hidden) as it is; (n, S, enc_hidden) -> (n_chunk_tokens, enc_hidden), the
         ceil(n_i / k) real segments of each chunk.
 
-        On an accelerator the result keeps all n * S rows, the chunk tokens first and the empty segments
-        after them: counting the real ones would wait for the device, and `masked_scatter` reads only as many
-        rows as there are placeholders (`count_chunk_tokens` gives the count to check them against).
+        The real segments are counted on the device. Reading that count back would stall an accelerator, so
+        there, unless the caller knows it on the host (`num_chunk_tokens`, as the processor counted them), the
+        result keeps all n * S rows, the chunk tokens first and the empty segments after them: `masked_scatter`
+        reads only as many rows as there are placeholders (`count_chunk_tokens` gives the count to check them
+        against).
         """
         if pooled.dim() == 2:
             return pooled
         counts = self.count_chunk_tokens(chunk_attention_mask, per_chunk=True)  # (n,)
         real = torch.arange(pooled.shape[1], device=pooled.device) < counts.unsqueeze(1)  # (n, S)
         order = torch.argsort((~real).flatten().to(torch.uint8), stable=True)  # real segments first, in order
-        if _reads_back_freely(counts):
-            order = order[:int(counts.sum())]
-        return pooled.flatten(0, 1)[order]  # (n_chunk_tokens, enc_hidden)
+        if num_chunk_tokens is None and _reads_back_freely(counts):
+            num_chunk_tokens = int(counts.sum())
+        return pooled.flatten(0, 1)[order[:num_chunk_tokens]]  # (n_chunk_tokens, enc_hidden)
 
     def count_chunk_tokens(self, chunk_attention_mask: torch.Tensor, per_chunk: bool = False) -> torch.Tensor:
         """Chunk tokens the chunks become (the processor writes as many placeholders): the total, a 0-d tensor
@@ -393,22 +396,29 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             scoring_pooled = self.model.pool_chunks(ids, mask, for_scoring=True) if rank else None
         else:  # one encoder pass serves both; segment means give the whole-chunk means exactly
             scoring_pooled = pooled if k is None else _whole_chunk_means(pooled, mask.sum(dim=1), k)
-        # The processor counted the chunk tokens on the CPU: trimming to that count drops an accelerator's
-        # empty segments (see `chunk_tokens`) without waiting for the device.
-        tokens = self.model.chunk_tokens(pooled, mask)[:count]  # (n_chunk_tokens, enc_hidden)
+        tokens = self.model.chunk_tokens(pooled, mask, count)  # (n_chunk_tokens, enc_hidden)
         features = self.model.adapter(tokens)  # (n_chunk_tokens, dec_hidden)
         return ContextCache(chunk_features=features, pooled=scoring_pooled, offsets=chunks["offsets"], text=context,
                             text_hash="", weights_hash="", encoder_tokens_per_chunk_token=k)
 
     @torch.no_grad()
-    def hybrid_passages(self, context: str, prompt: str, processor: E2LLMProcessor | None = None,
-                        top_k: int | None = None, token_budget: int | None = None) -> list[tuple[int, str]]:
+    def hybrid_passages(self, context: str, prompt: str | None, processor: E2LLMProcessor | None = None,
+                        top_k: int | None = None, token_budget: int | None = None,
+                        chunks: dict | None = None) -> list[tuple[int, str]]:
         """The `(chunk index, text)` passages hybrid recall quotes for `prompt` about `context`, in document
-        order (none when top_k is 0); `generate` chooses the same ones."""
+        order (none when top_k is 0 or there is no prompt); `generate` chooses the same ones. Only the encoder
+        that ranks runs: no chunk tokens are made. `chunks`: the context's `processor.encode_chunks([context])`,
+        when the caller has it already."""
         processor = self._processor_for(processor)
         top_k, token_budget = processor.hybrid_settings(top_k, token_budget)
-        cache = self._encode(context, processor, progress=False, rank=top_k > 0)
-        return (self._hybrid_passages([cache], prompt, processor, top_k, token_budget) or [[]])[0]
+        if not top_k or prompt is None:
+            return []
+        chunks = processor.encode_chunks([context]) if chunks is None else chunks
+        ids, mask = chunks["chunk_input_ids"].to(self.device), chunks["chunk_attention_mask"].to(self.device)
+        pooled = self.model.pool_chunks(ids, mask, for_scoring=True)  # (n_chunks, enc_hidden)
+        texts = [context[start:end] for start, end in chunks["offsets"].tolist()]
+        scores = self.chunk_scores(pooled, prompt, processor, chunk_texts=texts)
+        return processor.select_passages(context, chunks["offsets"], scores, top_k, token_budget)
 
     def _hybrid_passages(self, caches: list[ContextCache], prompt, processor: E2LLMProcessor, top_k: int,
                          token_budget: int) -> list[list[tuple[int, str]]] | None:

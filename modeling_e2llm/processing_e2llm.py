@@ -305,33 +305,42 @@ class E2LLMProcessor(ProcessorMixin):
         data.update(chunk_input_ids=chunks["chunk_input_ids"], chunk_attention_mask=chunks["chunk_attention_mask"])
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def encode_chunks(self, contexts: list[str]) -> dict:
+    def encode_chunks(self, contexts: list[str], return_tensors: str | None = "pt") -> dict:
         """Encoder inputs of all chunks of `contexts`, in order.
 
-        Returns chunk_input_ids, chunk_attention_mask: (total_chunks, L) tensors; offsets: (total_chunks, 2)
-        character spans within their own text; num_chunks: chunks per context; num_chunk_tokens: the chunk
-        tokens (placeholders) they become per context (= num_chunks with one chunk token per chunk).
+        Returns chunk_input_ids, chunk_attention_mask: (total_chunks, L) tensors, or with `return_tensors=None`
+        one unpadded list per chunk (as a training row keeps them); offsets: (total_chunks, 2) character spans
+        within their own text; num_chunks: chunks per context; num_chunk_tokens: the chunk tokens (placeholders)
+        they become per context (= num_chunks with one chunk token per chunk).
         """
+        _check_return_tensors(return_tensors)
         chunks = [self._tokenized_chunks(text) for text in contexts]
         spans = [[span for span, _ in text_chunks] for text_chunks in chunks]
         rows = [ids for text_chunks in chunks for _, ids in text_chunks]
-        chunk_input_ids = pad_sequences(rows, self.encoder_tokenizer.pad_token_id or 0)  # (total_chunks, L)
-        self._check_representable(contexts, spans, chunk_input_ids)
+        self._check_representable(contexts, spans, rows)
         num_chunks = [len(text_spans) for text_spans in spans]
         lengths = torch.tensor([len(ids) for ids in rows])  # (total_chunks,) encoder tokens of each chunk
         per_chunk = chunk_token_counts(lengths, self.encoder_tokens_per_chunk_token).split(num_chunks)
-        return {"chunk_input_ids": chunk_input_ids,
-                "chunk_attention_mask": pad_sequences([[1] * len(ids) for ids in rows], 0),
-                "offsets": torch.tensor([span for text_spans in spans for span in text_spans], dtype=torch.long),
-                "num_chunks": num_chunks, "num_chunk_tokens": [int(counts.sum()) for counts in per_chunk]}
+        encoded = {"chunk_input_ids": rows, "chunk_attention_mask": [[1] * len(ids) for ids in rows],
+                   "offsets": [span for text_spans in spans for span in text_spans],
+                   "num_chunks": num_chunks, "num_chunk_tokens": [int(counts.sum()) for counts in per_chunk]}
+        return encoded if return_tensors is None else self.pad_chunks(encoded)
+
+    def pad_chunks(self, chunks: dict) -> dict:
+        """`encode_chunks(..., return_tensors=None)` output as tensors: ids and mask padded on the right to
+        (total_chunks, L), offsets (total_chunks, 2)."""
+        return {**chunks,
+                "chunk_input_ids": pad_sequences(chunks["chunk_input_ids"], self.encoder_tokenizer.pad_token_id or 0),
+                "chunk_attention_mask": pad_sequences(chunks["chunk_attention_mask"], 0),
+                "offsets": torch.tensor(chunks["offsets"], dtype=torch.long).reshape(-1, 2)}
 
     def _check_representable(self, contexts: list[str], spans: list[list[tuple[int, int]]],
-                             chunk_ids: torch.Tensor) -> None:
+                             rows: list[list[int]]) -> None:
         """Refuse a context whose every chunk the encoder sees as special or unknown tokens only (control
         or zero-width characters, emoji, one endless "word"): an answer would be made up. Warn when that
         is true of much of it."""
-        blank = torch.tensor(sorted(set(self.encoder_tokenizer.all_special_ids)))
-        seen = (~torch.isin(chunk_ids, blank)).any(dim=1).tolist()
+        blank = set(self.encoder_tokenizer.all_special_ids)
+        seen = [not blank.issuperset(ids) for ids in rows]
         first = 0
         for number, (text, text_spans) in enumerate(zip(contexts, spans), start=1):
             unseen = [end - start for (start, end), ok in zip(text_spans, seen[first:]) if not ok]
@@ -352,13 +361,15 @@ class E2LLMProcessor(ProcessorMixin):
     def encode_prompts(self, num_chunks: list[int], prompt: str | list[str] | None = None,
                        target: str | list[str] | None = None, padding_side: str = "left",
                        passages: list[list[tuple[int, str]]] | None = None,
-                       num_chunk_tokens: list[int] | None = None) -> dict:
+                       num_chunk_tokens: list[int] | None = None, return_tensors: str | None = "pt") -> dict:
         """Decoder inputs (input_ids, attention_mask[, labels]) for contexts of `num_chunks` chunks each,
         holding `num_chunk_tokens` placeholders each (`encode_chunks` gives both; default: one per chunk),
-        with each context's hybrid `passages` if given (see `select_passages`).
+        with each context's hybrid `passages` if given (see `select_passages`): (B, T) tensors padded on
+        `padding_side`, or with `return_tensors=None` one unpadded list per context.
 
         Needs no encoder work, so a context encoded once (a context cache) can take new prompts.
         """
+        _check_return_tensors(return_tensors)
         prompts = _broadcast(prompt, len(num_chunks), "prompt")
         targets = _broadcast(target, len(num_chunks), "target")
         passages = passages if passages is not None else [()] * len(num_chunks)
@@ -374,18 +385,25 @@ class E2LLMProcessor(ProcessorMixin):
                 ids, label = ids + target_ids, label + target_ids
             rows.append(ids)
             labels.append(label)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        data = {"input_ids": pad_sequences(rows, pad_id, padding_side),
-                "attention_mask": pad_sequences([[1] * len(row) for row in rows], 0, padding_side)}
+        data = {"input_ids": rows, "attention_mask": [[1] * len(row) for row in rows]}
         if any(t is not None for t in targets):
-            data["labels"] = pad_sequences(labels, IGNORE_INDEX, padding_side)
-        return data
+            data["labels"] = labels
+        if return_tensors is None:
+            return data
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pads = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        return {key: pad_sequences(value, pads[key], padding_side) for key, value in data.items()}
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
 
     def decode(self, *args, **kwargs):
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def _check_return_tensors(return_tensors) -> None:
+    if return_tensors not in ("pt", None):
+        raise ValueError(f'return_tensors must be "pt" (padded tensors) or None (unpadded lists), got {return_tensors!r}.')
 
 
 def _check_text(text, name: str, allow_empty: bool = False) -> None:

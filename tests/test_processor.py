@@ -23,6 +23,20 @@ def test_chunk_rows_are_the_encoder_tokens_of_each_span(tiny_processor):
         assert row[mask.bool()].tolist() == expected
 
 
+def test_without_tensors_chunks_and_prompts_come_unpadded_as_the_padded_rows_hold_them(tiny_processor):
+    rows = tiny_processor.encode_chunks([TEXT, TEXT[:300]], return_tensors=None)
+    padded = tiny_processor.encode_chunks([TEXT, TEXT[:300]])
+    assert rows["chunk_input_ids"] == [row[mask.bool()].tolist() for row, mask
+                                       in zip(padded["chunk_input_ids"], padded["chunk_attention_mask"])]
+    assert rows["chunk_attention_mask"] == [[1] * len(ids) for ids in rows["chunk_input_ids"]]
+    assert torch.equal(tiny_processor.pad_chunks(rows)["offsets"], padded["offsets"])
+    prompts = tiny_processor.encode_prompts(rows["num_chunks"], "q", "a", return_tensors=None)
+    padded_prompts = tiny_processor.encode_prompts(rows["num_chunks"], "q", "a", padding_side="right")
+    assert prompts["labels"] == [row[mask.bool()].tolist() for row, mask
+                                 in zip(padded_prompts["labels"], padded_prompts["attention_mask"])]
+    assert len(prompts["input_ids"][0]) > len(prompts["input_ids"][1])
+
+
 def test_prompt_follows_the_paper_template_inside_the_chat_template(tiny_processor):
     text = tiny_processor.build_prompt(2, "Who chaired the meeting?")
     assert "Given the contexts: <chunk><chunk>\nPlease follow the instruction:\nAnswer the question: Who chaired" in text

@@ -162,6 +162,20 @@ def test_hybrid_ratio_sets_how_many_reasoning_samples_quote_passages(tiny_model,
     assert sum(len(a) > len(b) for a, b in zip(rows["input_ids"], plain["input_ids"])) == quoting
 
 
+def test_hybrid_samples_chunk_each_context_once_and_run_only_the_encoder_that_ranks(tiny_model, tiny_processor,
+                                                                                     tmp_path, essay_text, monkeypatch):
+    path = write_jsonl(tmp_path / "d.jsonl", qa_records(essay_text, 3))
+    chunked, adapted = [], []
+    tokenized_chunks = tiny_processor._tokenized_chunks
+    monkeypatch.setattr(tiny_processor, "_tokenized_chunks", lambda text: chunked.append(text) or tokenized_chunks(text))
+    tiny_model.model.adapter.register_forward_hook(lambda *args: adapted.append(1))
+    rows = reasoning_dataset([{"path": path}], tiny_processor, max_length=2048, hybrid_ratio=1.0, hybrid_top_k=1,
+                             model=tiny_model)
+    assert len(rows) == 3
+    assert len(chunked) == 3  # not once to rank and again to build the sample
+    assert not adapted  # ranking needs no chunk tokens
+
+
 def test_a_context_longer_than_the_decoder_window_is_refused_by_name(tiny_processor, essay_text):
     with pytest.raises(ContextTooLongError, match="record 'long'.*decoder window of 100"):
         build_sample(tiny_processor, essay_text, "Q?", "A", max_length=100, name="record 'long'")

@@ -55,13 +55,16 @@ def reasoning_dataset(sources: list, processor: E2LLMProcessor, max_length: int,
             if not record["question"].strip():
                 raise ValueError(f"Record {record['id']!r} has no question, so it cannot be a reasoning sample; "
                                  "list its source under data.understanding instead.")
-            passages = ()
-            if rng.random() < hybrid_ratio:
-                passages = model.hybrid_passages(record["context"], record["question"], processor, top_k=hybrid_top_k)
+            row = {"id": str(record["id"]), "context": record["context"], "question": record["question"],
+                   "answer": record["answer"], "passage_chunks": [], "passage_texts": [], "chunks": None}
+            if rng.random() < hybrid_ratio:  # chunked once here: to rank, and (passed on) for the sample
+                chunks = processor.encode_chunks([record["context"]], return_tensors=None)
+                passages = model.hybrid_passages(record["context"], record["question"], processor,
+                                                 top_k=hybrid_top_k, chunks=processor.pad_chunks(chunks))
                 quoting += bool(passages)
-            records.append({"id": str(record["id"]), "context": record["context"], "question": record["question"],
-                            "answer": record["answer"], "passage_chunks": [index for index, _ in passages],
-                            "passage_texts": [text for _, text in passages]})
+                row.update(passage_chunks=[index for index, _ in passages], passage_texts=[text for _, text in passages],
+                           chunks=chunks)
+            records.append(row)
     if hybrid_ratio > 0:
         logger.info("Reasoning samples: %d, of which %d quote passages (hybrid).", len(records), quoting)
     build = functools.partial(_reasoning_rows, processor, max_length)
@@ -79,7 +82,7 @@ def _understanding_rows(processor: E2LLMProcessor, window_chunks: int, max_lengt
 def _reasoning_rows(processor: E2LLMProcessor, max_length: int, record: dict) -> list[dict]:
     passages = list(zip(record["passage_chunks"], record["passage_texts"]))
     return [build_sample(processor, record["context"], record["question"], record["answer"], max_length,
-                         name=f"record {record['id']!r}", passages=passages)]
+                         name=f"record {record['id']!r}", passages=passages, chunks=record["chunks"])]
 
 
 def _build_rows(records: list[dict], build, num_proc: int, desc: str) -> datasets.Dataset | None:
@@ -140,10 +143,12 @@ def with_pooled_chunks(dataset: datasets.Dataset, model: E2LLMForCausalLM) -> da
     model.eval()
 
     def pool(row: dict) -> dict:
-        ids = pad_sequences(row["chunk_input_ids"], 0).to(model.device)  # (n_chunks, L); padding is masked out
-        mask = pad_sequences(row["chunk_attention_mask"], 0).to(model.device)
-        tokens = model.model.chunk_tokens(model.model.pool_chunks(ids, mask), mask)  # real chunk tokens first
-        return {"chunk_pooled": tokens[:int(model.model.count_chunk_tokens(mask))].float().cpu().numpy()}
+        ids = pad_sequences(row["chunk_input_ids"], 0)  # (n_chunks, L); padding is masked out
+        mask = pad_sequences(row["chunk_attention_mask"], 0)
+        count = int(model.model.count_chunk_tokens(mask))  # on the host, before the mask moves to the model
+        ids, mask = ids.to(model.device), mask.to(model.device)
+        tokens = model.model.chunk_tokens(model.model.pool_chunks(ids, mask), mask, count)
+        return {"chunk_pooled": tokens.float().cpu().numpy()}
 
     pooled = dataset.map(pool, desc="Pooling chunks with the frozen encoder", load_from_cache_file=False)
     model.train(training)

@@ -28,33 +28,27 @@ class ContextTooLongError(ValueError):
 
 def build_sample(processor: E2LLMProcessor, context: str, prompt: str | None, target: str,
                  max_length: int | None = None, name: str = "sample",
-                 passages: list[tuple[int, str]] = ()) -> dict:
+                 passages: list[tuple[int, str]] = (), chunks: dict | None = None) -> dict:
     """One training row; `prompt=None` makes an understanding (restate) sample. `passages`, the
-    `(chunk index, text)` pairs of hybrid recall, follow the chunk tokens in the prompt.
+    `(chunk index, text)` pairs of hybrid recall, follow the chunk tokens in the prompt. `chunks`: the
+    context's `processor.encode_chunks([context], return_tensors=None)`, when the caller chunked it already.
 
     Raises ContextTooLongError, naming `name`, when the row is longer than `max_length` decoder tokens.
     """
-    chunks = processor.encode_chunks([context])
-    batch = processor.encode_prompts(chunks["num_chunks"], prompt, target, padding_side="right", passages=[passages],
-                                     num_chunk_tokens=chunks["num_chunk_tokens"])
-    length = batch["input_ids"].shape[1]
+    chunks = processor.encode_chunks([context], return_tensors=None) if chunks is None else chunks
     num_chunk_tokens = chunks["num_chunk_tokens"][0]
+    prompt_ids = processor.encode_prompts(chunks["num_chunks"], prompt, target, passages=[passages],
+                                          num_chunk_tokens=[num_chunk_tokens], return_tensors=None)
+    length = len(prompt_ids["input_ids"][0])
     if max_length is not None and length > max_length:
         larger = "chunk_size" if processor.encoder_tokens_per_chunk_token is None else "encoder_tokens_per_chunk_token"
         raise ContextTooLongError(
             f"{name}: {len(context)} characters make {num_chunk_tokens} chunk tokens; with prompt, quoted passages "
             f"and target the decoder input is {length} tokens, more than the decoder window of {max_length}. Use a "
             f"larger {larger}, a shorter context (split the record), or leave this record out.")
-    chunk_lengths = chunks["chunk_attention_mask"].sum(dim=1).tolist()
-    chunk_ids = [row[:n] for row, n in zip(chunks["chunk_input_ids"].tolist(), chunk_lengths)]
-    return {
-        "input_ids": batch["input_ids"][0].tolist(),
-        "attention_mask": batch["attention_mask"][0].tolist(),
-        "labels": batch["labels"][0].tolist(),
-        "chunk_input_ids": chunk_ids,
-        "chunk_attention_mask": [[1] * n for n in chunk_lengths],
-        "task": UNDERSTANDING if prompt is None else REASONING,
-    }
+    return {**{key: rows[0] for key, rows in prompt_ids.items()},
+            "chunk_input_ids": chunks["chunk_input_ids"], "chunk_attention_mask": chunks["chunk_attention_mask"],
+            "task": UNDERSTANDING if prompt is None else REASONING}
 
 
 def understanding_samples(processor: E2LLMProcessor, context: str, window_chunks: int,
