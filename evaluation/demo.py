@@ -88,8 +88,8 @@ def chunk_stats(model, processor, limit: int) -> dict:
     """Do the chunk tokens carry their chunk's content? On `limit` held-out essay chunks:
 
     the restatement probe (`modeling_e2llm.restatement_probe`, the figures training's probe logs): restate NLL
-    (nats per target token) of each chunk from its own chunk token, from the next chunk's of the same essay and
-    from another essay's, and the two gaps; a model that ignores the content scores all three alike;
+    (nats per target token) of each chunk from its own chunk tokens, from a nearby chunk's of the same essay and
+    from another essay's (all three of as many chunk tokens), and the two gaps; a model that ignores the content scores all three alike;
     mean pairwise cosine similarity of the chunk tokens (a collapsed adapter maps all chunks to about the
     same vector: near 1); their mean norm next to that of the decoder's token embeddings.
     """

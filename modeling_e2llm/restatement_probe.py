@@ -4,9 +4,11 @@ other.
 
 For held-out chunks, the restate NLL (nats per target token, averaged over chunks) of each chunk's text
 - from its own chunk token (`probe_nll_own`),
-- from the chunk token of the next chunk of the same document (`probe_nll_nearby`: same topic and style,
+- from the chunk tokens of a nearby chunk of the same document (`probe_nll_nearby`: same topic and style,
   other details),
-- from the chunk token of a chunk of another document (`probe_nll_other`: another topic).
+- from the chunk tokens of a chunk of another document (`probe_nll_other`: another topic).
+The three contexts of a chunk make as many chunk tokens (with the compression knob a chunk of n encoder tokens
+makes ceil(n / k)): a prompt one chunk token longer changes the NLL by itself, which would pass for reading.
 A decoder that ignores its chunk tokens scores all three alike, however low its LM prior takes them; the topic
 alone opens `probe_gap_other` (other - own), only the chunk's own detail opens `probe_gap_nearby` (nearby - own).
 
@@ -25,12 +27,15 @@ from .processing_e2llm import IGNORE_INDEX
 # Shorter chunks (a heading, a lone line) say too little to tell own from nearby; small chunk sizes keep those
 # of at least a quarter chunk.
 MIN_CHUNK_CHARS = 100
+# A chunk's nearby chunk is the first of the next NEARBY_SPAN - 1 chunks that makes as many chunk tokens (with one
+# chunk token per chunk: the next chunk).
+NEARBY_SPAN = 4
 
 
 @dataclass
 class ProbeChunks:
-    """Held-out chunk texts, position by position: `own[i]` is restated from itself, `nearby[i]` (the next chunk
-    of its document) and `other[i]` (a chunk of another document)."""
+    """Held-out chunk texts, position by position: `own[i]` is restated from itself, `nearby[i]` (a chunk close
+    after it in its document) and `other[i]` (a chunk of another document), all three of as many chunk tokens."""
 
     own: list[str]
     nearby: list[str]
@@ -38,33 +43,43 @@ class ProbeChunks:
 
 
 def probe_chunks(processor, documents: list[str], count: int, seed: int = 0) -> ProbeChunks:
-    """`count` (or fewer, if the documents hold fewer) chunks spread over `documents`, each with its next chunk
-    and a chunk of another document. Each document's first chunk is left out (the PG essays share a banner);
-    a long document (a book) is sampled, never chunked whole (`haystacks.chunk_runs`)."""
+    """`count` (or fewer, if the documents hold fewer) chunks spread over `documents`, each with a nearby chunk
+    and a chunk of another document of as many chunk tokens. Each document's first chunk is left out (the PG
+    essays share a banner); a long document (a book) is sampled, never chunked whole (`haystacks.chunk_runs`)."""
     if len(documents) < 2:
         raise ValueError(f"The restatement probe compares chunks of different documents, but its source gave "
                          f"{len(documents)}: name a source with at least two held-out documents.")
     per_document = 2 * -(-count // len(documents))  # twice ceil(count / documents): room for the short ones left out
     min_chars = min(MIN_CHUNK_CHARS, processor.chunk_size // 4)
-    pairs = []  # (document index, chunk text, next chunk text)
+    pairs = []  # (document index, chunk tokens, chunk text, nearby chunk text)
     for index, text in enumerate(documents):
         rng = random.Random(f"{seed}:{index}")
-        for run in chunk_runs(processor, text, 2, per_document, rng, skip_first=True):
+        for run in chunk_runs(processor, text, NEARBY_SPAN, per_document, rng, skip_first=True):
             texts = [text[start:end] for start, end in run]
-            if len(texts) == 2 and all(len(t.strip()) >= min_chars for t in texts):
-                pairs.append((index, *texts))
-    pairs = pairs[::max(1, len(pairs) // count)][:count]  # evenly over the documents
+            tokens = [_chunk_token_count(processor, t) for t in texts]
+            nearby = next((t for t, n in zip(texts[1:], tokens[1:]) if n == tokens[0]), None)
+            if nearby is not None and all(len(t.strip()) >= min_chars for t in (texts[0], nearby)):
+                pairs.append((index, tokens[0], texts[0], nearby))
     n = len(pairs)
-    with_chunks = len({document for document, _, _ in pairs})
+    triples = []  # (document index, chunk text, nearby chunk text, other chunk text)
+    for i, (document, tokens, own, nearby) in enumerate(pairs):
+        # The chunk half the list away, or the next one after it, from another document and of as many tokens.
+        j = next(((i + k) % n for k in range(n // 2, n // 2 + n)
+                  if pairs[(i + k) % n][0] != document and pairs[(i + k) % n][1] == tokens), None)
+        if j is not None:
+            triples.append((document, own, nearby, pairs[j][2]))
+    triples = triples[::max(1, len(triples) // count)][:count]  # evenly over the documents
+    with_chunks = len({document for document, *_ in triples})
     if with_chunks < 2:
-        raise ValueError(f"The restatement probe found chunks (with a next chunk, each of {min_chars}+ characters) "
-                         f"in {with_chunks} of {len(documents)} documents; it needs two: name longer held-out documents.")
-    other = []
-    for i, (document, _, _) in enumerate(pairs):
-        # The chunk half the list away, or the next one after it from another document.
-        j = next((i + k) % n for k in range(n // 2, n // 2 + n) if pairs[(i + k) % n][0] != document)
-        other.append(pairs[j][1])
-    return ProbeChunks(own=[p[1] for p in pairs], nearby=[p[2] for p in pairs], other=other)
+        raise ValueError(f"The restatement probe found chunks (with a nearby chunk, each of {min_chars}+ characters, "
+                         f"and a chunk of another document, all of as many chunk tokens) in {with_chunks} of "
+                         f"{len(documents)} documents; it needs two: name longer held-out documents.")
+    return ProbeChunks(*([triple[part] for triple in triples] for part in (1, 2, 3)))
+
+
+def _chunk_token_count(processor, text: str) -> int:
+    """The chunk tokens `text` makes as a restate context (one per chunk, or more with the compression knob)."""
+    return processor.encode_chunks([text], return_tensors=None)["num_chunk_tokens"][0]
 
 
 @torch.no_grad()

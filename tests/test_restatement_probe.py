@@ -26,6 +26,18 @@ def test_probe_pairs_a_chunk_with_the_next_chunk_of_its_document_and_a_chunk_of_
         assert other not in home and any(other in d for d in documents)
 
 
+def test_with_the_knob_own_nearby_and_other_chunks_make_as_many_chunk_tokens(tiny_at, essay_text):
+    _, processor = tiny_at(4, chunk_size=128)  # 128 characters make 16-30 encoder tokens: 4-8 chunk tokens
+    documents = [essay_text[6000 * i: 6000 * (i + 1)] for i in range(3)]
+    chunks = probe_chunks(processor, documents, count=8)
+    count = lambda text: processor.encode_chunks([text])["num_chunk_tokens"][0]
+    assert len(chunks.own) >= 4
+    assert len({count(own) for own in chunks.own}) > 1  # the figures still cover chunks of several lengths
+    for own, nearby, other in zip(chunks.own, chunks.nearby, chunks.other):
+        assert count(own) == count(nearby) == count(other)
+        assert own != nearby and next(d for d in documents if own in d) == next(d for d in documents if nearby in d)
+
+
 def test_probe_leaves_out_each_documents_first_chunk(tiny_processor, documents):
     first_chunks = {text[slice(*tiny_processor.chunk(text)[0])] for text in documents}
     chunks = probe_chunks(tiny_processor, documents, count=40)

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 CURVES = (("loss", "weighted loss"), ("loss_understanding", "understanding (restate)"),
           ("loss_reasoning", "reasoning (answer)"))
 PROBE_CURVES = (("probe_nll_own", "held-out chunk from its own chunk token"),
-                ("probe_nll_nearby", "from the next chunk's"), ("probe_nll_other", "from another document's"))
+                ("probe_nll_nearby", "from a nearby chunk's"), ("probe_nll_other", "from another document's"))
 
 
 def plot_losses(log_history: list[dict], path: str | Path) -> Path:
