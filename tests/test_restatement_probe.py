@@ -52,16 +52,17 @@ def test_probe_needs_chunks_from_two_documents(tiny_processor, documents, second
 
 def test_probe_nll_is_the_models_restate_loss_of_each_chunk_averaged(tiny_model, tiny_processor, documents):
     chunks = probe_chunks(tiny_processor, documents, count=3)
-    expected = {}
+    losses = {}
     for name, contexts in (("own", chunks.own), ("nearby", chunks.nearby), ("other", chunks.other)):
-        losses = [tiny_model(**tiny_processor(context=c, target=t, padding_side="right")).loss.item()
-                  for c, t in zip(contexts, chunks.own)]
-        expected[name] = sum(losses) / len(losses)
+        losses[name] = torch.tensor([tiny_model(**tiny_processor(context=c, target=t, padding_side="right")).loss.item()
+                                     for c, t in zip(contexts, chunks.own)])
     figures = restatement_probe(tiny_model, tiny_processor, chunks, batch_size=2)  # padded batches
-    assert figures["probe_nll_own"] == pytest.approx(expected["own"], abs=1e-4)
-    assert figures["probe_nll_nearby"] == pytest.approx(expected["nearby"], abs=1e-4)
-    assert figures["probe_nll_other"] == pytest.approx(expected["other"], abs=1e-4)
-    assert figures["probe_gap_nearby"] == pytest.approx(expected["nearby"] - expected["own"], abs=1e-4)
+    assert figures["probe_nll_own"] == pytest.approx(losses["own"].mean().item(), abs=1e-4)
+    assert figures["probe_nll_nearby"] == pytest.approx(losses["nearby"].mean().item(), abs=1e-4)
+    assert figures["probe_nll_other"] == pytest.approx(losses["other"].mean().item(), abs=1e-4)
+    gaps = losses["nearby"] - losses["own"]
+    assert figures["probe_gap_nearby"] == pytest.approx(gaps.mean().item(), abs=1e-4)
+    assert figures["probe_gap_nearby_se"] == pytest.approx(gaps.std().item() / 3 ** 0.5, abs=1e-4)  # paired, 3 chunks
 
 
 def probe_section(tmp_path, documents, every_steps: int) -> dict:

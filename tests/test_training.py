@@ -639,8 +639,9 @@ def test_the_experiment_table_reports_the_last_probe_its_curve_tokens_and_time_p
     probe = {"probe_nll_nearby": 4.25, "probe_nll_other": 4.3, "probe_gap_nearby": 0.05, "probe_gap_other": 0.1}
     log = [{**probe, "probe_nll_own": 4.2, "probe_seconds": 10.0, "step": 0},
            {"loss": 3.9, "num_tokens": 3200.0, "step": 10},
-           {**probe, "probe_nll_own": 4.2, "probe_seconds": 30.0, "step": 10},
+           {**probe, "probe_nll_own": 4.2, "probe_seconds": 30.0, "step": 10, "probe_gap_nearby_se": 0.02,
+            "probe_gap_other_se": 0.03},
            {"train_runtime": 140.0, "step": 10}]
     assert arm_row("adapter", log, batch=2) == (
-        "| adapter | 10 | 20 | 4.200 / 4.250 / 4.300 | +0.050 / +0.100 | 0: 4.200 / +0.050 / +0.100, "
+        "| adapter | 10 | 20 | 4.200 / 4.250 / 4.300 | +0.050 ± 0.020 / +0.100 ± 0.030 | 0: 4.200 / +0.050 / +0.100, "
         "10: 4.200 / +0.050 / +0.100 | 160 | 10.0 (+20 s a probe) |")

@@ -58,9 +58,15 @@ def arm_row(name: str, log_history: list[dict], batch: int) -> str:
     curve = ", ".join(f"{p['step']}: {p['probe_nll_own']:.3f} / {p['probe_gap_nearby']:+.3f} / "
                       f"{p['probe_gap_other']:+.3f}" for p in probes)
     return (f"| {name} | {steps} | {steps * batch} | {last['probe_nll_own']:.3f} / {last['probe_nll_nearby']:.3f} / "
-            f"{last['probe_nll_other']:.3f} | {last['probe_gap_nearby']:+.3f} / {last['probe_gap_other']:+.3f} | "
+            f"{last['probe_nll_other']:.3f} | {_gap(last, 'nearby')} / {_gap(last, 'other')} | "
             f"{curve} | {'-' if tokens is None else f'{tokens / (steps * batch):.0f}'} | {(end['train_runtime'] - probe_seconds) / steps:.1f} "
             f"(+{probe_seconds / len(probes):.0f} s a probe) |")
+
+
+def _gap(probe: dict, which: str) -> str:
+    """A probe's gap with its standard error ("+0.012 ± 0.041"; logs from before the probe had one: the gap)."""
+    gap, error = probe[f"probe_gap_{which}"], probe.get(f"probe_gap_{which}_se")
+    return f"{gap:+.3f}" if error is None else f"{gap:+.3f} ± {error:.3f}"
 
 
 def table(path: Path) -> str:
