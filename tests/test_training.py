@@ -561,6 +561,48 @@ def test_an_adapter_only_run_loads_like_any_trained_run(tiny_paths, tmp_path, es
         torch.testing.assert_close(weight, adapter[name], rtol=0, atol=0)
 
 
+@pytest.fixture(scope="module")
+def first_stages(tiny_paths, tmp_path_factory, essay_text) -> dict[str, Path]:
+    """Two finished 2-step runs: "adapter" trained the adapter alone, "lora" LoRA and adapter."""
+    runs = {}
+    for name, trainable in (("adapter", {"encoder": False, "decoder": False}), ("lora", {})):
+        folder = tmp_path_factory.mktemp(name)
+        train(tiny_config(tiny_paths, folder, essay_text, trainable=trainable,
+                          training={"save_strategy": "no", "learning_rate": 1e-2, "max_steps": 2}))
+        runs[name] = folder / "run" / "final"
+    return runs
+
+
+def test_a_second_stage_starts_from_the_first_stages_adapter_and_trains_lora(tiny_paths, tmp_path, essay_text,
+                                                                            first_stages):
+    first, _, _ = load_model(first_stages["adapter"])
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text, model={"init_from": str(first_stages["adapter"])}))
+    adapter = {name.split(".adapter.modules_to_save.default.")[1]: p for name, p in trainer.model.named_parameters()
+               if ".adapter.modules_to_save." in name}
+    for name, weight in first.model.adapter.named_parameters():
+        torch.testing.assert_close(adapter[name], weight, rtol=0, atol=0)
+    assert any("lora_" in name and p.requires_grad for name, p in trainer.model.named_parameters())
+
+
+def test_a_first_stage_that_trained_lora_is_refused_as_init_from(tiny_paths, tmp_path, essay_text, first_stages):
+    config = tiny_config(tiny_paths, tmp_path, essay_text, model={"init_from": str(first_stages["lora"])})
+    with pytest.raises(ValueError, match="trained LoRA too.*adapter-only run"):
+        build_trainer(config)
+
+
+def test_a_first_stage_with_another_compression_setting_is_refused_as_init_from(tiny_paths, tmp_path, essay_text,
+                                                                               first_stages):
+    config = tiny_config(tiny_paths, tmp_path, essay_text, model={"init_from": str(first_stages["adapter"]),
+                                                                  "config": {"encoder_tokens_per_chunk_token": 4}})
+    with pytest.raises(ValueError, match="encoder_tokens_per_chunk_token=None.*has 4"):
+        build_trainer(config)
+
+
+def test_init_from_a_folder_that_is_no_finished_run_is_refused_when_the_config_loads(tiny_paths, tmp_path, essay_text):
+    with pytest.raises(ValueError, match="holds no adapter_model.safetensors: name the final/ folder"):
+        tiny_config(tiny_paths, tmp_path, essay_text, model={"init_from": str(tmp_path)})
+
+
 def test_two_cpu_processes_follow_the_loss_curve_of_one(tiny_paths, tmp_path, essay_text):
     encoder = dropout_free_encoder(tiny_paths, tmp_path / "encoder")
     runs = {}

@@ -1,7 +1,8 @@
 """The YAML training config: model, processor, trainable parts, task mix, data sources, trainer settings.
 
 ```yaml
-model:      {encoder: null, decoder: null, config: {lora_rank: 8}}   # null paths: the embedded default
+model:      {encoder: null, decoder: null, config: {lora_rank: 8},   # null paths: the embedded default
+             init_from: null}                                       # an adapter-only run whose adapter starts this one
 processor:  {chunk_size: 512, chunk_overlap: 0.0}                   # chunk_overlap 0.3: the +overlap ablation
 trainable:  {encoder: true, decoder: true}                          # false: the -E / -D ablations; both: adapter only
 tasks:      {understanding: true, understanding_ratio: 0.5, understanding_weight: 1.0, window_chunks: 4,
@@ -45,10 +46,16 @@ class ModelSettings:
     encoder: str | None = None
     decoder: str | None = None
     config: dict = field(default_factory=dict)  # E2LLMConfig keyword arguments
+    init_from: str | None = None  # an adapter-only run's final/ folder: its adapter starts this run (second stage)
 
     def __post_init__(self):
         _check_keys(self.config, MODEL_CONFIG_KEYS, "config.model.config")
         check_encoder_tokens_per_chunk_token(self.config.get("encoder_tokens_per_chunk_token"))  # before any load
+        missing = [name for name in ("adapter_model.safetensors", "demo.json")
+                   if self.init_from is not None and not (Path(self.init_from) / name).is_file()]
+        if missing:
+            raise ValueError(f"model.init_from {self.init_from!r} holds no {missing[0]}: name the final/ folder of a "
+                             "finished training run.")
 
 
 @dataclass

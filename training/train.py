@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import TrainerCallback, set_seed
 from trl import SFTConfig
 
@@ -79,9 +80,40 @@ def build_samples(config: TrainConfig) -> tuple[E2LLMForCausalLM, E2LLMProcessor
     args = sft_config(config.training)
     set_seed(args.seed)  # the adapter and LoRA start from random weights: same seed, same start
     model, processor = load_model_and_processor(config)
+    if config.model.init_from is not None:
+        load_first_stage_adapter(model, config)
     model.to(args.device)  # hybrid samples score their chunks with the model: on the GPU when there is one
     window = getattr(model.config.text_config, "max_position_embeddings", None)
     return model, processor, cached_training_dataset(config, processor, window, model, args), args
+
+
+# The settings that decide what the adapter's input and output vectors mean: a first stage must share them.
+_ADAPTER_SETTINGS = ("encoder_path", "decoder_path", "pooling", "encoder_tokens_per_chunk_token", "adapter_num_layers",
+                     "adapter_hidden_size")
+_ADAPTER_PREFIX = "base_model.model.model.adapter."  # the adapter's weights in a run's peft file
+
+
+def load_first_stage_adapter(model: E2LLMForCausalLM, config: TrainConfig) -> None:
+    """Start from the adapter of `config.model.init_from`, an adapter-only run: xRAG's two-stage recipe, where
+    a first stage teaches the adapter alone to map chunk vectors into the decoder's space and a second stage
+    tunes LoRA (from its usual zero start) on top of it. A first stage that trained LoRA is refused: its LoRA
+    would be lost here, since only the adapter is carried over."""
+    run = Path(config.model.init_from)
+    first = json.loads((run / RUN_SETTINGS_FILE).read_text())["config"]
+    this = {**_run_paths(config), **config.model.config}
+    differing = [key for key in _ADAPTER_SETTINGS if first.get(key) != this.get(key)]
+    if differing:
+        key = differing[0]
+        raise ValueError(f"model.init_from {run} was trained with {key}={first.get(key)!r}, this config has "
+                         f"{this.get(key)!r}: its adapter would read other vectors. Use the same setting in both.")
+    weights = load_file(run / "adapter_model.safetensors")
+    tuned = [name for name, weight in weights.items() if "lora_B" in name and weight.any()]
+    if tuned:
+        raise ValueError(f"model.init_from {run} trained LoRA too ({tuned[0]}), which init_from does not carry "
+                         "over: start from an adapter-only run (trainable: {encoder: false, decoder: false}).")
+    adapter = {name[len(_ADAPTER_PREFIX):]: weight for name, weight in weights.items() if name.startswith(_ADAPTER_PREFIX)}
+    model.model.adapter.load_state_dict(adapter)
+    logger.info("Adapter from the first-stage run %s.", run)
 
 
 def build_trainer(config: TrainConfig) -> E2LLMTrainer:
@@ -162,13 +194,18 @@ def save_final(trainer: E2LLMTrainer, config: TrainConfig) -> Path:
     adapter_config.write_text(json.dumps(settings, indent=2))
     # The encoder and decoder it was trained on, so that upload.py and modeling_e2llm.loading rebuild the same
     # base (none recorded: the embedded default); local folders absolute, as later commands run elsewhere.
-    parts = {f"{part}_path": _portable(path) for part, path in (("encoder", config.model.encoder),
-                                                                   ("decoder", config.model.decoder)) if path}
+    parts = _run_paths(config)
     demo = {"config": {**parts, **config.model.config}, "processor": {**parts, **vars(config.processor)}}
     (final / RUN_SETTINGS_FILE).write_text(json.dumps(demo, indent=2) + "\n")
     (final / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     plot_losses(trainer.state.log_history, final / "loss.png")
     return final
+
+
+def _run_paths(config: TrainConfig) -> dict[str, str]:
+    """The encoder and decoder paths as a run's `demo.json` records them (none: the embedded default)."""
+    return {f"{part}_path": _portable(path) for part, path in (("encoder", config.model.encoder),
+                                                              ("decoder", config.model.decoder)) if path}
 
 
 def _portable(path: str) -> str:
