@@ -46,9 +46,10 @@ class RestatementProbe(TrainerCallback):
         figures["probe_seconds"] = time.monotonic() - start
         # Straight into the history: Trainer.log would also flush (and reset) the per-task losses mid-interval.
         state.log_history.append({**{k: round(v, 4) for k, v in figures.items()}, "step": state.global_step})
-        logger.info("Restatement probe at step %d: own %.3f, nearby %.3f, other %.3f nats/token (%.0f s)",
-                    state.global_step, figures["probe_nll_own"], figures["probe_nll_nearby"],
-                    figures["probe_nll_other"], figures["probe_seconds"])
+        logger.info("Restatement probe at step %d: own %.3f nats/token, gap nearby %+.3f ± %.3f, other %+.3f ± %.3f "
+                    "(%.0f s)", state.global_step, figures["probe_nll_own"], figures["probe_gap_nearby"],
+                    figures["probe_gap_nearby_se"], figures["probe_gap_other"], figures["probe_gap_other_se"],
+                    figures["probe_seconds"])
 
 
 def restatement_probe_callback(settings: ProbeSettings, processor: E2LLMProcessor, seed: int = 0) -> RestatementProbe:
