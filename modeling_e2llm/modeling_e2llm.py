@@ -10,6 +10,7 @@ import copy
 import inspect
 import json
 import os
+from itertools import takewhile
 
 import torch
 from safetensors import SafetensorError
@@ -739,27 +740,22 @@ def bm25_scores(chunk_ids: torch.Tensor, chunk_mask: torch.Tensor, query_ids: to
 def _lexical_scores(tokenizer, chunk_texts: list[str], sentences: list[str], chunk_ids: torch.Tensor | None = None,
                     chunk_mask: torch.Tensor | None = None) -> torch.Tensor:
     """BM25 of every chunk for every question sentence, over the encoder tokenizer's ids (no special tokens):
-    (n_chunks, n_sentences). The chunks' ids as encoded (`chunk_ids`, `chunk_mask`: (n_chunks, L), a context
-    cache keeps them) are read when given, the texts tokenized otherwise: the same ids either way."""
+    (n_chunks, n_sentences). The chunks' ids as encoded (`chunk_ids`, `chunk_mask`: (n_chunks, L), special
+    tokens included; a context cache keeps them) are read when given, the texts tokenized again otherwise."""
+    queries = tokenizer(sentences, return_special_tokens_mask=True)  # with [CLS] ... [SEP], marked
+    # The special tokens tokenizing adds at each end, by position rather than by id: an [UNK] is one of a text's
+    # words. Fewest over the sentences, in case one starts or ends with a special token's literal text.
+    marks = queries["special_tokens_mask"]
+    head = min(len(list(takewhile(bool, m))) for m in marks)
+    tail = min(len(list(takewhile(bool, reversed(m)))) for m in marks)
     if chunk_ids is None:
         words = tokenizer(chunk_texts, add_special_tokens=False, padding="longest", return_tensors="pt")
         chunk_ids, chunk_mask = words["input_ids"], words["attention_mask"]
     else:
-        chunk_mask = _without_added_special_tokens(tokenizer, chunk_mask)
-    queries = tokenizer(sentences, add_special_tokens=False)["input_ids"]
-    return torch.stack([bm25_scores(chunk_ids, chunk_mask, torch.tensor(ids, dtype=torch.long)) for ids in queries],
-                       dim=1)
-
-
-def _without_added_special_tokens(tokenizer, chunk_mask: torch.Tensor) -> torch.Tensor:
-    """(n_chunks, L) mask of encoded chunks less the special tokens tokenizing added at their ends ([CLS] ...
-    [SEP], <s> ... </s>): how many at each end, from one word tokenized with and without them. By position,
-    not by id: an [UNK] inside a chunk is one of its words, as when its text is tokenized again."""
-    word, full = (tokenizer("a", add_special_tokens=add)["input_ids"] for add in (False, True))
-    head = next(i for i in range(len(full)) if full[i:i + len(word)] == word)
-    tail = len(full) - head - len(word)
-    positions = torch.arange(chunk_mask.shape[1])  # (L,)
-    return chunk_mask.bool() & (positions >= head) & (positions < chunk_mask.sum(dim=1, keepdim=True) - tail)
+        positions = torch.arange(chunk_mask.shape[1])  # (L,)
+        chunk_mask = chunk_mask.bool() & (positions >= head) & (positions < chunk_mask.sum(dim=1, keepdim=True) - tail)
+    return torch.stack([bm25_scores(chunk_ids, chunk_mask, torch.tensor(ids[head:len(ids) - tail], dtype=torch.long))
+                        for ids in queries["input_ids"]], dim=1)
 
 
 def _standardized(scores: torch.Tensor) -> torch.Tensor:
