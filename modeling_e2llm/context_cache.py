@@ -112,7 +112,7 @@ class ContextCache:
     def save(self, path: str | Path, prefix_kv: bool = False) -> None:
         """Write the cache as one safetensors file. `prefix_kv`: also the decoder's prefix keys and values, if
         `generate` has made them. They are large: 2 x layers x kv_heads x head_dim x P values, 46 KB per prefix
-        token for SmolLM2-135M in fp32 (about 40 MB for the ~850-token prefix of a 100K-token document, some 20x
+        token for SmolLM2-135M in fp32 (about 40 MB for the ~850-token prefix of a 100K-token document, some 10x
         the rest of the cache), and recomputing them costs one prefill of the prefix (seconds on a CPU) the first
         time a loaded cache is used; so they are left out unless asked for."""
         tensors = {"chunk_features": self.chunk_features, "pooled": self.pooled, "offsets": self.offsets,

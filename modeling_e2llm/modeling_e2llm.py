@@ -386,12 +386,13 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if len(lengths) > 1:
             return None
         length = lengths.pop()
-        decoder_hash = self.decoder_fingerprint()
+        decoder_hash, row_kv = self.decoder_fingerprint(), []
         for cache, row in zip(caches, rows):
             if not cache.has_prefix_kv(row[:length], decoder_hash, self.dtype) and not self._prefill_prefix(
                     cache, row[:length], decoder_hash):
                 return None
-        layers = zip(*(cache.prefix_kv for cache in caches))  # per layer: each row's (keys, values)
+            row_kv.append(cache.prefix_kv)  # now: a later row of the same cache with another prefix replaces it
+        layers = zip(*row_kv)  # per layer: each row's (keys, values)
         # Built anew for every call: generation appends to it, and the cache's own tensors must stay the prefix's.
         decoder_cache = DynamicCache(ddp_cache_data=[tuple(torch.cat(kv).to(self.device) for kv in zip(*layer))
                                                      for layer in layers], config=self.config.text_config)
