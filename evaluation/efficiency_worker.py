@@ -10,7 +10,9 @@
   it turns raw text into decoder inputs) and the LM head's first call (the first token: time to
   first token, i.e. prefill).
 - `questions`: E2LLM answers several questions about one document, re-encoding it for each
-  (`cached` false) or encoding it once with `encode_context` (`cached` true).
+  (`cached` false) or encoding it once with `encode_context` (`cached` true; `reuse_prefix`: and continuing
+  the decoder's prefix keys/values, made by the first question); `hybrid_top_k` as `generate` takes it
+  (None: the processor's). Each question's time to first token is timed as in `answer`.
 
 Memory comes from /proc/self/status. The weights are memory-mapped and page in on first use, so
 "after loading" is taken after one short warm-up answer; the kernel's peak counter (VmHWM) is then
@@ -20,6 +22,7 @@ reset, so that the peak is the measurement's own. working_mb = peak - RSS after 
 import gc
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -170,26 +173,25 @@ def _answerer(model, processor, spec: dict):
 
 
 def measure_questions(model, processor, spec: dict) -> dict:
-    """Total time for all `spec["questions"]` about one text, with or without a context cache."""
+    """Total time for all `spec["questions"]` about one text, with or without a context cache (and prefix
+    reuse), and each question's time to first token."""
     text = Path(spec["text_path"]).read_text(encoding="utf-8")
     generate = dict(processor=processor, max_new_tokens=spec["new_tokens"], min_new_tokens=spec["new_tokens"],
-                    do_sample=False)
+                    do_sample=False, hybrid_top_k=spec["hybrid_top_k"])
     model.generate(context=text[:WARMUP_CHARS], prompt=spec["questions"][0], **generate)
     baseline = settle()
-    start, encode_s, per_question = time.perf_counter(), 0.0, []
-    cache = None
+    start, encode_s, per_question, ttft = time.perf_counter(), 0.0, [], []
+    source = {"context": text}
     if spec["cached"]:
-        cache = model.encode_context(text, processor)
+        source = {"context_cache": model.encode_context(text, processor), "reuse_prefix": spec["reuse_prefix"]}
         encode_s = time.perf_counter() - start
     for question in spec["questions"]:
-        began = time.perf_counter()
-        if cache is None:
-            model.generate(context=text, prompt=question, **generate)
-        else:
-            model.generate(context_cache=cache, prompt=question, **generate)
-        per_question.append(time.perf_counter() - began)
+        with StageClock(model) as clock:
+            model.generate(prompt=question, **source, **generate)
+        per_question.append(clock.timings()["total_s"])
+        ttft.append(clock.timings()["prefill_s"])
     return {"total_s": time.perf_counter() - start, "encode_s": encode_s, "per_question_s": per_question,
-            **measured_memory(baseline)}
+            "per_question_ttft_s": ttft, "question_ttft_s": statistics.median(ttft), **measured_memory(baseline)}
 
 
 def _example(context: str, question: str) -> Example:

@@ -1,9 +1,14 @@
 """Context cache: encode a long document once, then ask it many questions without re-encoding.
 
-A cache holds the document's chunk tokens (after the adapter), the pooled encoder vectors and the
-chunk offsets, keyed by a hash of the text (with the chunking settings) and of the encoder and
-adapter weights, and by the compression setting (`encoder_tokens_per_chunk_token`), so that a cache made
-from other text, other weights or another setting is refused, never used.
+A cache holds the document's chunk tokens (after the adapter), the pooled encoder vectors, the chunks'
+encoder token ids and the chunk offsets, keyed by a hash of the text (with the chunking settings) and of the
+encoder and adapter weights, and by the compression setting (`encoder_tokens_per_chunk_token`), so that a cache
+made from other text, other weights or another setting is refused, never used.
+
+Once `generate` has used it, it also holds the decoder's keys and values of the prompt's question-independent
+prefix (chat header, instruction start, chunk tokens), keyed by the prefix's token ids and a hash of the
+decoder weights: later questions prefill only what follows the chunk tokens. Keys and values made for another
+prefix or by other decoder weights are computed again, never used.
 """
 
 import hashlib
@@ -15,7 +20,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-CACHE_FORMAT = "e2llm-context-cache-1"
+CACHE_FORMAT = "e2llm-context-cache-2"
+# Format 1 (before encoder ids and decoder keys/values) still loads: ranking then tokenizes the chunk texts again,
+# and the first question computes the prefix keys/values. The number changed so that code of format 1, which
+# cannot read the new tensors, refuses a new file with its "not an E2LLM context cache" message.
+READABLE_FORMATS = ("e2llm-context-cache-1", CACHE_FORMAT)
+_PREFIX_KV = "prefix_kv"  # saved as prefix_kv.{layer}.keys / .values
 
 
 def text_fingerprint(text: str, processor) -> str:
@@ -58,6 +68,12 @@ class ContextCache:
     text: the document itself (hybrid recall quotes chunks from it).
     encoder_tokens_per_chunk_token: the model's compression setting when it was made (None in a cache saved
         before the setting existed: one chunk token per chunk, which is what those models made).
+    chunk_input_ids, chunk_attention_mask: (n_chunks, L) the chunks' encoder ids as encoded (special tokens
+        included) and their mask: hybrid recall's BM25 reads them instead of tokenizing every chunk again for
+        every question. None in a cache saved before they were kept.
+    prefix_ids: (P,) decoder ids of the prompt up to its last chunk placeholder, which no question changes;
+        prefix_kv: per decoder layer, (keys, values) of those P tokens, each (1, kv_heads, P, head_dim);
+        decoder_hash: hash of the decoder weights that made them. Filled by `generate` on first use; None/"" before.
     """
 
     chunk_features: torch.Tensor
@@ -67,6 +83,11 @@ class ContextCache:
     text_hash: str
     weights_hash: str
     encoder_tokens_per_chunk_token: int | None = None
+    chunk_input_ids: torch.Tensor | None = None
+    chunk_attention_mask: torch.Tensor | None = None
+    prefix_ids: torch.Tensor | None = None
+    prefix_kv: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    decoder_hash: str = ""
 
     @property
     def num_chunks(self) -> int:
@@ -82,12 +103,30 @@ class ContextCache:
         """The text of every chunk, in order (hybrid recall's lexical score reads them)."""
         return [self.text[start:end] for start, end in self.offsets.tolist()]
 
-    def save(self, path: str | Path) -> None:
+    def has_prefix_kv(self, prefix_ids: torch.Tensor, decoder_hash: str, dtype: torch.dtype) -> bool:
+        """Whether the stored prefix keys/values were made for exactly these (P,) prefix ids by the decoder weights
+        of `decoder_hash` in `dtype`: anything else (another template, tokenizer or decoder) must recompute them."""
+        return (self.prefix_kv is not None and decoder_hash == self.decoder_hash
+                and self.prefix_kv[0][0].dtype == dtype and torch.equal(self.prefix_ids, prefix_ids.cpu()))
+
+    def save(self, path: str | Path, prefix_kv: bool = False) -> None:
+        """Write the cache as one safetensors file. `prefix_kv`: also the decoder's prefix keys and values, if
+        `generate` has made them. They are large: 2 x layers x kv_heads x head_dim x P values, 46 KB per prefix
+        token for SmolLM2-135M in fp32 (about 40 MB for the ~850-token prefix of a 100K-token document, some 10x
+        the rest of the cache), and recomputing them costs one prefill of the prefix (seconds on a CPU) the first
+        time a loaded cache is used; so they are left out unless asked for."""
         tensors = {"chunk_features": self.chunk_features, "pooled": self.pooled, "offsets": self.offsets,
                    "text_utf8": torch.frombuffer(bytearray(self.text.encode("utf-8")), dtype=torch.uint8)}
+        if self.chunk_input_ids is not None:
+            tensors.update(chunk_input_ids=self.chunk_input_ids, chunk_attention_mask=self.chunk_attention_mask)
+        metadata = {"format": CACHE_FORMAT, "text_hash": self.text_hash, "weights_hash": self.weights_hash}
+        if prefix_kv and self.prefix_kv is not None:
+            tensors["prefix_ids"] = self.prefix_ids
+            for layer, (keys, values) in enumerate(self.prefix_kv):
+                tensors.update({f"{_PREFIX_KV}.{layer}.keys": keys, f"{_PREFIX_KV}.{layer}.values": values})
+            metadata["decoder_hash"] = self.decoder_hash
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        metadata = {"format": CACHE_FORMAT, "text_hash": self.text_hash, "weights_hash": self.weights_hash,
-                    "content_hash": content_fingerprint(tensors)}
+        metadata["content_hash"] = content_fingerprint(tensors)
         if self.encoder_tokens_per_chunk_token is not None:  # absent: the default, as in caches saved before it
             metadata["encoder_tokens_per_chunk_token"] = str(self.encoder_tokens_per_chunk_token)
         save_file(tensors, str(path), metadata=metadata)
@@ -103,15 +142,19 @@ class ContextCache:
             tensors = load_file(str(path))
         except SafetensorError as error:  # "header too large", "incomplete metadata": not readable safetensors
             raise ValueError(f"{path} is not a readable safetensors file ({error}): {remake}.") from None
-        if metadata.get("format") != CACHE_FORMAT:
+        if metadata.get("format") not in READABLE_FORMATS:
             raise ValueError(f"{path} is not an E2LLM context cache (format {metadata.get('format')!r}): {remake}.")
         if metadata.get("content_hash") != content_fingerprint(tensors):
             raise ValueError(f"The context cache {path} does not hold what was saved (the file was changed or "
                              f"damaged, or saved before caches carried a content hash): {remake}.")
         text = bytes(tensors.pop("text_utf8").numpy()).decode("utf-8")
+        layers = sum(name.startswith(f"{_PREFIX_KV}.") for name in tensors) // 2
+        prefix_kv = tuple((tensors.pop(f"{_PREFIX_KV}.{layer}.keys"), tensors.pop(f"{_PREFIX_KV}.{layer}.values"))
+                          for layer in range(layers))
         k = metadata.get("encoder_tokens_per_chunk_token")
         return cls(**tensors, text=text, text_hash=metadata["text_hash"], weights_hash=metadata["weights_hash"],
-                   encoder_tokens_per_chunk_token=None if k is None else int(k))
+                   encoder_tokens_per_chunk_token=None if k is None else int(k), prefix_kv=prefix_kv or None,
+                   decoder_hash=metadata.get("decoder_hash", ""))
 
     def check(self, weights_hash: str, text_hash: str | None = None,
               encoder_tokens_per_chunk_token: int | None = None) -> None:

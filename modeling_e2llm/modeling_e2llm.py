@@ -10,12 +10,13 @@ import copy
 import inspect
 import json
 import os
+from itertools import takewhile
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedConfig,
-                          PreTrainedModel)
+from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationMixin,
+                          PreTrainedConfig, PreTrainedModel)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging as transformers_logging
 
@@ -263,7 +264,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self._processor = None
         self._processor_kwargs = {}
-        self._weights_fingerprint = None
+        self._fingerprints = {}  # what was hashed -> (parameter versions, hash)
         self.post_init()
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -290,10 +291,13 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None,
                                       chunk_input_ids=None, chunk_attention_mask=None, chunk_features=None,
-                                      is_first_iteration=False, **kwargs):
+                                      is_first_iteration=False, cache=None, past_key_values=None, **kwargs):
+        # The decoder cache is named here so that GenerationMixin accepts one given to `generate` (a context
+        # cache's prefix), under either transformers version's name.
+        decoder_cache = _with_cache_name({"cache": cache, "past_key_values": past_key_values})
         inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
-            is_first_iteration=is_first_iteration, **_with_cache_name(kwargs))
+            is_first_iteration=is_first_iteration, **_with_cache_name(kwargs), **decoder_cache)
         # Chunks are encoded once, at prefill; later steps read them from the KV cache.
         if is_first_iteration or not kwargs.get("use_cache", True):
             inputs.update(chunk_input_ids=chunk_input_ids, chunk_attention_mask=chunk_attention_mask,
@@ -306,7 +310,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
                  context: str | list[str] | None = None, prompt: str | list[str] | None = None,
                  processor: E2LLMProcessor | None = None, context_cache: ContextCache | list | None = None,
                  hybrid_top_k: int | None = None, hybrid_token_budget: int | None = None,
-                 progress: bool = False, **kwargs):
+                 progress: bool = False, reuse_prefix: bool = True, **kwargs):
         """`GenerationMixin.generate`, plus raw text: `generate(context=long_text, prompt=question, ...)`.
 
         With `context` (or a `context_cache` from `encode_context`, which skips re-encoding), the result
@@ -318,6 +322,12 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         Hybrid recall (`hybrid_top_k` > 0; default: the processor's setting): the raw text of the chunks
         most similar to the question, within `hybrid_token_budget` decoder tokens, follows the chunk
         tokens of the whole context. Without a question it is skipped (plain E2LLM).
+
+        With a `context_cache` (and `reuse_prefix`), the decoder's keys and values of the prompt up to the last
+        chunk token, which no question changes, are computed once, kept on the cache, and continued by every
+        later question: only the passages, the question and the chat tail are prefilled. Greedy answers are
+        the same as without it. Beams, several returned sequences, a caller's own decoder cache, or a batch whose
+        prefixes differ in length take the plain path.
         """
         if context is None and context_cache is None:
             if prompt is not None:
@@ -344,10 +354,67 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             passages = self._hybrid_passages(caches, prompt, processor, top_k, token_budget)
             batch = processor.encode_prompts(counts, prompt, passages=passages, num_chunk_tokens=token_counts)
             self.model.check_window(batch["input_ids"], new_tokens)
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T), left-padded
+        if context_cache is not None and reuse_prefix and self._can_continue_a_cache(generation_config, kwargs):
+            prefix = self._prefix_cache(caches, input_ids, attention_mask)
+            if prefix is not None:
+                kwargs[_CACHE], input_ids, attention_mask = prefix
         features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)  # (chunk tokens, dec_hidden)
-        kwargs["inputs_embeds"] = self.model.embed_inputs(batch["input_ids"].to(self.device), chunk_features=features)
-        kwargs["attention_mask"] = batch["attention_mask"].to(self.device)
+        # With a prefix cache GenerationMixin prefills only the embeddings past its length.
+        kwargs["inputs_embeds"] = self.model.embed_inputs(input_ids.to(self.device), chunk_features=features)
+        kwargs["attention_mask"] = attention_mask.to(self.device)
         return super().generate(None, generation_config, *args, **kwargs)  # the new tokens only
+
+    def _can_continue_a_cache(self, generation_config, kwargs: dict) -> bool:
+        """Whether this generation can start from a prefix cache: one sequence per prompt (GenerationMixin
+        expands a batch for beams and returned sequences, but not a cache it is given), with a decoder cache,
+        and none of the caller's own."""
+        config = generation_config or self.generation_config
+
+        def setting(name: str):
+            return kwargs.get(name, getattr(config, name, None))
+        return ((setting("num_beams") or 1) == 1 and (setting("num_return_sequences") or 1) == 1
+                and setting("use_cache") is not False and setting("assistant_model") is None
+                and setting("prompt_lookup_num_tokens") is None
+                and all(kwargs.get(name) is None for name in ("cache", "past_key_values")))
+
+    def _prefix_cache(self, caches: list[ContextCache], input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor, torch.Tensor] | None:
+        """The decoder cache of every row's prompt prefix (up to its last chunk placeholder), and the (B, T)
+        prompts laid out for it: prefix first, then the left padding, then the rest (positions come from the
+        mask, so a padded gap changes nothing). None (take the plain path) when the rows' prefixes differ in
+        length, or the decoder cannot keep a whole prefix (a sliding window shorter than it)."""
+        rows = [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]  # real tokens of each row
+        lengths = {int((row == self.config.chunk_token_id).nonzero().max()) + 1 for row in rows}
+        if len(lengths) > 1:
+            return None
+        length = lengths.pop()
+        decoder_hash, row_kv = self.decoder_fingerprint(), []
+        for cache, row in zip(caches, rows):
+            if not cache.has_prefix_kv(row[:length], decoder_hash, self.dtype) and not self._prefill_prefix(
+                    cache, row[:length], decoder_hash):
+                return None
+            row_kv.append(cache.prefix_kv)  # now: a later row of the same cache with another prefix replaces it
+        layers = zip(*row_kv)  # per layer: each row's (keys, values)
+        # Built anew for every call: generation appends to it, and the cache's own tensors must stay the prefix's.
+        decoder_cache = DynamicCache(ddp_cache_data=[tuple(torch.cat(kv).to(self.device) for kv in zip(*layer))
+                                                     for layer in layers], config=self.config.text_config)
+        pads = (attention_mask == 0).sum(dim=1).tolist()
+        order = torch.stack([torch.cat([torch.arange(pad, pad + length), torch.arange(pad),
+                                        torch.arange(pad + length, input_ids.shape[1])]) for pad in pads])  # (B, T)
+        return decoder_cache, input_ids.gather(1, order), attention_mask.gather(1, order)
+
+    def _prefill_prefix(self, cache: ContextCache, prefix_ids: torch.Tensor, decoder_hash: str) -> bool:
+        """Run the decoder over a prompt prefix (P,) with the cache's chunk tokens and keep its keys and values
+        on the cache; False (nothing kept) if some layer keeps fewer than P positions (a sliding window)."""
+        embeds = self.model.embed_inputs(prefix_ids[None].to(self.device),
+                                         chunk_features=cache.chunk_features.to(self.device))  # (1, P, dec_hidden)
+        decoder_cache = getattr(self.model.language_model(inputs_embeds=embeds, use_cache=True), _CACHE)
+        kv = tuple((layer.keys, layer.values) for layer in decoder_cache.layers)  # each (1, kv_heads, P, head_dim)
+        if any(keys.shape[-2] != len(prefix_ids) for keys, _ in kv):
+            return False
+        cache.prefix_ids, cache.prefix_kv, cache.decoder_hash = prefix_ids.cpu(), kv, decoder_hash
+        return True
 
     def _generate_from_tokens(self, inputs, generation_config, *args, progress: bool, **kwargs):
         """`generate` on the processor's token inputs: prompt + new tokens, as for any decoder-only model."""
@@ -399,7 +466,9 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         tokens = self.model.chunk_tokens(pooled, mask, count)  # (n_chunk_tokens, enc_hidden)
         features = self.model.adapter(tokens)  # (n_chunk_tokens, dec_hidden)
         return ContextCache(chunk_features=features, pooled=scoring_pooled, offsets=chunks["offsets"], text=context,
-                            text_hash="", weights_hash="", encoder_tokens_per_chunk_token=k)
+                            text_hash="", weights_hash="", encoder_tokens_per_chunk_token=k,
+                            chunk_input_ids=chunks["chunk_input_ids"].to(torch.int32),  # half the bytes; ids < 2**31
+                            chunk_attention_mask=chunks["chunk_attention_mask"].bool())
 
     @torch.no_grad()
     def hybrid_passages(self, context: str, prompt: str | None, processor: E2LLMProcessor | None = None,
@@ -453,8 +522,10 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         ranking = self.config.hybrid_ranking if ranking is None else ranking
         if ranking not in HYBRID_RANKINGS:
             raise ValueError(f"ranking must be one of {HYBRID_RANKINGS}, got {ranking!r}.")
+        chunk_ids = chunk_mask = None
         if isinstance(chunks, ContextCache):
             pooled, chunk_texts = chunks.pooled, chunks.chunk_texts
+            chunk_ids, chunk_mask = chunks.chunk_input_ids, chunks.chunk_attention_mask  # None in an older cache
         else:
             pooled = chunks
         sentences = split_sentences(question) or [question]
@@ -468,7 +539,8 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             return dense.max(dim=1).values
         if chunk_texts is None or len(chunk_texts) != len(dense):
             raise ValueError("The fused ranking reads the chunks' words: pass chunk_texts, one per pooled vector.")
-        lexical = _lexical_scores(processor.encoder_tokenizer, chunk_texts, sentences)  # (n_chunks, n_sentences)
+        lexical = _lexical_scores(processor.encoder_tokenizer, chunk_texts, sentences, chunk_ids,
+                                  chunk_mask)  # (n_chunks, n_sentences)
         return (_standardized(dense) + LEXICAL_WEIGHT * _standardized(lexical)).max(dim=1).values
 
     def _context_caches(self, context, context_cache, processor, progress: bool, rank: bool,
@@ -494,11 +566,19 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         on nothing else); recomputed only after a parameter changes."""
         ranking = self.model.ranking_encoder()
         modules = [self.model.encoder, self.model.adapter] + ([ranking] if ranking is not self.model.encoder else [])
+        return self._fingerprint("chunks", modules)
+
+    def decoder_fingerprint(self) -> str:
+        """Hash of the decoder's weights (LoRA included), which a context cache's prefix keys and values depend on
+        (with the chunk tokens, covered by `weights_fingerprint`); recomputed only after a parameter changes."""
+        return self._fingerprint("decoder", [self.model.language_model])
+
+    def _fingerprint(self, name: str, modules: list[nn.Module]) -> str:
         # `_version` is the counter autograd itself uses to notice in-place changes; torch offers no public one.
         key = tuple((p.data_ptr(), p._version) for module in modules for p in module.parameters())
-        if self._weights_fingerprint is None or self._weights_fingerprint[0] != key:
-            self._weights_fingerprint = (key, weights_fingerprint(modules))
-        return self._weights_fingerprint[1]
+        if name not in self._fingerprints or self._fingerprints[name][0] != key:
+            self._fingerprints[name] = (key, weights_fingerprint(modules))
+        return self._fingerprints[name][1]
 
     def answer(self, context: str | list[str], prompt: str | list[str] | None = None,
                processor: E2LLMProcessor | None = None, **generate_kwargs) -> str | list[str]:
@@ -668,13 +748,25 @@ def bm25_scores(chunk_ids: torch.Tensor, chunk_mask: torch.Tensor, query_ids: to
     return (saturation * idf).sum(dim=1)
 
 
-def _lexical_scores(tokenizer, chunk_texts: list[str], sentences: list[str]) -> torch.Tensor:
+def _lexical_scores(tokenizer, chunk_texts: list[str], sentences: list[str], chunk_ids: torch.Tensor | None = None,
+                    chunk_mask: torch.Tensor | None = None) -> torch.Tensor:
     """BM25 of every chunk for every question sentence, over the encoder tokenizer's ids (no special tokens):
-    (n_chunks, n_sentences)."""
-    words = tokenizer(chunk_texts, add_special_tokens=False, padding="longest", return_tensors="pt")
-    queries = tokenizer(sentences, add_special_tokens=False)["input_ids"]
-    return torch.stack([bm25_scores(words["input_ids"], words["attention_mask"], torch.tensor(ids, dtype=torch.long))
-                        for ids in queries], dim=1)
+    (n_chunks, n_sentences). The chunks' ids as encoded (`chunk_ids`, `chunk_mask`: (n_chunks, L), special
+    tokens included; a context cache keeps them) are read when given, the texts tokenized again otherwise."""
+    queries = tokenizer(sentences, return_special_tokens_mask=True)  # with [CLS] ... [SEP], marked
+    # The special tokens tokenizing adds at each end, by position rather than by id: an [UNK] is one of a text's
+    # words. Fewest over the sentences, in case one starts or ends with a special token's literal text.
+    marks = queries["special_tokens_mask"]
+    head = min(len(list(takewhile(bool, m))) for m in marks)
+    tail = min(len(list(takewhile(bool, reversed(m)))) for m in marks)
+    if chunk_ids is None:
+        words = tokenizer(chunk_texts, add_special_tokens=False, padding="longest", return_tensors="pt")
+        chunk_ids, chunk_mask = words["input_ids"], words["attention_mask"]
+    else:
+        positions = torch.arange(chunk_mask.shape[1])  # (L,)
+        chunk_mask = chunk_mask.bool() & (positions >= head) & (positions < chunk_mask.sum(dim=1, keepdim=True) - tail)
+    return torch.stack([bm25_scores(chunk_ids, chunk_mask, torch.tensor(ids[head:len(ids) - tail], dtype=torch.long))
+                        for ids in queries["input_ids"]], dim=1)
 
 
 def _standardized(scores: torch.Tensor) -> torch.Tensor:

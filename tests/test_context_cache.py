@@ -108,3 +108,132 @@ def test_a_cache_saved_without_the_knob_setting_loads_as_one_chunk_token_per_chu
         assert "encoder_tokens_per_chunk_token" not in f.metadata()  # as in caches saved before the knob
     loaded = ContextCache.load(tmp_path / "doc.safetensors")
     assert loaded.encoder_tokens_per_chunk_token is None and loaded.num_chunk_tokens == loaded.num_chunks
+
+
+OTHER_TEXT = ("The harbour froze in January. Dmitri sold the boat to a fisherman from Oslo. "
+              "Nobody saw the lighthouse keeper again.\nThe ice melted in April. ") * 4
+QUESTIONS = ("Who chaired?", "What did Bob present to the committee on Tuesday?")
+
+
+def _greedy(model, **kwargs) -> tuple[list, torch.Tensor]:
+    """Greedy tokens and the logits they were chosen from, (new tokens, B, vocab): the tiny random decoder says
+    "\n" whatever it reads, so equal tokens alone would prove little; its logits move by ~0.08 with the context."""
+    out = model.generate(do_sample=False, output_logits=True, return_dict_in_generate=True, **kwargs)
+    return out.sequences.tolist(), torch.stack(out.logits)
+
+
+def _assert_same_answers(reused: tuple[list, torch.Tensor], uncached: tuple[list, torch.Tensor]) -> None:
+    assert reused[0] == uncached[0]
+    torch.testing.assert_close(reused[1], uncached[1], atol=1e-5, rtol=1e-4)
+
+
+def _decoder_tokens(model) -> tuple[list[int], object]:
+    """A list that records the length of every decoder forward's input, and the hook's handle."""
+    lengths = []
+
+    def record(module, args, kwargs):
+        lengths.append(kwargs["inputs_embeds"].shape[1])
+    return lengths, model.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+@pytest.mark.parametrize("hybrid_top_k", [0, 2])
+def test_prefix_reuse_gives_the_uncached_greedy_tokens(tiny_model, tiny_processor, hybrid_top_k):
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    settings = dict(processor=tiny_processor, max_new_tokens=8, hybrid_top_k=hybrid_top_k)
+    for question in QUESTIONS:
+        _assert_same_answers(_greedy(tiny_model, context_cache=cache, prompt=question, **settings),
+                             _greedy(tiny_model, context=TEXT, prompt=question, **settings))
+    assert cache.prefix_kv is not None  # the answers above came from the reused prefix
+
+
+@pytest.mark.parametrize("hybrid_top_k", [0, 2])
+def test_a_batch_from_caches_gives_the_uncached_greedy_tokens(tiny_model, tiny_processor, hybrid_top_k):
+    """Same-length prefixes (one cache twice, or two documents of 13 chunks; questions of different lengths pad
+    the rows) continue one decoder cache; prefixes of different lengths (13 and 7 chunks) take the plain path."""
+    settings = dict(processor=tiny_processor, max_new_tokens=8, hybrid_top_k=hybrid_top_k)
+    short = TEXT[:len(TEXT) // 2]
+    caches = {text: tiny_model.encode_context(text, processor=tiny_processor) for text in (TEXT, OTHER_TEXT, short)}
+    assert [caches[text].num_chunks for text in (TEXT, OTHER_TEXT, short)] == [13, 13, 7]
+    for texts in ([TEXT, TEXT], [TEXT, OTHER_TEXT], [TEXT, short]):
+        _assert_same_answers(_greedy(tiny_model, context_cache=[caches[text] for text in texts],
+                                     prompt=list(QUESTIONS), **settings),
+                             _greedy(tiny_model, context=texts, prompt=list(QUESTIONS), **settings))
+    assert caches[OTHER_TEXT].prefix_kv is not None and caches[short].prefix_kv is None
+
+
+def test_the_prefix_is_prefilled_once_for_all_questions(tiny_model, tiny_processor):
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    prompt = tiny_processor.encode_prompts([cache.num_chunks], QUESTIONS[1])["input_ids"][0]
+    prefix = int((prompt == tiny_model.config.chunk_token_id).nonzero().max()) + 1  # up to the last chunk token
+    lengths, hook = _decoder_tokens(tiny_model)
+    for question in QUESTIONS[::-1]:
+        tiny_model.generate(context_cache=cache, prompt=question, processor=tiny_processor, max_new_tokens=3,
+                            min_new_tokens=3, do_sample=False)
+    hook.remove()
+    first_suffix = len(prompt) - prefix
+    second_suffix = tiny_processor.encode_prompts([cache.num_chunks], QUESTIONS[0])["input_ids"].shape[1] - prefix
+    assert lengths == [prefix, first_suffix, 1, 1, second_suffix, 1, 1]
+
+
+def test_a_cache_saved_without_its_prefix_loads_and_makes_it_again(tiny_model, tiny_processor, tmp_path):
+    settings = dict(prompt=QUESTIONS[0], processor=tiny_processor, max_new_tokens=6, do_sample=False)
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    expected = tiny_model.generate(context_cache=cache, **settings)
+    cache.save(tmp_path / "small.safetensors")
+    cache.save(tmp_path / "large.safetensors", prefix_kv=True)
+    small, large = (ContextCache.load(tmp_path / name) for name in ("small.safetensors", "large.safetensors"))
+    assert small.prefix_kv is None and small.prefix_ids is None
+    assert (tmp_path / "large.safetensors").stat().st_size > (tmp_path / "small.safetensors").stat().st_size
+    lengths, hook = _decoder_tokens(tiny_model)
+    assert tiny_model.generate(context_cache=small, **settings).tolist() == expected.tolist()
+    made_again = len(lengths)
+    assert tiny_model.generate(context_cache=large, **settings).tolist() == expected.tolist()
+    hook.remove()
+    assert small.prefix_kv is not None
+    assert len(lengths) == 2 * made_again - 1  # the saved prefix was read, not computed again
+
+
+def test_a_prefix_made_by_other_decoder_weights_is_never_used(tiny_model, tiny_processor, tmp_path):
+    settings = dict(prompt=QUESTIONS[0], processor=tiny_processor, max_new_tokens=8)
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    tiny_model.generate(context_cache=cache, **settings)
+    cache.save(tmp_path / "doc.safetensors", prefix_kv=True)
+    stale_hash, stale_keys = cache.decoder_hash, cache.prefix_kv[0][0]
+    with torch.no_grad():
+        tiny_model.model.language_model.layers[0].self_attn.k_proj.weight.mul_(3.0)
+    for reused in (cache, ContextCache.load(tmp_path / "doc.safetensors")):
+        _assert_same_answers(_greedy(tiny_model, context_cache=reused, **settings),
+                             _greedy(tiny_model, context=TEXT, **settings))
+        assert reused.decoder_hash != stale_hash and not torch.equal(reused.prefix_kv[0][0], stale_keys)
+
+
+def test_ranking_reads_the_cached_encoder_ids_as_it_would_the_texts(tiny_model, tiny_processor, essay_text):
+    """BM25 over the ids a cache keeps equals BM25 over the chunk texts tokenized again, [UNK] words included."""
+    text = essay_text[:6000] + " The code word is \u2603\u2604 kept in the \u4e00 vault."
+    cache = tiny_model.encode_context(text, processor=tiny_processor)
+    assert cache.chunk_input_ids is not None
+    without_ids = ContextCache(**{**vars(cache), "chunk_input_ids": None, "chunk_attention_mask": None})
+    for question in ("Where is the \u2603\u2604 code word kept?", "What did the author do in college? Why?"):
+        from_ids = tiny_model.chunk_scores(cache, question, tiny_processor, ranking="fused")
+        from_texts = tiny_model.chunk_scores(without_ids, question, tiny_processor, ranking="fused")
+        assert torch.equal(from_ids, from_texts)
+
+
+def test_a_cache_of_format_1_still_loads_and_answers(tiny_model, tiny_processor, tmp_path):
+    """Saved before caches kept encoder ids and prefix keys/values: ranking tokenizes the texts, generation
+    makes the prefix."""
+    from safetensors.torch import save_file
+
+    from modeling_e2llm.context_cache import content_fingerprint
+
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    tensors = {"chunk_features": cache.chunk_features, "pooled": cache.pooled, "offsets": cache.offsets,
+               "text_utf8": torch.frombuffer(bytearray(TEXT.encode("utf-8")), dtype=torch.uint8)}
+    save_file(tensors, str(tmp_path / "old.safetensors"),
+              metadata={"format": "e2llm-context-cache-1", "text_hash": cache.text_hash,
+                        "weights_hash": cache.weights_hash, "content_hash": content_fingerprint(tensors)})
+    old = ContextCache.load(tmp_path / "old.safetensors")
+    assert old.chunk_input_ids is None and old.prefix_kv is None
+    settings = dict(prompt=QUESTIONS[1], processor=tiny_processor, max_new_tokens=6, do_sample=False, hybrid_top_k=2)
+    assert (tiny_model.generate(context_cache=old, **settings).tolist()
+            == tiny_model.generate(context=TEXT, **settings).tolist())

@@ -54,3 +54,18 @@ def test_the_committed_demo_weights_are_what_the_embedded_default_loads(untraine
     trained_query = trained.model.language_model.layers[0].self_attn.q_proj.weight
     base_query = untrained[0].model.language_model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(trained_query, base_query)  # the decoder's LoRA is merged in
+
+
+def test_a_context_cache_reuses_its_decoder_prefix_with_the_same_greedy_answers(untrained, essay_text):
+    """SmolLM2's chat template and tokenizer around the chunk tokens: the reused prefix gives the tokens (and
+    logits) of the uncached path, hybrid passages included."""
+    model, processor, _ = untrained
+    context = essay_text[:4000]
+    cache = model.encode_context(context, processor=processor)
+    answers = [model.generate(**source, prompt="What did the author work on?", processor=processor, max_new_tokens=8,
+                              do_sample=False, hybrid_top_k=2, output_logits=True, return_dict_in_generate=True)
+               for source in ({"context": context}, {"context_cache": cache})]
+    assert answers[1].sequences.tolist() == answers[0].sequences.tolist()
+    assert len(set(answers[0].sequences[0].tolist())) > 1  # a real answer, not one token repeated
+    torch.testing.assert_close(torch.stack(answers[1].logits), torch.stack(answers[0].logits), atol=1e-3, rtol=1e-3)
+    assert cache.prefix_kv is not None and cache.prefix_kv[0][0].shape[-2] > cache.num_chunk_tokens

@@ -127,13 +127,13 @@ def test_generate_tokenizes_the_chunks_the_question_and_the_prompt_once_each(tin
     tokenizers = {id(tiny_processor.encoder_tokenizer): "encoder", id(tiny_processor.tokenizer): "decoder"}
     classes = {type(tiny_processor.encoder_tokenizer), type(tiny_processor.tokenizer)}
     patches = [mock.patch.object(cls, "__call__", _counting(cls.__call__, tokenizers, calls)) for cls in classes]
-    tiny_model.config.hybrid_ranking = "dense"  # the fused ranking also tokenizes chunk words for BM25 (issue 14)
+    assert tiny_model.config.hybrid_ranking == "fused"  # its BM25 reads the chunks' ids from encoding them
     with patches[0], patches[-1]:
         tiny_model.generate(context=TEXT, prompt="Who chaired?", processor=tiny_processor, max_new_tokens=2,
                             hybrid_top_k=top_k)
-    # hybrid recall also tokenizes the question (encoder), each candidate passage to count its cost and the prompt
-    # again with the passages it chose (decoder)
-    assert calls.count("encoder") == 1 + (top_k > 0)
+    # hybrid recall also tokenizes the question twice (encoder: its vector, its BM25 terms), each candidate passage
+    # to count its cost and the prompt again with the passages it chose (decoder)
+    assert calls.count("encoder") == 1 + 2 * (top_k > 0)
     assert calls.count("decoder") == 1 + (top_k + 1 if top_k else 0)
 
 
