@@ -76,10 +76,14 @@ class E2LLMModel(E2LLMPreTrainedModel):
                  language_model: PreTrainedModel | None = None):
         super().__init__(config)
         self.encoder = encoder if encoder is not None else _encoder_from_config(config.encoder_config)
-        # Hybrid recall ranks chunks with the encoder as it was before training tuned it; a checkpoint's
-        # weights load over this copy.
-        self.scoring_encoder = (copy.deepcopy(self.encoder).requires_grad_(False)
-                                if config.hybrid_scoring == "base" else None)
+        # Hybrid recall ranks chunks with the encoder as it was before training tuned it. LoRA tunes only the top
+        # `config.encoder_lora_layers` layers, so the layers below them (the trunk) are the pretrained ones and
+        # serve both: the model keeps frozen pretrained copies of the top layers alone and runs them on the
+        # trunk's output (`_encoder_states`). A checkpoint's weights load over these copies. Sharing the memo
+        # keeps the copies on the encoder's own config, so they follow its attention implementation.
+        self.ranking_layers = (nn.ModuleList(copy.deepcopy(layer, {id(self.encoder.config): self.encoder.config})
+                                             for layer in _tuned_layers(self.encoder, config)).requires_grad_(False)
+                               if config.hybrid_scoring == "base" else None)
         self.adapter = E2LLMAdapter(config)
         self.language_model = language_model if language_model is not None else AutoModel.from_config(config.text_config)
         self.post_init()
@@ -87,51 +91,94 @@ class E2LLMModel(E2LLMPreTrainedModel):
     def pool_chunks(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
                     progress: bool = False, for_scoring: bool = False, scoring: str | None = None) -> torch.Tensor:
         """Encoder output of every text (a chunk, or a question to rank chunks by) pooled to one vector:
-        (n, L) -> (n, enc_hidden). `for_scoring`: with the encoder hybrid recall ranks by (`ranking_encoder`).
-        Chunk tokens with `config.encoder_tokens_per_chunk_token` k (not for scoring: ranking compares whole
-        chunks): (n, L) -> (n, S, enc_hidden), S = ceil(L / k), the mean of each k consecutive tokens, zeros
-        past a chunk's end (`chunk_tokens` keeps the real ones).
+        (n, L) -> (n, enc_hidden). `for_scoring`: with the encoder hybrid recall ranks by (`scoring`, default
+        `config.hybrid_scoring`). Chunk tokens with `config.encoder_tokens_per_chunk_token` k (not for scoring:
+        ranking compares whole chunks): (n, L) -> (n, S, enc_hidden), S = ceil(L / k), the mean of each k
+        consecutive tokens, zeros past a chunk's end (`chunk_tokens` keeps the real ones)."""
+        chunk_vectors, ranking_vectors = self.pool_chunks_and_ranking(
+            chunk_input_ids, chunk_attention_mask, progress, chunk_tokens=not for_scoring,
+            scoring=self.checked_scoring(scoring) if for_scoring else None)
+        return ranking_vectors if for_scoring else chunk_vectors
+
+    def pool_chunks_and_ranking(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
+                                progress: bool = False, chunk_tokens: bool = True,
+                                scoring: str | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """`pool_chunks` for chunk tokens (None unless `chunk_tokens`) and for ranking with the `scoring`
+        encoder ("base" or "tuned"; None: no ranking) of the same texts, from one pass of the encoder's shared
+        lower layers: (n, L) -> (n[, S], enc_hidden) and (n, enc_hidden).
 
         Chunks run in batches of `config.encoder_batch_size` (or as many as `config.encoder_batch_tokens` holds at
         the padded width), longest first, each batch trimmed to its own longest chunk on the CPU: memory stays
         bounded for any number of chunks and little goes to padding. On an accelerator batches keep the full
         width, since reading a length back would stall the forward.
         """
-        encoder = self.ranking_encoder(scoring) if for_scoring else self.encoder
-        segment_size = None if for_scoring else self.config.encoder_tokens_per_chunk_token
+        segment_size = self.config.encoder_tokens_per_chunk_token
         # S from the full width, not each batch's trimmed one, so that every batch pools to the same shape.
         num_segments = None if segment_size is None else -(-chunk_input_ids.shape[1] // segment_size)
         lengths = chunk_attention_mask.sum(dim=1)  # (n,)
         order = torch.argsort(lengths, descending=True)
         on_cpu = lengths.device.type == "cpu"
-        pooled = None
         budget = self.config.encoder_batch_tokens
         # From the padded width, known on the host: sizing batches by the real lengths would wait for the device.
         per_batch = self.config.encoder_batch_size if budget is None else max(1, budget // chunk_input_ids.shape[1])
-        batches = order.split(per_batch)
-        for index in transformers_logging.tqdm(batches, desc="Encoding chunks", unit="batch", disable=not progress):
+        chunk_vectors = ranking_vectors = None
+        for index in transformers_logging.tqdm(order.split(per_batch), desc="Encoding chunks", unit="batch",
+                                               disable=not progress):
             width = int(lengths[index].max()) if on_cpu else chunk_input_ids.shape[1]
             mask = chunk_attention_mask[index, :width]  # (batch, width)
-            hidden = encoder(input_ids=chunk_input_ids[index, :width], attention_mask=mask).last_hidden_state
-            vectors = _pool(hidden, mask, self.config.pooling, segment_size, num_segments)
-            if pooled is None:
-                pooled = vectors.new_empty(len(order), *vectors.shape[1:])
-            pooled = pooled.index_copy(0, index, vectors)  # out of place: keeps autograd happy in training
-        return pooled
+            tuned, ranking = self._encoder_states(chunk_input_ids[index, :width], mask, chunk_tokens, scoring)
+            if tuned is not None:
+                vectors = _pool(tuned, mask, self.config.pooling, segment_size, num_segments)
+                chunk_vectors = _placed(chunk_vectors, index, vectors, len(order))
+            if ranking is not None:
+                ranking_vectors = _placed(ranking_vectors, index, _pool(ranking, mask, self.config.pooling), len(order))
+        return chunk_vectors, ranking_vectors
 
-    def ranking_encoder(self, scoring: str | None = None) -> nn.Module:
-        """The encoder hybrid recall ranks chunks with (`scoring`, default `config.hybrid_scoring`): the frozen
-        pretrained copy for "base", the chunk encoder itself for "tuned"."""
+    def _encoder_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tuned: bool,
+                        scoring: str | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Last hidden states (batch, width, enc_hidden) of the chunk encoder (when `tuned`) and of the ranking
+        encoder (`scoring`; None: not wanted), the encoder's lower layers run once for both.
+
+        "base" ranking runs the pretrained copies of the top layers on the input of the first tuned layer, with
+        the attention mask and arguments the encoder itself prepared for that layer (a forward pre-hook takes
+        them, whatever the transformers version calls them); a pass for the ranking alone stops there. BERT-family
+        encoders return their last layer's output as is, so the copies' output is the ranking encoder's."""
+        if scoring != "base" or len(self.ranking_layers) == 0:  # the tuned encoder ranks, or nothing is tuned
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return (hidden if tuned else None), (hidden if scoring is not None else None)
+        trunk = {}
+
+        def take_trunk_output(layer, args, kwargs):
+            trunk["args"], trunk["kwargs"] = args, kwargs
+            if not tuned:
+                raise _TrunkDone  # the tuned top layers' output is not wanted: skip them
+
+        first_tuned = _tuned_layers(self.encoder, self.config)[0]
+        handle = first_tuned.register_forward_pre_hook(take_trunk_output, with_kwargs=True)
+        try:
+            tuned_hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        except _TrunkDone:
+            tuned_hidden = None
+        finally:
+            handle.remove()
+        hidden, *layer_args = trunk["args"]  # (batch, width, enc_hidden), then the prepared mask and the rest
+        with torch.no_grad():  # the ranking copies never train
+            for layer in self.ranking_layers:
+                hidden = layer(hidden, *layer_args, **trunk["kwargs"])
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # some layer classes return a tuple
+        return tuned_hidden, hidden
+
+    def checked_scoring(self, scoring: str | None = None) -> str:
+        """The encoder hybrid recall ranks chunks with (`scoring`, default `config.hybrid_scoring`): "base", the
+        pretrained encoder (the shared trunk and `ranking_layers`), or "tuned", the chunk encoder itself."""
         scoring = self.config.hybrid_scoring if scoring is None else scoring
         if scoring not in HYBRID_SCORING:
             raise ValueError(f"scoring must be one of {HYBRID_SCORING}, got {scoring!r}.")
-        if scoring == "tuned":
-            return self.encoder
-        if self.scoring_encoder is None:
-            raise ValueError('hybrid_scoring="base" needs the pretrained encoder copy, which this model was built '
-                             'without: set config.hybrid_scoring="tuned", or compose the model with '
-                             'from_encoder_decoder_pretrained (which keeps the copy).')
-        return self.scoring_encoder
+        if scoring == "base" and self.ranking_layers is None:
+            raise ValueError('hybrid_scoring="base" needs the pretrained copies of the encoder\'s top layers, which '
+                             'this model was built without: set config.hybrid_scoring="tuned", or compose the model '
+                             'with from_encoder_decoder_pretrained (which keeps them).')
+        return scoring
 
     def get_chunk_features(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
                            progress: bool = False) -> torch.Tensor:
@@ -250,6 +297,9 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     """E2LLM with its LM head: `forward(..., labels=)` gives the loss, `generate(context=, prompt=)` reads raw text."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # Folders saved before the shared encoder trunk hold a whole pretrained encoder copy: `from_pretrained` maps
+    # its top layers onto `ranking_layers`, and the rest (equal to the trunk) is dropped without a word.
+    _keys_to_ignore_on_load_unexpected = [r"^model\.scoring_encoder\."]
 
     def __init__(self, config: E2LLMConfig, encoder: PreTrainedModel | None = None,
                  causal_lm: PreTrainedModel | None = None):
@@ -387,12 +437,9 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             raise ValueError(f"The context makes {count:,} chunk tokens, more than the decoder's whole window of "
                              f"{window} tokens: {self.model.fewer_chunk_tokens_fix(count / window)}.")
         ids, mask = chunks["chunk_input_ids"].to(self.device), chunks["chunk_attention_mask"].to(self.device)
-        pooled = self.model.pool_chunks(ids, mask, progress=progress)  # (n_chunks[, S], enc_hidden)
         k = self.config.encoder_tokens_per_chunk_token
-        if self.model.ranking_encoder() is not self.model.encoder:
-            scoring_pooled = self.model.pool_chunks(ids, mask, for_scoring=True) if rank else None
-        else:  # one encoder pass serves both; segment means give the whole-chunk means exactly
-            scoring_pooled = pooled if k is None else _whole_chunk_means(pooled, mask.sum(dim=1), k)
+        scoring = self.model.checked_scoring() if rank else None
+        pooled, scoring_pooled = self.model.pool_chunks_and_ranking(ids, mask, progress, scoring=scoring)
         # The processor counted the chunk tokens on the CPU: trimming to that count drops an accelerator's
         # empty segments (see `chunk_tokens`) without waiting for the device.
         tokens = self.model.chunk_tokens(pooled, mask)[:count]  # (n_chunk_tokens, enc_hidden)
@@ -480,10 +527,10 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         return caches
 
     def weights_fingerprint(self) -> str:
-        """Hash of the weights of the encoder, the adapter and the encoder that ranks chunks (a cache depends
+        """Hash of the weights of the encoder, the adapter and the layers that rank chunks (a cache depends
         on nothing else); recomputed only after a parameter changes."""
-        ranking = self.model.ranking_encoder()
-        modules = [self.model.encoder, self.model.adapter] + ([ranking] if ranking is not self.model.encoder else [])
+        ranking = [self.model.ranking_layers] if self.model.checked_scoring() == "base" else []
+        modules = [self.model.encoder, self.model.adapter] + ranking
         # `_version` is the counter autograd itself uses to notice in-place changes; torch offers no public one.
         key = tuple((p.data_ptr(), p._version) for module in modules for p in module.parameters())
         if self._weights_fingerprint is None or self._weights_fingerprint[0] != key:
@@ -546,6 +593,11 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         check_source(pretrained_model_name_or_path)
         with_info = kwargs.pop("output_loading_info", False)
+        config = kwargs.get("config")
+        if not isinstance(config, E2LLMConfig):
+            config = E2LLMConfig.from_pretrained(pretrained_model_name_or_path,
+                                                 **{key: kwargs[key] for key in _HUB_KWARGS if key in kwargs})
+        kwargs["key_mapping"] = {**_ranking_layers_of_old_folders(config), **(kwargs.get("key_mapping") or {})}
         try:
             model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
                                                   **kwargs)
@@ -601,6 +653,18 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         return model.to(dtype) if dtype is not None else model
 
 
+def _ranking_layers_of_old_folders(config: E2LLMConfig) -> dict[str, str]:
+    """`key_mapping` from a folder saved before the shared trunk, whose whole pretrained encoder copy
+    (`model.scoring_encoder.*`) ranked chunks, to `ranking_layers`: the copy's top `encoder_lora_layers`
+    layers become them; its embeddings and lower layers, equal to the trunk's, are left unexpected and ignored."""
+    if config.hybrid_scoring != "base":
+        return {}
+    n = config.encoder_config.num_hidden_layers
+    first = max(0, n - config.encoder_lora_layers)
+    return {rf"^model\.scoring_encoder\.(?:\w+\.)*?layers?\.{i}\.": f"model.ranking_layers.{i - first}."
+            for i in range(first, n)}
+
+
 def _with_cache_name(kwargs: dict) -> dict:
     """`kwargs` with the decoder cache under the installed transformers' name, whichever name the caller used."""
     kwargs = dict(kwargs)
@@ -634,12 +698,27 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, segment_size: int
     return (hidden * weights).sum(dim=-2) / weights.sum(dim=-2).clamp(min=1.0)
 
 
-def _whole_chunk_means(segments: torch.Tensor, lengths: torch.Tensor, segment_size: int) -> torch.Tensor:
-    """(n, S, H) segment means of chunks of `lengths` (n,) tokens -> (n, H) the mean of all their tokens, what
-    one-vector pooling gives (up to rounding), without running the encoder again."""
-    starts = torch.arange(segments.shape[1], device=segments.device) * segment_size  # (S,)
-    sizes = (lengths.unsqueeze(1) - starts).clamp(0, segment_size).to(segments.dtype)  # (n, S) tokens per segment
-    return (segments * sizes.unsqueeze(-1)).sum(dim=1) / sizes.sum(dim=1, keepdim=True).clamp(min=1.0)
+def _placed(into: torch.Tensor | None, index: torch.Tensor, vectors: torch.Tensor, n: int) -> torch.Tensor:
+    """`into` (n, ...) (a new one when None) with the rows `index` replaced by `vectors`; out of place, which
+    keeps autograd happy in training."""
+    into = vectors.new_empty(n, *vectors.shape[1:]) if into is None else into
+    return into.index_copy(0, index, vectors)
+
+
+class _TrunkDone(Exception):
+    """Stops an encoder forward at its first tuned layer: a ranking-only pass has what it needs by then."""
+
+
+def _tuned_layers(encoder: PreTrainedModel, config: E2LLMConfig) -> nn.ModuleList:
+    """The encoder's top `config.encoder_lora_layers` layers, those LoRA tunes (`lora.lora_config` counts them
+    the same way) and hybrid recall keeps pretrained copies of: found as the list of all its layers, named
+    `layer` (BERT, RoBERTa, MPNet, DistilBERT) or `layers`."""
+    n = config.encoder_config.num_hidden_layers
+    for name, module in encoder.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layer", "layers") and len(module) == n:
+            return module[max(0, n - config.encoder_lora_layers):]
+    raise ValueError(f"{type(encoder).__name__} has no list of its {n} layers named `layer` or `layers`, which "
+                     'hybrid_scoring="base" shares between chunk encoding and ranking: use hybrid_scoring="tuned".')
 
 
 def bm25_scores(chunk_ids: torch.Tensor, chunk_mask: torch.Tensor, query_ids: torch.Tensor,
