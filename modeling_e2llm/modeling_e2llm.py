@@ -10,6 +10,7 @@ import copy
 import inspect
 import json
 import os
+import warnings
 
 import torch
 from safetensors import SafetensorError
@@ -56,6 +57,35 @@ class E2LLMAdapter(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.layers(pooled)  # (..., enc_hidden) -> (..., dec_hidden)
+
+
+class Int8Linear(nn.Module):
+    """A frozen `nn.Linear` for CPU inference: int8 weights (one scale per output channel) times inputs quantized
+    to 8 bits on each call (one scale per call), by torch's own dynamic-quantization kernel (fbgemm/x86). Made by
+    `E2LLMForCausalLM.quantize_encoder`; (..., in) -> (..., out)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()  # (out, in)
+        scale = weight.abs().amax(dim=1).clamp(min=1e-8) / 127  # (out,) symmetric: zero point 0
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates its quantized tensors in favour of torchao, which a model file may not import;
+            # torch 2.11 to 2.13 all still ship these kernels.
+            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel",
+                                    category=UserWarning)
+            qweight = torch.quantize_per_channel(weight, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0,
+                                                 torch.qint8)
+        self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        # The same weights as plain tensors, so that state_dict (and a context cache's weights fingerprint) sees them.
+        self.register_buffer("weight_int8", qweight.int_repr())
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Full 8-bit inputs: torch's DynamicQuantizedLinear takes 7 (reduce_range, against an int16 overflow on
+        # CPUs without VNNI), which took all-MiniLM-L6-v2's pooled vectors from cosine 0.985 to 0.958 of fp32.
+        return torch.ops.quantized.linear_dynamic(x, self._packed, reduce_range=False).to(x.dtype)
 
 
 class E2LLMPreTrainedModel(PreTrainedModel):
@@ -537,6 +567,27 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             self._weights_fingerprint = (key, weights_fingerprint(modules))
         return self._weights_fingerprint[1]
 
+    def quantize_encoder(self) -> "E2LLMForCausalLM":
+        """The fast CPU encoder path, for inference: every linear layer of the chunk encoder and of the ranking
+        layers becomes an `Int8Linear`, in place (the adapter and the decoder stay as they are). On a 2-core AVX2
+        CPU the encoder runs about 1.5x faster, its pooled vectors within cosine ~0.99 of fp32 (README, "Speed").
+        Irreversible: load the model again for fp32. Returns the model."""
+        if self.device.type != "cpu":
+            raise ValueError(f"quantize_encoder makes int8 CPU kernels, but the model is on {self.device}: "
+                             "call it on a model on the CPU (on an accelerator, use a bf16 or fp16 dtype instead).")
+        if self.training:
+            raise ValueError("quantize_encoder is for inference and its int8 layers cannot train: call model.eval() "
+                             "first, and train the fp32 model.")
+        modules = [self.model.encoder] + ([self.model.ranking_layers] if self.model.ranking_layers is not None else [])
+        if any(hasattr(module, "lora_A") for part in modules for module in part.modules()):
+            raise ValueError("The encoder carries unmerged LoRA layers: merge them first "
+                             "(peft_model.merge_and_unload()), then quantize.")
+        for part in modules:
+            for name, module in list(part.named_modules()):
+                if isinstance(module, nn.Linear):
+                    part.set_submodule(name, Int8Linear(module))
+        return self
+
     def answer(self, context: str | list[str], prompt: str | list[str] | None = None,
                processor: E2LLMProcessor | None = None, **generate_kwargs) -> str | list[str]:
         """Text in, text out: the decoded answer(s) to `prompt` about `context` (greedy by default)."""
@@ -616,6 +667,9 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     def save_pretrained(self, save_directory, *args, **kwargs):
         if os.path.isfile(save_directory):  # transformers only logs this, saves nothing and returns
             raise FileExistsError(f"{save_directory} is a file; save_pretrained writes a folder: pass a folder path.")
+        if any(isinstance(module, Int8Linear) for module in self.modules()):
+            raise ValueError("This model's encoder was quantized for fast CPU inference (quantize_encoder), which no "
+                             "saved folder holds: save the fp32 model, and quantize it again after loading.")
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
@@ -809,4 +863,4 @@ def _sentence_transformers_pooling(encoder_path: str) -> str | None:
 
 E2LLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
-__all__ = ["ContextTooLong", "E2LLMForCausalLM", "E2LLMModel", "E2LLMPreTrainedModel", "E2LLMAdapter"]
+__all__ = ["ContextTooLong", "E2LLMForCausalLM", "E2LLMModel", "E2LLMPreTrainedModel", "E2LLMAdapter", "Int8Linear"]

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLayer
 
-from modeling_e2llm import E2LLMForCausalLM
+from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm.embedded_default import default_decoder_path, default_encoder_path
 from modeling_e2llm.lora import lora_config
-from modeling_e2llm.modeling_e2llm import _pool
+from modeling_e2llm.modeling_e2llm import Int8Linear, _pool
 
 TEXT = "".join(f"Paragraph {i} talks about topic number {i} in some detail. " for i in range(12))
 QUESTION = "Which paragraph is about topic number 7? And which about topic 3?"  # two sentences: a padded batch
@@ -158,3 +159,53 @@ def test_hybrid_ranking_costs_a_saved_folder_only_the_copied_top_layers(tiny_pat
     top_layer = sum(tensor.numel() * tensor.element_size()
                     for tensor in model.model.encoder.encoder.layer[1].state_dict().values())
     assert top_layer <= sizes["base"] - sizes["tuned"] < top_layer + 4096  # + the safetensors header's entries
+
+
+# --- the fast CPU encoder path (int8) -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_encoder_model(tiny_paths) -> E2LLMForCausalLM:
+    """The real all-MiniLM-L6-v2 with the tiny decoder: int8 error depends on real weights, not random ones."""
+    return E2LLMForCausalLM.from_encoder_decoder_pretrained(default_encoder_path(), tiny_paths[1]).eval()
+
+
+def test_the_int8_encoder_keeps_pooled_vectors_close_to_fp32_and_ranks_alike(real_encoder_model, essay_text):
+    processor = E2LLMProcessor.from_encoder_decoder_pretrained(default_encoder_path(), default_decoder_path())
+    fast_model = copy.deepcopy(real_encoder_model).quantize_encoder()
+    fp32, fast = (model.encode_context(essay_text[:12000], processor=processor) for model in (real_encoder_model,
+                                                                                              fast_model))
+    for exact, quantized in ((fp32.pooled, fast.pooled), (fp32.chunk_features, fast.chunk_features)):
+        cosine = torch.nn.functional.cosine_similarity(exact, quantized, dim=-1)  # (n_chunks,)
+        assert cosine.mean() >= 0.99 and cosine.min() >= 0.95  # one chunk of this essay: 0.967
+    question = "What did the author work on before college?"
+    top_5 = [set(model.chunk_scores(cache, question, processor).topk(5).indices.tolist())
+             for model, cache in ((real_encoder_model, fp32), (fast_model, fast))]
+    assert len(top_5[0] & top_5[1]) >= 4
+
+
+def test_the_int8_path_replaces_every_linear_layer_of_encoder_and_ranking_layers(trunk_model):
+    trunk_model.quantize_encoder()
+    for part in (trunk_model.model.encoder, trunk_model.model.ranking_layers):
+        assert not any(isinstance(module, torch.nn.Linear) for module in part.modules())
+        assert any(isinstance(module, Int8Linear) for module in part.modules())
+    assert isinstance(trunk_model.model.adapter.layers[0], torch.nn.Linear)  # the adapter stays fp32
+
+
+def test_the_int8_path_is_refused_off_the_cpu_with_the_fix(trunk_model):
+    with pytest.raises(ValueError, match="call it on a model on the CPU"):
+        trunk_model.to("meta").quantize_encoder()
+
+
+def test_the_int8_path_is_refused_in_training_and_with_unmerged_lora(trunk_model):
+    from peft import get_peft_model
+
+    with pytest.raises(ValueError, match=r"call model.eval\(\) first"):
+        trunk_model.train().quantize_encoder()
+    get_peft_model(trunk_model.eval(), lora_config(trunk_model.config))
+    with pytest.raises(ValueError, match="merge them first"):
+        trunk_model.quantize_encoder()
+
+
+def test_a_model_with_the_int8_encoder_is_not_saved(trunk_model, tmp_path):
+    with pytest.raises(ValueError, match="save the fp32 model"):
+        trunk_model.quantize_encoder().save_pretrained(tmp_path)
