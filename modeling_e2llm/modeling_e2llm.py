@@ -142,6 +142,8 @@ class E2LLMModel(E2LLMPreTrainedModel):
         bounded for any number of chunks and little goes to padding. On an accelerator batches keep the full
         width, since reading a length back would stall the forward.
         """
+        if scoring is not None:
+            self.checked_scoring(scoring)  # refuse a name, or "base" without the ranking layers, before any work
         segment_size = self.config.encoder_tokens_per_chunk_token
         # S from the full width, not each batch's trimmed one, so that every batch pools to the same shape.
         num_segments = None if segment_size is None else -(-chunk_input_ids.shape[1] // segment_size)
