@@ -2,7 +2,7 @@
 compression knob) instead of every context token.
 
     python -m evaluation.efficiency --output DIR [--model PATH | --encoder PATH --decoder PATH]
-                                    [--encoder-tokens-per-chunk-token K]
+                                    [--encoder-tokens-per-chunk-token K] [--fast-encoder]
                                     [--max-tokens 1048576] [--repeats 3] [--threads N]
 
 - Up to the decoder's window (1K, 2K, 4K, 8K context tokens by default; the largest is cut so that the
@@ -13,6 +13,8 @@ compression knob) instead of every context token.
 - Beyond the window (16K ... --max-tokens), E2LLM alone, with the smallest chunk size at which the
   longest context's chunk tokens fit the window (refused where none does: with the knob a context of N
   encoder tokens takes at least N / K chunk tokens, whatever the chunk size).
+- `--fast-encoder`: E2LLM with the int8 CPU encoder (`quantize_encoder`) as one more system, `e2llm_int8`,
+  beside the fp32 E2LLM in both sections.
 - Context cache: --cache-questions questions about one --cache-tokens document, re-encoded for each
   question, encoded once, or encoded once with the decoder's prefix keys/values reused (`generate`'s
   `reuse_prefix`); with hybrid recall as the model ships it and, when that is on, off. Besides the totals,
@@ -146,18 +148,20 @@ def write_texts(essays: list[str], tokenizer, lengths: dict[int, int], folder: P
 
 
 def plan_jobs(compare: dict, long: dict, cache: tuple[int, Path], repeats: int, long_chunk_size: int,
-              hybrid: bool = False) -> list[dict]:
+              hybrid: bool = False, fast_encoder: bool = False) -> list[dict]:
     """Every worker run, repetition by repetition; the systems' order flips each repetition so that a
     slow phase of the machine hits them all alike. `hybrid`: the model ships with hybrid recall on, so the
-    context cache is measured with it off too."""
+    context cache is measured with it off too. `fast_encoder`: with the `e2llm_int8` system."""
+    systems = [system for system in SYSTEMS if fast_encoder or system != "e2llm_int8"]
     jobs = []
     for repeat in range(repeats):
-        order = SYSTEMS if repeat % 2 == 0 else SYSTEMS[::-1]
+        order = systems if repeat % 2 == 0 else systems[::-1]
         for tokens, path in compare.values():
             jobs += [{"section": "compare", "system": system, "context_tokens": tokens, "repeat": repeat,
                       "text_path": str(path)} for system in order]
-        jobs += [{"section": "long", "system": "e2llm", "context_tokens": tokens, "repeat": repeat,
-                  "text_path": str(path), "chunk_size": long_chunk_size} for tokens, path in long.values()]
+        jobs += [{"section": "long", "system": system, "context_tokens": tokens, "repeat": repeat,
+                  "text_path": str(path), "chunk_size": long_chunk_size}
+                 for tokens, path in long.values() for system in order if system.startswith("e2llm")]
         modes = CACHE_MODES if repeat % 2 == 0 else CACHE_MODES[::-1]
         jobs += [{"section": section, "system": mode, "context_tokens": cache[0], "repeat": repeat,
                   "text_path": str(cache[1])} for section in list(CACHE_SECTIONS)[:1 + hybrid] for mode in modes]
@@ -175,7 +179,9 @@ def worker_spec(job: dict, settings: dict) -> dict:
         return {**spec, "mode": "questions", "cached": job["system"] != "uncached",
                 "reuse_prefix": job["system"] == "cached-kv", "hybrid_top_k": CACHE_SECTIONS[job["section"]],
                 "questions": questions[:settings["cache_questions"]]}
-    return {**spec, "mode": "answer", "system": job["system"], "question": QUESTION}
+    fast_encoder = job["system"] == "e2llm_int8"
+    return {**spec, "mode": "answer", "system": "e2llm" if fast_encoder else job["system"], "question": QUESTION,
+            "fast_encoder": fast_encoder}
 
 
 def run_worker(spec: dict, folder: Path) -> dict:
@@ -219,7 +225,7 @@ def comparison_ratios(compare: dict) -> dict:
     """context tokens -> other system -> how many times more it costs than E2LLM (median over median)."""
     ratios = {}
     for tokens, e2llm in compare.get("e2llm", {}).items():
-        for other in ("full", "rag"):
+        for other in ("full", "rag", "e2llm_int8"):  # int8: its cost relative to the fp32 encoder's
             figures = compare.get(other, {}).get(tokens)
             if figures is None:
                 continue
@@ -334,6 +340,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--encoder-tokens-per-chunk-token", type=int, default=None, metavar="K",
                         help="compression knob of a new composite (--encoder/--decoder, or the embedded default's "
                              "models, untrained): one chunk token per K encoder tokens (default: one per chunk)")
+    parser.add_argument("--fast-encoder", action="store_true",
+                        help="also run E2LLM with the int8 CPU encoder (system e2llm_int8), beside the fp32 one")
     parser.add_argument("--min-tokens", type=int, default=1024, help="shortest context (decoder tokens)")
     parser.add_argument("--max-tokens", type=int, default=1_048_576, help="longest context (decoder tokens)")
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of every measurement (median)")
@@ -379,7 +387,7 @@ def benchmark_settings(args: argparse.Namespace) -> tuple[dict, object]:
                 "text_room": window - args.new_tokens - plain_prompt - _PROMPT_MARGIN,
                 "chunk_room": window - args.new_tokens - chunk_prompt,
                 "cache_questions": args.cache_questions, "cache_tokens": args.cache_tokens,
-                "matmul_size": args.matmul_size}
+                "matmul_size": args.matmul_size, "fast_encoder": args.fast_encoder}
     return settings, processor
 
 
@@ -433,7 +441,8 @@ def main(argv: list[str] | None = None) -> dict:
         machine = machine_description(args.threads)
         matmul = [matmul_flops_per_s(args.matmul_size, args.threads)]
         jobs = plan_jobs(texts["compare"], texts["long"], texts["cache"][args.cache_tokens], args.repeats,
-                         settings["long_chunk_size"], hybrid=bool(settings["hybrid_top_k"]))
+                         settings["long_chunk_size"], hybrid=bool(settings["hybrid_top_k"]),
+                         fast_encoder=args.fast_encoder)
         runs = run_jobs(jobs, settings, Path(scratch))
         matmul.append(matmul_flops_per_s(args.matmul_size, args.threads))
     results = {"command": command} | analyse(runs, settings, machine, matmul, texts["cache"][args.cache_tokens][0])

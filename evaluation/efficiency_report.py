@@ -7,17 +7,16 @@ from matplotlib.figure import Figure
 
 from modeling_e2llm.markdown import markdown_table
 
-SYSTEMS = ("e2llm", "rag", "full")
-COLORS = {"e2llm": "tab:blue", "rag": "tab:green", "full": "tab:red"}
+SYSTEMS = ("e2llm", "e2llm_int8", "rag", "full")  # e2llm_int8: E2LLM with the int8 CPU encoder (--fast-encoder)
+COLORS = {"e2llm": "tab:blue", "e2llm_int8": "tab:cyan", "rag": "tab:green", "full": "tab:red"}
 TIME_PLOT, MEMORY_PLOT = "time.png", "memory.png"
 BUSY_LOAD_MARGIN = 0.5  # load average above the benchmark's own threads that flags a shared machine
 
 
 def _series(results: dict, system: str, key: str) -> tuple[list[int], list[float]]:
-    """(context tokens, median `key`) of `system` within the window and, for E2LLM, beyond it."""
+    """(context tokens, median `key`) of `system` within the window and (E2LLM) beyond it."""
     points = dict(results["medians"].get("compare", {}).get(system, {}))
-    if system == "e2llm":
-        points.update(results["medians"].get("long", {}).get("e2llm", {}))
+    points.update(results["medians"].get("long", {}).get(system, {}))  # E2LLM's runs beyond the window
     tokens = sorted(points, key=int)
     return [int(n) for n in tokens], [points[n][key] for n in tokens]
 
@@ -111,7 +110,16 @@ def _comparison(results: dict) -> list[str]:
               "prefill x", "total x", "working memory x"]
     return [f"## Within the window: E2LLM, RAG (top {results['settings']['top_k']} chunks) and the full context", "",
             markdown_table(header, rows), "Ratios (x): the other system's figure over E2LLM's. Prefill = time from "
-            "raw text to the first new token.", ""]
+            "raw text to the first new token.", ""] + _fast_encoder_prefill(compare)
+
+
+def _fast_encoder_prefill(compare: dict) -> list[str]:
+    """The full context's prefill over E2LLM's with the int8 encoder, at each length both ran (--fast-encoder)."""
+    fast, full = compare.get("e2llm_int8", {}), compare.get("full", {})
+    speedups = [f"{_fmt(full[tokens]['prefill_s'] / fast[tokens]['prefill_s'], 1)}x at {int(tokens):,} tokens"
+                for tokens in sorted(fast, key=int) if tokens in full]
+    return [f"With the int8 encoder (e2llm_int8), the full context's prefill over E2LLM's: {', '.join(speedups)}.",
+            ""] if speedups else []
 
 
 def _long(results: dict) -> list[str]:

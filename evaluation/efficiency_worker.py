@@ -203,6 +203,8 @@ def run(spec: dict) -> dict:
     began = time.perf_counter()
     model, processor, _ = load_benchmark_model(spec.get("model"), spec.get("encoder"), spec.get("decoder"),
                                                spec.get("encoder_tokens_per_chunk_token"))
+    if spec.get("fast_encoder"):
+        model.quantize_encoder()  # quantizing is part of loading: the int8 system's load_s includes it
     load_s = time.perf_counter() - began
     if spec.get("chunk_size"):
         processor.chunk_size = spec["chunk_size"]

@@ -8,10 +8,15 @@ k, overall and per needle family (the pool variants). Compare the methods on the
     python -m evaluation.hybrid_ranking --model embedded --ranking dense --ranking fused --variant pool \\
         --lengths 4000 8000 16000 32000 64000 --depths 0 25 50 75 100 --output runs/ranking.json
 
+`--fast-encoder` ranks every cell again with the int8 CPU encoder (`quantize_encoder`) and reports its accuracy
+cost: the cosine of its pooled chunk vectors to fp32 (mean and min over all chunks of the grid) and the share of
+cells whose needles are in the top 5 with both or with neither.
+
 No generation: the encoder alone, a few seconds per cell on a CPU.
 """
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -43,6 +48,23 @@ def needle_ranks(model, processor, example, scoring: str | None = None, ranking:
     return ranks
 
 
+@torch.no_grad()
+def pooled_cosines(model, fast_model, processor, example) -> torch.Tensor:
+    """(n_chunks,) cosine of each chunk's ranking vector from `fast_model` to the one from `model`."""
+    chunks = processor.encode_chunks([example.context])
+    ids, mask = chunks["chunk_input_ids"].to(model.device), chunks["chunk_attention_mask"].to(model.device)
+    exact, fast = (m.model.pool_chunks(ids, mask, for_scoring=True) for m in (model, fast_model))
+    return torch.nn.functional.cosine_similarity(exact, fast, dim=-1)
+
+
+def fast_encoder_agreement(model, fast_model, processor, examples, ranks, fast_ranks) -> dict:
+    """The int8 encoder's accuracy cost on the grid: pooled-vector cosines to fp32 and top-5 agreement."""
+    cosines = torch.cat([pooled_cosines(model, fast_model, processor, example) for example in examples])
+    same_top_5 = sum((max(r) < 5) == (max(f) < 5) for r, f in zip(ranks, fast_ranks)) / len(ranks)
+    return {"pooled_cosine_mean": cosines.mean().item(), "pooled_cosine_min": cosines.min().item(),
+            "cells_with_the_same_needles_in_top_5": same_top_5}
+
+
 def rank_summary(ranks: list[list[int]], top_ks: tuple[int, ...] = TOP_KS) -> dict:
     """Share of cells whose needles are all within the top k, for each k."""
     return {f"all_needles_in_top_{k}": sum(max(r) < k for r in ranks) / len(ranks) for k in top_ks}
@@ -68,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4000, 8000, 16000, 32000])
     parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100])
     parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK)
+    parser.add_argument("--fast-encoder", action="store_true",
+                        help="also rank with the int8 CPU encoder and report its agreement with fp32")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, required=True, help="JSON file of the ranks and summary")
     args = parser.parse_args(argv)
@@ -78,17 +102,28 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.model:
         model, processor, label = load_model(None if name == "embedded" else name)
         examples = needle_grid(args.variant, args.lengths, args.depths, essays, processor.tokenizer)
+        fast_model = copy.deepcopy(model).quantize_encoder() if args.fast_encoder else None
         for scoring in args.scoring or [model.config.hybrid_scoring]:
             for ranking in args.ranking or [model.config.hybrid_ranking]:
                 ranks = [needle_ranks(model, processor, example, scoring, ranking) for example in examples]
                 key = f"{name} ({scoring}, {ranking})"
-                results[key] = {"label": label, "scoring": scoring, "ranking": ranking, **rank_summary(ranks),
-                                "per_family": family_summaries(examples, ranks),
-                                "cells": [{"id": e.id, "needle_ranks": r} for e, r in zip(examples, ranks)]}
-                print(key, json.dumps({k: v for k, v in results[key].items() if k != "cells"}), flush=True)
+                results[key] = _result(label, scoring, ranking, examples, ranks)
+                if fast_model is not None:
+                    fast_ranks = [needle_ranks(fast_model, processor, example, scoring, ranking) for example in examples]
+                    results[f"{key} int8"] = {**_result(f"{label}, int8 encoder", scoring, ranking, examples, fast_ranks),
+                                              **fast_encoder_agreement(model, fast_model, processor, examples, ranks,
+                                                                       fast_ranks)}
+                for shown in (key, f"{key} int8") if fast_model is not None else (key,):
+                    print(shown, json.dumps({k: v for k, v in results[shown].items() if k != "cells"}), flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({"variant": args.variant, "models": results}, indent=1) + "\n")
     return results
+
+
+def _result(label: str, scoring: str, ranking: str, examples: list, ranks: list[list[int]]) -> dict:
+    return {"label": label, "scoring": scoring, "ranking": ranking, **rank_summary(ranks),
+            "per_family": family_summaries(examples, ranks),
+            "cells": [{"id": e.id, "needle_ranks": r} for e, r in zip(examples, ranks)]}
 
 
 if __name__ == "__main__":

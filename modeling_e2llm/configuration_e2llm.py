@@ -35,9 +35,10 @@ class E2LLMConfig(PreTrainedConfig):
         encoder_lora_layers: how many of the encoder's *last* layers get LoRA (paper: the last layers).
         encoder_lora_modules / decoder_lora_modules: linear-layer names that get LoRA.
         hybrid_scoring: which encoder hybrid recall ranks chunks with. `"tuned"`: the chunk encoder itself.
-            `"base"`: a frozen copy of the pretrained encoder (`model.scoring_encoder`), because LoRA tuned
-            for chunk tokens can make the encoder a worse retriever. Composing a new E2LLM picks `"base"`;
-            a model holding the copy can switch between the two at any time.
+            `"base"`: the pretrained encoder, because LoRA tuned for chunk tokens can make the encoder a worse
+            retriever: its frozen lower layers, shared with the chunk encoder (they run once), and frozen
+            pretrained copies of the top `encoder_lora_layers` layers (`model.ranking_layers`). Composing a new
+            E2LLM picks `"base"`; a model holding the copies can switch between the two at any time.
         hybrid_ranking: how hybrid recall scores a chunk against the question. `"dense"`: cosine of the two
             pooled encoder vectors alone, in which one short sentence is diluted by the rest of its chunk.
             `"fused"` (default; also for checkpoints saved before this setting existed): that cosine plus

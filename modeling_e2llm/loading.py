@@ -21,9 +21,18 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"
 RUN_SETTINGS_FILE = "demo.json"  # what training.train writes beside the LoRA files of a trained run
 
 
-def load_model(source: str | Path | None = None, trained: bool = True) -> tuple[E2LLMForCausalLM, E2LLMProcessor, str]:
+def load_model(source: str | Path | None = None, trained: bool = True,
+               fast_encoder: bool = False) -> tuple[E2LLMForCausalLM, E2LLMProcessor, str]:
     """`(model, processor, description)`: the model merged and in eval mode, and what it is in words (an
-    untrained adapter says so). `trained=False` applies to the embedded default only."""
+    untrained adapter says so). `trained=False` applies to the embedded default only. `fast_encoder`: the int8
+    CPU encoder path (`E2LLMForCausalLM.quantize_encoder`), said in the description."""
+    model, processor, description = _load(source, trained)
+    if fast_encoder:
+        model, description = model.quantize_encoder(), f"{description}, int8 encoder"
+    return model, processor, description
+
+
+def _load(source: str | Path | None, trained: bool) -> tuple[E2LLMForCausalLM, E2LLMProcessor, str]:
     if source is None:
         if trained and is_trained_run(DEMO_DIR):
             model, processor = load_trained_run(DEMO_DIR)

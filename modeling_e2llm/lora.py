@@ -11,8 +11,8 @@ from .configuration_e2llm import E2LLMConfig
 
 def lora_config(config: E2LLMConfig, encoder: bool = True, decoder: bool = True) -> LoraConfig:
     """LoRA on the decoder and on the encoder's last `config.encoder_lora_layers` layers, the adapter trained in
-    full (`modules_to_save`). Turn a part off to freeze it. The pretrained encoder copy that ranks chunks for
-    hybrid recall (`model.scoring_encoder`) never matches, so it stays frozen."""
+    full (`modules_to_save`). Turn a part off to freeze it. The pretrained copies of those layers that rank
+    chunks for hybrid recall (`model.ranking_layers`) never match, so they stay frozen."""
     targets = []
     if encoder and config.encoder_lora_layers > 0:
         n = config.encoder_config.num_hidden_layers

@@ -112,15 +112,16 @@ def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
     output = tmp_path / "efficiency"
     main(["--output", str(output), "--encoder", tiny_paths[0], "--decoder", tiny_paths[1], "--threads", "1",
           "--min-tokens", "2048", "--max-tokens", "4096", "--repeats", "1", "--new-tokens", "2",
-          "--cache-tokens", "500", "--cache-questions", "2", "--matmul-size", "256", "--encoder-batch-size", "4"])
+          "--cache-tokens", "500", "--cache-questions", "2", "--matmul-size", "256", "--encoder-batch-size", "4",
+          "--fast-encoder"])
     results = json.loads((output / RESULTS_FILE).read_text())
     assert {"cpu_model", "cores", "torch_threads", "torch_version"} <= results["machine"].keys()
     assert results["machine"]["torch_threads"] == 1 and results["matmul"]["peak_flops_per_s"] > 0
     runs = results["runs"]
     assert [run for run in runs if "error" in run] == []
     assert sorted((run["section"], run["system"]) for run in runs) == [
-        ("cache", "cached"), ("cache", "cached-kv"), ("cache", "uncached"), ("compare", "e2llm"), ("compare", "full"), ("compare", "rag"),
-        ("long", "e2llm")]
+        ("cache", "cached"), ("cache", "cached-kv"), ("cache", "uncached"), ("compare", "e2llm"),
+        ("compare", "e2llm_int8"), ("compare", "full"), ("compare", "rag"), ("long", "e2llm"), ("long", "e2llm_int8")]
     for run in runs:
         assert run["peak_mb"] >= run["rss_after_load_mb"] > 0 and run["working_mb"] >= 0 and run["total_s"] > 0
 
@@ -134,6 +135,9 @@ def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
     ratios = results["ratios"][tokens]["full"]
     assert ratios["prefill"] == pytest.approx(full["prefill_s"] / e2llm["prefill_s"])
     assert list(results["medians"]["long"]["e2llm"]) == ["4096"]
+    # the int8 system reads the same chunk tokens as E2LLM: the same decoder input, the same encoder work
+    int8 = compare["e2llm_int8"][tokens]
+    assert (int8["decoder_input_tokens"], int8["encoder_flops"]) == (e2llm["decoder_input_tokens"], e2llm["encoder_flops"])
     assert results["encoder_efficiency"]["4096"]["end_to_end_fraction"] > 0
     cache = results["context_cache"]["cache"]  # the tiny processor ships hybrid recall off: no second section
     assert list(results["context_cache"]) == ["cache"] and list(cache) == ["context_tokens", *CACHE_MODES]
@@ -145,7 +149,7 @@ def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
 
     summary = (output / SUMMARY_FILE).read_text()
     for heading in ("## Targets", "## Within the window", "## Beyond the window", "## Encoder throughput",
-                    "## Context cache"):
+                    "## Context cache", "With the int8 encoder (e2llm_int8), the full context's prefill"):
         assert heading in summary
     for plot in ("time.png", "memory.png"):
         assert (output / plot).read_bytes().startswith(PNG_MAGIC)

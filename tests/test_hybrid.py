@@ -124,11 +124,11 @@ def test_a_checkpoint_saved_before_hybrid_ranking_existed_loads_with_the_fused_r
 
 
 def _tune_chunk_encoder(model) -> None:
-    """What training does to the chunk encoder, in miniature: its weights move."""
+    """What training does to the chunk encoder, in miniature: the weights of the top layers LoRA tunes move."""
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for parameter in model.model.encoder.parameters():
-            parameter.add_(0.5 * parameter.std() * torch.randn(parameter.shape, generator=generator))
+        for parameter in model.model.encoder.encoder.layer[-model.config.encoder_lora_layers:].parameters():
+            parameter.add_(3 * parameter.std() * torch.randn(parameter.shape, generator=generator))
 
 
 def test_composed_model_ranks_with_the_pretrained_encoder_whatever_training_does_to_the_chunk_encoder(
@@ -143,7 +143,7 @@ def test_composed_model_ranks_with_the_pretrained_encoder_whatever_training_does
 
 def test_tuned_scoring_ranks_with_the_chunk_encoder_and_keeps_no_copy(tiny_paths, tiny_processor):
     model = E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths, hybrid_scoring="tuned").eval()
-    assert model.model.scoring_encoder is None
+    assert model.model.ranking_layers is None
     before = model.encode_context(TEXT, processor=tiny_processor)
     _tune_chunk_encoder(model)
     after = model.encode_context(TEXT, processor=tiny_processor)
@@ -166,7 +166,7 @@ def test_base_scoring_without_the_pretrained_copy_is_refused_with_the_fix(tiny_p
         model.hybrid_passages(TEXT, "topic 4", tiny_processor, top_k=2)
 
 
-def test_a_saved_model_keeps_its_scoring_encoder(tiny_model, tiny_processor, tmp_path):
+def test_a_saved_model_keeps_its_ranking_layers(tiny_model, tiny_processor, tmp_path):
     _tune_chunk_encoder(tiny_model)
     tiny_model.save_pretrained(tmp_path)
     loaded = E2LLMForCausalLM.from_pretrained(tmp_path).eval()
@@ -176,14 +176,14 @@ def test_a_saved_model_keeps_its_scoring_encoder(tiny_model, tiny_processor, tmp
     torch.testing.assert_close(scores, expected)
 
 
-def test_lora_leaves_the_scoring_encoder_frozen_and_untouched(tiny_model):
+def test_lora_leaves_the_ranking_layers_frozen_and_untouched(tiny_model):
     from peft import get_peft_model
 
     peft_model = get_peft_model(tiny_model, lora_config(tiny_model.config))
     trainable = [name for name, parameter in peft_model.named_parameters() if parameter.requires_grad]
     assert any(".encoder." in name and "lora_" in name for name in trainable)
-    assert not any("scoring_encoder" in name for name, _ in peft_model.named_modules() if "lora_" in name)
-    assert not any("scoring_encoder" in name for name in trainable)
+    assert not any("ranking_layers" in name for name, _ in peft_model.named_modules() if "lora_" in name)
+    assert not any("ranking_layers" in name for name in trainable)
 
 
 def test_needle_rank_is_zero_when_the_question_is_the_needle_chunk(tiny_model, tiny_processor, essay_text):
