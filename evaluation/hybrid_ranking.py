@@ -35,11 +35,7 @@ def needle_ranks(model, processor, example, scoring: str | None = None, ranking:
     ranking with the `scoring` encoder and the `ranking` method (default: the model's own)."""
     chunks = processor.encode_chunks([example.context])
     spans = chunks["offsets"].tolist()
-    pooled = model.model.pool_chunks(chunks["chunk_input_ids"].to(model.device),
-                                     chunks["chunk_attention_mask"].to(model.device), for_scoring=True, scoring=scoring)
-    texts = [example.context[begin:end] for begin, end in spans]
-    scores = model.chunk_scores(pooled, example.question, processor, scoring=scoring, chunk_texts=texts,
-                                ranking=ranking)  # (n_chunks,)
+    scores = model.chunk_scores(chunks, example.question, processor, scoring=scoring, ranking=ranking)  # (n_chunks,)
     order = torch.argsort(scores, descending=True).tolist()
     ranks = []
     for start in example.meta["needle_starts"]:

@@ -165,10 +165,7 @@ class RAGSystem(PlainDecoderSystem):
         spans = [tuple(span) for span in chunks["offsets"].tolist()]
         if len(spans) <= self.top_k:
             return spans
-        pooled = self.model.model.pool_chunks(chunks["chunk_input_ids"].to(self.model.device),
-                                              chunks["chunk_attention_mask"].to(self.model.device), for_scoring=True)
-        texts = [context[start:end] for start, end in spans]
-        scores = self.model.chunk_scores(pooled, query, self.processor, chunk_texts=texts)  # (n_chunks,)
+        scores = self.model.chunk_scores(chunks, query, self.processor)  # (n_chunks,)
         return [spans[index] for index in sorted(scores.topk(self.top_k).indices.tolist())]
 
 

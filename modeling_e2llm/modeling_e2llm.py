@@ -562,10 +562,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if not top_k or prompt is None:
             return []
         chunks = processor.encode_chunks([context]) if chunks is None else chunks
-        ids, mask = chunks["chunk_input_ids"].to(self.device), chunks["chunk_attention_mask"].to(self.device)
-        pooled = self.model.pool_chunks(ids, mask, for_scoring=True)  # (n_chunks, enc_hidden)
-        texts = [context[start:end] for start, end in chunks["offsets"].tolist()]
-        scores = self.chunk_scores(pooled, prompt, processor, chunk_texts=texts)
+        scores = self.chunk_scores(chunks, prompt, processor)  # (n_chunks,)
         return processor.select_passages(context, chunks["offsets"], scores, top_k, token_budget)
 
     def _hybrid_passages(self, caches: list[ContextCache], prompt, processor: E2LLMProcessor, top_k: int,
@@ -585,14 +582,15 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         return passages
 
     @torch.no_grad()
-    def chunk_scores(self, chunks: ContextCache | torch.Tensor, question: str, processor: E2LLMProcessor | None = None,
-                     scoring: str | None = None, chunk_texts: list[str] | None = None,
-                     ranking: str | None = None) -> torch.Tensor:
+    def chunk_scores(self, chunks: ContextCache | dict | torch.Tensor, question: str,
+                     processor: E2LLMProcessor | None = None, scoring: str | None = None,
+                     chunk_texts: list[str] | None = None, ranking: str | None = None) -> torch.Tensor:
         """Hybrid recall's ranking, the one used by generation, the RAG baseline, training's hybrid samples and
         the ranking report: (n_chunks,) score of each chunk for `question`, higher is better.
 
-        `chunks`: a cache, or pooled vectors (n_chunks, enc_hidden) of the ranking encoder (`scoring`, default
-        `config.hybrid_scoring`) with the chunks' texts `chunk_texts`. `ranking` (default `config.hybrid_ranking`):
+        `chunks`: a cache; one context's `processor.encode_chunks([context])`, pooled here by the ranking encoder
+        (`scoring`, default `config.hybrid_scoring`); or pooled vectors (n_chunks, enc_hidden) of the ranking
+        encoder with the chunks' texts `chunk_texts`. `ranking` (default `config.hybrid_ranking`):
         "dense", the cosine between the question's pooled vector and each chunk's; "fused", that cosine plus
         BM25 over encoder token ids, each standardized over the chunks. A question of several sentences (three
         things asked at once) scores each chunk by its best sentence: one vector of all of them matches none of
@@ -605,6 +603,10 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if isinstance(chunks, ContextCache):
             pooled, chunk_texts = chunks.pooled, chunks.chunk_texts
             chunk_ids, chunk_mask = chunks.chunk_input_ids, chunks.chunk_attention_mask  # None in an older cache
+        elif isinstance(chunks, dict):  # the lexical score reads the same encoder ids the dense one pools
+            chunk_ids, chunk_mask = chunks["chunk_input_ids"], chunks["chunk_attention_mask"]
+            pooled = self.model.pool_chunks(chunk_ids.to(self.device), chunk_mask.to(self.device), for_scoring=True,
+                                            scoring=scoring)  # (n_chunks, enc_hidden)
         else:
             pooled = chunks
         sentences = split_sentences(question) or [question]

@@ -109,6 +109,14 @@ def test_a_question_of_several_sentences_scores_each_chunk_by_its_best_sentence(
     assert scores.topk(2).indices.sort().values.tolist() == [2, 9]
 
 
+def test_a_contexts_encoded_chunks_rank_as_its_context_cache_does(tiny_model, tiny_processor):
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    for ranking in ("dense", "fused"):
+        torch.testing.assert_close(tiny_model.chunk_scores(tiny_processor.encode_chunks([TEXT]), "topic 4",
+                                                           tiny_processor, ranking=ranking),
+                                   tiny_model.chunk_scores(cache, "topic 4", tiny_processor, ranking=ranking))
+
+
 def test_pooled_vectors_without_their_texts_are_refused_by_the_fused_ranking(tiny_model, tiny_processor):
     pooled = tiny_model.model.pool_chunks(*_chunk_inputs(tiny_processor), for_scoring=True)
     with pytest.raises(ValueError, match="pass chunk_texts"):
