@@ -618,7 +618,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
                                                       dim=-1).cpu()  # (n_chunks, n_sentences)
         if ranking == "dense":
             return dense.max(dim=1).values
-        if chunk_texts is None or len(chunk_texts) != len(dense):
+        if chunk_ids is None and (chunk_texts is None or len(chunk_texts) != len(dense)):
             raise ValueError("The fused ranking reads the chunks' words: pass chunk_texts, one per pooled vector.")
         lexical = _lexical_scores(processor.encoder_tokenizer, chunk_texts, sentences, chunk_ids,
                                   chunk_mask)  # (n_chunks, n_sentences)
