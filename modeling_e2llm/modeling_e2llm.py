@@ -663,7 +663,8 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     def quantize_encoder(self) -> "E2LLMForCausalLM":
         """The fast CPU encoder path, for inference: every linear layer of the chunk encoder and of the ranking
         layers becomes an `Int8Linear`, in place (the adapter and the decoder stay as they are). On a 2-core AVX2
-        CPU the encoder runs about 1.5x faster, its pooled vectors within cosine ~0.99 of fp32 (README, "Speed").
+        CPU all-MiniLM-L6-v2 then encoded 1M tokens 1.4x faster (157 s against 224 s), its pooled vectors at a mean
+        cosine of 0.99 to fp32 (0.97-0.98 for the worst chunk), ranking the same needle chunks first.
         Irreversible: load the model again for fp32. Returns the model."""
         if self.device.type != "cpu":
             raise ValueError(f"quantize_encoder makes int8 CPU kernels, but the model is on {self.device}: "
