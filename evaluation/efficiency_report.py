@@ -123,21 +123,22 @@ def _fast_encoder_prefill(compare: dict) -> list[str]:
 
 
 def _long(results: dict) -> list[str]:
-    if not results["medians"].get("long"):  # --max-tokens within the window: nothing was measured beyond it
+    long = results["medians"].get("long")
+    if not long:  # --max-tokens within the window: nothing was measured beyond it
         return []
-    rows = [[f"{int(tokens):,}", _fmt(figures["encoder_chunks"], 0), _fmt(figures["decoder_input_tokens"], 0),
-             _fmt(figures["prefill_s"]),
-             _fmt(figures["total_s"]), _fmt(1000 * figures["total_s"] / int(tokens), 3), _fmt(figures["working_mb"], 1),
-             _fmt(figures["process_peak_mb"], 0)]
-            for tokens, figures in sorted(results["medians"]["long"].get("e2llm", {}).items(), key=lambda i: int(i[0]))]
-    header = ["context tokens", "chunks", "decoder input tokens", "prefill s", "total s", "s per 1K tokens",
+    rows = [[f"{int(tokens):,}", system, _fmt(figures["encoder_chunks"], 0), _fmt(figures["decoder_input_tokens"], 0),
+             _fmt(figures["prefill_s"]), _fmt(figures["total_s"]), _fmt(1000 * figures["total_s"] / int(tokens), 3),
+             _fmt(figures["working_mb"], 1), _fmt(figures["process_peak_mb"], 0)]
+            for system in SYSTEMS if system in long  # e2llm and, with --fast-encoder, e2llm_int8
+            for tokens, figures in sorted(long[system].items(), key=lambda i: int(i[0]))]
+    header = ["context tokens", "system", "chunks", "decoder input tokens", "prefill s", "total s", "s per 1K tokens",
               "working MB", "process peak MB"]
     lines = [f"## Beyond the window: E2LLM alone (chunk size {results['settings']['long_chunk_size']} characters)",
              "", markdown_table(header, rows).rstrip("\n")]
     line = results["linearity"]
     if line:
-        lines += ["", f"Straight-line fit from 64K tokens: {1000 * line['seconds_per_token']:.3f} s per 1K tokens "
-                      f"+ {line['intercept_s']:.1f} s; largest deviation {line['max_deviation']:.3f}x."]
+        lines += ["", f"Straight-line fit from 64K tokens (e2llm): {1000 * line['seconds_per_token']:.3f} s per 1K "
+                      f"tokens + {line['intercept_s']:.1f} s; largest deviation {line['max_deviation']:.3f}x."]
     return lines + [""]
 
 

@@ -151,6 +151,7 @@ def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
     for heading in ("## Targets", "## Within the window", "## Beyond the window", "## Encoder throughput",
                     "## Context cache", "With the int8 encoder (e2llm_int8), the full context's prefill"):
         assert heading in summary
+    assert "| 4,096 | e2llm_int8 |" in summary  # beyond the window, the int8 row beside E2LLM's
     for plot in ("time.png", "memory.png"):
         assert (output / plot).read_bytes().startswith(PNG_MAGIC)
 
