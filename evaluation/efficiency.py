@@ -6,13 +6,16 @@ compression knob) instead of every context token.
                                     [--max-tokens 1048576] [--repeats 3] [--threads N]
 
 - Up to the decoder's window (1K, 2K, 4K, 8K context tokens by default; the largest is cut so that the
-  plain prompt and the answer fit): E2LLM, RAG (top-k chunks by the encoder's similarity, as raw
-  text) and the same decoder reading the full text answer one question with `--new-tokens` tokens.
-  Measured: time to first token (prefill, from raw text), total time, peak RSS and working memory
-  (peak above the RSS right after loading).
-- Beyond the window (16K ... --max-tokens), E2LLM alone, with the smallest chunk size at which the
+  plain prompt and the answer fit), each system answers one question with `--new-tokens` tokens: `e2llm`
+  (as the model ships: with hybrid recall if it is on), `e2llm_plain` (hybrid recall off; only when the model
+  ships it on), `rag_topK` for each `--top-k` K (the K chunks hybrid recall's ranking puts first, as raw text;
+  by default 5, as many passages as hybrid recall quotes, and the paper's 40) and `full` (the same decoder
+  reading the whole text). Measured: time to first token (prefill, from raw text), total time, peak RSS and
+  working memory (peak above the RSS right after loading).
+- Beyond the window (16K ... --max-tokens), the E2LLM systems, with the smallest chunk size at which the
   longest context's chunk tokens fit the window (refused where none does: with the knob a context of N
-  encoder tokens takes at least N / K chunk tokens, whatever the chunk size).
+  encoder tokens takes at least N / K chunk tokens, whatever the chunk size), and RAG up to
+  RAG_LONG_MAX_TOKENS.
 - `--fast-encoder`: E2LLM with the int8 CPU encoder (`quantize_encoder`) as one more system, `e2llm_int8`,
   beside the fp32 E2LLM in both sections.
 - Context cache: --cache-questions questions about one --cache-tokens document, re-encoded for each
@@ -48,10 +51,10 @@ from tqdm.auto import tqdm
 
 from modeling_e2llm import flops
 
-from .efficiency_report import SYSTEMS, save_plots, summary_markdown
+from .efficiency_report import save_plots, summary_markdown
 from .efficiency_worker import load_benchmark_model
 from .niah import DEFAULT_HAYSTACK, haystack_prefix, load_haystack_essays
-from .systems import RAG_TOP_K, FullSystem
+from .systems import FullSystem
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_FILE, SUMMARY_FILE = "efficiency.json", "summary.md"
@@ -69,6 +72,10 @@ CACHE_QUESTIONS = (
     "What is the author's view on schools and universities?",
 )
 LINEAR_FROM = 65_536  # the linearity target covers 64K tokens and up
+# RAG runs beyond the window up to here (100K, where the issue compares it): past it, its cost is encoding every
+# chunk to rank it, as E2LLM's rows already show, and each 1M-token run takes minutes.
+RAG_LONG_MAX_TOKENS = 131_072
+RAG_TOP_KS = (5, 40)  # as many passages as hybrid recall quotes by default, and the paper's top 40
 ONE_MILLION = 1_000_000
 TARGETS = {"prefill_speedup": 25.0, "working_memory_ratio": 10.0, "peak_rss_1m_mb": 4096.0,
            "linearity": 1.2, "encoder_matmul_fraction": 0.70, "cache_speedup": 5.0, "cached_question_ttft_s": 1.0}
@@ -147,12 +154,17 @@ def write_texts(essays: list[str], tokenizer, lengths: dict[int, int], folder: P
     return texts
 
 
+def benchmark_systems(top_ks: list[int], hybrid: bool, fast_encoder: bool) -> list[str]:
+    """The systems one run compares, in table order (see the module docstring)."""
+    return ["e2llm", *["e2llm_plain"] * hybrid, *["e2llm_int8"] * fast_encoder, *[f"rag_top{k}" for k in top_ks],
+            "full"]
+
+
 def plan_jobs(compare: dict, long: dict, cache: tuple[int, Path], repeats: int, long_chunk_size: int,
-              hybrid: bool = False, fast_encoder: bool = False) -> list[dict]:
+              systems: list[str], hybrid: bool = False) -> list[dict]:
     """Every worker run, repetition by repetition; the systems' order flips each repetition so that a
     slow phase of the machine hits them all alike. `hybrid`: the model ships with hybrid recall on, so the
-    context cache is measured with it off too. `fast_encoder`: with the `e2llm_int8` system."""
-    systems = [system for system in SYSTEMS if fast_encoder or system != "e2llm_int8"]
+    context cache is measured with it off too."""
     jobs = []
     for repeat in range(repeats):
         order = systems if repeat % 2 == 0 else systems[::-1]
@@ -161,17 +173,26 @@ def plan_jobs(compare: dict, long: dict, cache: tuple[int, Path], repeats: int, 
                       "text_path": str(path)} for system in order]
         jobs += [{"section": "long", "system": system, "context_tokens": tokens, "repeat": repeat,
                   "text_path": str(path), "chunk_size": long_chunk_size}
-                 for tokens, path in long.values() for system in order if system.startswith("e2llm")]
+                 for tokens, path in long.values() for system in order
+                 if system.startswith("e2llm") or (system.startswith("rag") and tokens <= RAG_LONG_MAX_TOKENS)]
         modes = CACHE_MODES if repeat % 2 == 0 else CACHE_MODES[::-1]
         jobs += [{"section": section, "system": mode, "context_tokens": cache[0], "repeat": repeat,
                   "text_path": str(cache[1])} for section in list(CACHE_SECTIONS)[:1 + hybrid] for mode in modes]
     return jobs
 
 
+def system_spec(system: str) -> dict:
+    """How the worker runs a benchmark system: its `evaluation.systems` name and settings."""
+    if system.startswith("rag_top"):
+        return {"system": "rag", "top_k": int(system.removeprefix("rag_top"))}
+    return {"system": "e2llm" if system.startswith("e2llm") else system, "fast_encoder": system == "e2llm_int8",
+            "hybrid_top_k": 0 if system == "e2llm_plain" else None}  # None: as the processor ships it
+
+
 def worker_spec(job: dict, settings: dict) -> dict:
     spec = {"model": settings["model"], "encoder": settings["encoder"], "decoder": settings["decoder"],
             "encoder_tokens_per_chunk_token": settings["encoder_tokens_per_chunk_token"],
-            "threads": settings["threads"], "new_tokens": settings["new_tokens"], "top_k": settings["top_k"],
+            "threads": settings["threads"], "new_tokens": settings["new_tokens"],
             "encoder_batch_size": settings["encoder_batch_size"], "text_path": job["text_path"],
             "chunk_size": job.get("chunk_size")}
     if job["section"] in CACHE_SECTIONS:
@@ -179,9 +200,7 @@ def worker_spec(job: dict, settings: dict) -> dict:
         return {**spec, "mode": "questions", "cached": job["system"] != "uncached",
                 "reuse_prefix": job["system"] == "cached-kv", "hybrid_top_k": CACHE_SECTIONS[job["section"]],
                 "questions": questions[:settings["cache_questions"]]}
-    fast_encoder = job["system"] == "e2llm_int8"
-    return {**spec, "mode": "answer", "system": "e2llm" if fast_encoder else job["system"], "question": QUESTION,
-            "fast_encoder": fast_encoder}
+    return {**spec, "mode": "answer", "question": QUESTION, **system_spec(job["system"])}
 
 
 def run_worker(spec: dict, folder: Path) -> dict:
@@ -225,9 +244,9 @@ def comparison_ratios(compare: dict) -> dict:
     """context tokens -> other system -> how many times more it costs than E2LLM (median over median)."""
     ratios = {}
     for tokens, e2llm in compare.get("e2llm", {}).items():
-        for other in ("full", "rag", "e2llm_int8"):  # int8: its cost relative to the fp32 encoder's
-            figures = compare.get(other, {}).get(tokens)
-            if figures is None:
+        for other, by_length in compare.items():  # the E2LLM variants too: their cost relative to E2LLM's
+            figures = by_length.get(tokens)
+            if other == "e2llm" or figures is None:
                 continue
             ratios.setdefault(tokens, {})[other] = {
                 "prefill": _ratio(figures["prefill_s"], e2llm["prefill_s"]),
@@ -347,7 +366,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="repetitions of every measurement (median)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens every answer generates")
-    parser.add_argument("--top-k", type=int, default=RAG_TOP_K, help="chunks RAG retrieves (paper: 40)")
+    parser.add_argument("--top-k", type=int, nargs="+", default=list(RAG_TOP_KS),
+                        help="chunks RAG retrieves, one system per value (default: 5, hybrid recall's default, and 40, "
+                             "the paper's)")
     parser.add_argument("--encoder-batch-size", type=int, default=None,
                         help="chunks per encoder forward (default: the model's config)")
     parser.add_argument("--cache-tokens", type=int, default=100_000, help="length of the context cache document")
@@ -357,10 +378,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.min_tokens <= args.max_tokens:
         parser.error(f"need 1 <= --min-tokens <= --max-tokens, got {args.min_tokens} and {args.max_tokens}.")
-    for name in ("repeats", "threads", "new_tokens", "top_k", "cache_tokens", "cache_questions", "matmul_size",
+    for name in ("repeats", "threads", "new_tokens", "cache_tokens", "cache_questions", "matmul_size",
                  "encoder_batch_size", "encoder_tokens_per_chunk_token"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if min(args.top_k) < 1 or len(set(args.top_k)) < len(args.top_k):
+        parser.error(f"--top-k takes distinct chunk counts of at least 1, got {' '.join(map(str, args.top_k))}.")
     if (args.encoder is None) != (args.decoder is None) or (args.encoder and args.model):
         parser.error("give --encoder and --decoder together, or --model alone (or neither: the embedded default).")
     if args.model and args.encoder_tokens_per_chunk_token is not None:
@@ -380,7 +403,8 @@ def benchmark_settings(args: argparse.Namespace) -> tuple[dict, object]:
         chunk_prompt += processor.hybrid_token_budget
     settings = {"model": args.model, "encoder": args.encoder, "decoder": args.decoder, "model_label": label,
                 "encoder_tokens_per_chunk_token": model.config.encoder_tokens_per_chunk_token,
-                "threads": args.threads, "repeats": args.repeats, "new_tokens": args.new_tokens, "top_k": args.top_k,
+                "threads": args.threads, "repeats": args.repeats, "new_tokens": args.new_tokens,
+                "systems": benchmark_systems(args.top_k, bool(processor.hybrid_top_k), args.fast_encoder),
                 "question": QUESTION, "window": window, "chunk_size": processor.chunk_size,
                 "encoder_batch_size": args.encoder_batch_size or model.config.encoder_batch_size,
                 "hybrid_top_k": processor.hybrid_top_k,
@@ -441,8 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
         machine = machine_description(args.threads)
         matmul = [matmul_flops_per_s(args.matmul_size, args.threads)]
         jobs = plan_jobs(texts["compare"], texts["long"], texts["cache"][args.cache_tokens], args.repeats,
-                         settings["long_chunk_size"], hybrid=bool(settings["hybrid_top_k"]),
-                         fast_encoder=args.fast_encoder)
+                         settings["long_chunk_size"], settings["systems"], hybrid=bool(settings["hybrid_top_k"]))
         runs = run_jobs(jobs, settings, Path(scratch))
         matmul.append(matmul_flops_per_s(args.matmul_size, args.threads))
     results = {"command": command} | analyse(runs, settings, machine, matmul, texts["cache"][args.cache_tokens][0])

@@ -7,27 +7,32 @@ from matplotlib.figure import Figure
 
 from modeling_e2llm.markdown import markdown_table
 
-SYSTEMS = ("e2llm", "e2llm_int8", "rag", "full")  # e2llm_int8: E2LLM with the int8 CPU encoder (--fast-encoder)
-COLORS = {"e2llm": "tab:blue", "e2llm_int8": "tab:cyan", "rag": "tab:green", "full": "tab:red"}
+# The systems of results written before `settings["systems"]` existed (one RAG, at settings["top_k"]).
+EARLIER_SYSTEMS = ("e2llm", "e2llm_int8", "rag", "full")
 TIME_PLOT, MEMORY_PLOT = "time.png", "memory.png"
 BUSY_LOAD_MARGIN = 0.5  # load average above the benchmark's own threads that flags a shared machine
 
 
+def systems_of(results: dict) -> list[str]:
+    """The systems the run compared, in table order."""
+    return results["settings"].get("systems", EARLIER_SYSTEMS)
+
+
 def _series(results: dict, system: str, key: str) -> tuple[list[int], list[float]]:
-    """(context tokens, median `key`) of `system` within the window and (E2LLM) beyond it."""
+    """(context tokens, median `key`) of `system` within the window and beyond it."""
     points = dict(results["medians"].get("compare", {}).get(system, {}))
-    points.update(results["medians"].get("long", {}).get(system, {}))  # E2LLM's runs beyond the window
+    points.update(results["medians"].get("long", {}).get(system, {}))
     tokens = sorted(points, key=int)
     return [int(n) for n in tokens], [points[n][key] for n in tokens]
 
 
 def _plot_lines(ax, results: dict, styles: dict[str, str]) -> None:
     """One line per system and figure (figure name -> line style) over context tokens, log-log."""
-    for system in SYSTEMS:
+    for index, system in enumerate(systems_of(results)):
         for key, style in styles.items():
             tokens, values = _series(results, system, key)
             if tokens:
-                ax.plot(tokens, values, style, marker="o", color=COLORS[system],
+                ax.plot(tokens, values, style, marker="o", color=f"C{index}",
                         label=f"{system} {key.rsplit('_', 1)[0]}")
     ax.axvline(results["settings"]["window"], color="grey", linestyle=":", label="decoder window")
     ax.set_xscale("log")
@@ -97,7 +102,7 @@ def _comparison(results: dict) -> list[str]:
     compare = results["medians"].get("compare", {})
     rows = []
     for tokens in sorted(compare.get("e2llm", {}), key=int):
-        for system in SYSTEMS:
+        for system in systems_of(results):
             figures = compare.get(system, {}).get(tokens)
             if figures is None:
                 continue
@@ -108,9 +113,13 @@ def _comparison(results: dict) -> list[str]:
                          _fmt(ratio.get("working_memory"), 1)])
     header = ["context tokens", "system", "decoder input tokens", "prefill s", "total s", "working MB", "peak MB",
               "prefill x", "total x", "working memory x"]
-    return [f"## Within the window: E2LLM, RAG (top {results['settings']['top_k']} chunks) and the full context", "",
-            markdown_table(header, rows), "Ratios (x): the other system's figure over E2LLM's. Prefill = time from "
-            "raw text to the first new token.", ""] + _fast_encoder_prefill(compare)
+    earlier_rag = results["settings"].get("top_k")  # results written before rag_topK: one RAG, named rag
+    title = "## Within the window: E2LLM, RAG and the full context" + (
+        f" (rag: top {earlier_rag} chunks)" if earlier_rag else "")
+    return [title, "", markdown_table(header, rows),
+            "Ratios (x): the other system's figure over E2LLM's (`e2llm`: as the model ships, hybrid recall included "
+            "if on; `e2llm_plain`: hybrid recall off; `rag_topK`: the K best-ranked chunks as text). Prefill = time "
+            "from raw text to the first new token.", ""] + _fast_encoder_prefill(compare)
 
 
 def _fast_encoder_prefill(compare: dict) -> list[str]:
@@ -129,11 +138,11 @@ def _long(results: dict) -> list[str]:
     rows = [[f"{int(tokens):,}", system, _fmt(figures["encoder_chunks"], 0), _fmt(figures["decoder_input_tokens"], 0),
              _fmt(figures["prefill_s"]), _fmt(figures["total_s"]), _fmt(1000 * figures["total_s"] / int(tokens), 3),
              _fmt(figures["working_mb"], 1), _fmt(figures["process_peak_mb"], 0)]
-            for system in SYSTEMS if system in long  # e2llm and, with --fast-encoder, e2llm_int8
+            for system in systems_of(results) if system in long
             for tokens, figures in sorted(long[system].items(), key=lambda i: int(i[0]))]
     header = ["context tokens", "system", "chunks", "decoder input tokens", "prefill s", "total s", "s per 1K tokens",
               "working MB", "process peak MB"]
-    lines = [f"## Beyond the window: E2LLM alone (chunk size {results['settings']['long_chunk_size']} characters)",
+    lines = [f"## Beyond the window: E2LLM and RAG (chunk size {results['settings']['long_chunk_size']} characters)",
              "", markdown_table(header, rows).rstrip("\n")]
     line = results["linearity"]
     if line:

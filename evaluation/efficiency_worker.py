@@ -5,7 +5,8 @@
 `evaluation.efficiency` writes SPEC (which model, which system, which text) and reads RESULT. Modes:
 
 - `answer`: one system answers one question about the text with exactly `new_tokens` greedy tokens:
-  `e2llm` through the model's raw-text `generate`, `full` and `rag` from `evaluation.systems`.
+  `e2llm` through the model's raw-text `generate` (`hybrid_top_k` as it takes it; `fast_encoder`: int8),
+  `full` and `rag` (its `top_k` chunks) from `evaluation.systems`.
   Forward hooks time the stages: the encoder's forwards, the decoder's first call (everything before
   it turns raw text into decoder inputs) and the LM head's first call (the first token: time to
   first token, i.e. prefill).
@@ -167,8 +168,10 @@ def _answerer(model, processor, spec: dict):
     question, new_tokens = spec["question"], spec["new_tokens"]
     if spec["system"] == "e2llm":
         return lambda text: model.generate(context=text, prompt=question, processor=processor,
-                                           max_new_tokens=new_tokens, do_sample=False)
-    system = build_system(spec["system"], model, processor, max_new_tokens=new_tokens, top_k=spec["top_k"])
+                                           max_new_tokens=new_tokens, do_sample=False,
+                                           hybrid_top_k=spec["hybrid_top_k"])
+    rag_settings = {"top_k": spec["top_k"]} if spec["system"] == "rag" else {}
+    system = build_system(spec["system"], model, processor, max_new_tokens=new_tokens, **rag_settings)
     return lambda text: system.predict(_example(text, question))
 
 

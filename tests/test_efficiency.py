@@ -1,6 +1,7 @@
 """Efficiency benchmark: the FLOP count, the memory probes, the length plan, and one end-to-end run on the
 tiny models that writes the JSON, the plots and the summary."""
 
+import copy
 import json
 import statistics
 
@@ -8,9 +9,10 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from evaluation.efficiency import (CACHE_MODES, RESULTS_FILE, SUMMARY_FILE, TARGETS, check_targets, chunk_size_that_fits,
-                                   context_lengths, linearity, main, parse_arguments, write_texts)
-from evaluation.efficiency_worker import load_benchmark_model, memory_mb, reset_peak_memory
+from evaluation.efficiency import (CACHE_MODES, QUESTION, RESULTS_FILE, SUMMARY_FILE, TARGETS, check_targets,
+                                   chunk_size_that_fits, context_lengths, linearity, main, parse_arguments, system_spec,
+                                   write_texts)
+from evaluation.efficiency_worker import load_benchmark_model, measure_answer, memory_mb, reset_peak_memory
 from modeling_e2llm.flops import encoder_flops
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -108,6 +110,13 @@ def test_an_encoder_without_a_decoder_is_refused(tiny_paths, tmp_path, capsys):
     assert "--encoder and --decoder together" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("top_k", [["5", "5"], ["0", "40"]])
+def test_rag_chunk_counts_must_be_distinct_and_positive(top_k, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_arguments(["--output", str(tmp_path), "--top-k", *top_k])
+    assert f"--top-k takes distinct chunk counts of at least 1, got {' '.join(top_k)}" in capsys.readouterr().err
+
+
 def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
     output = tmp_path / "efficiency"
     main(["--output", str(output), "--encoder", tiny_paths[0], "--decoder", tiny_paths[1], "--threads", "1",
@@ -121,7 +130,8 @@ def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
     assert [run for run in runs if "error" in run] == []
     assert sorted((run["section"], run["system"]) for run in runs) == [
         ("cache", "cached"), ("cache", "cached-kv"), ("cache", "uncached"), ("compare", "e2llm"),
-        ("compare", "e2llm_int8"), ("compare", "full"), ("compare", "rag"), ("long", "e2llm"), ("long", "e2llm_int8")]
+        ("compare", "e2llm_int8"), ("compare", "full"), ("compare", "rag_top40"), ("compare", "rag_top5"),
+        ("long", "e2llm"), ("long", "e2llm_int8"), ("long", "rag_top40"), ("long", "rag_top5")]
     for run in runs:
         assert run["peak_mb"] >= run["rss_after_load_mb"] > 0 and run["working_mb"] >= 0 and run["total_s"] > 0
 
@@ -135,6 +145,8 @@ def test_the_benchmark_runs_end_to_end_on_tiny_models(tiny_paths, tmp_path):
     ratios = results["ratios"][tokens]["full"]
     assert ratios["prefill"] == pytest.approx(full["prefill_s"] / e2llm["prefill_s"])
     assert list(results["medians"]["long"]["e2llm"]) == ["4096"]
+    # RAG at top 5 reads fewer chunks than at top 40, each system with its own top k
+    assert compare["rag_top5"][tokens]["decoder_input_tokens"] < compare["rag_top40"][tokens]["decoder_input_tokens"]
     # the int8 system reads the same chunk tokens as E2LLM: the same decoder input, the same encoder work
     int8 = compare["e2llm_int8"][tokens]
     assert (int8["decoder_input_tokens"], int8["encoder_flops"]) == (e2llm["decoder_input_tokens"], e2llm["encoder_flops"])
@@ -174,3 +186,16 @@ def test_the_benchmark_composes_with_the_knob_and_refuses_it_for_a_saved_model(t
     with pytest.raises(SystemExit):
         parse_arguments(["--output", str(tmp_path), "--model", str(tmp_path), "--encoder-tokens-per-chunk-token", "4"])
     assert "a saved --model keeps its own setting" in capsys.readouterr().err
+
+
+def test_plain_e2llm_reads_the_chunk_tokens_without_the_passages_a_hybrid_model_quotes(tiny_model, tiny_processor,
+                                                                                      essay_text, tmp_path):
+    processor = copy.copy(tiny_processor)  # the fixture ships hybrid recall off; this model ships it on
+    processor.hybrid_top_k = 3
+    text = tmp_path / "text.txt"
+    text.write_text(essay_text[:3000], encoding="utf-8")
+    spec = {"mode": "answer", "text_path": str(text), "new_tokens": 1, "question": QUESTION, "threads": 1}
+    decoder_tokens = {system: measure_answer(tiny_model, processor, spec | system_spec(system))["decoder_input_tokens"]
+                      for system in ("e2llm", "e2llm_plain")}
+    plain_prompt = processor.encode_prompts([processor.encode_chunks([essay_text[:3000]])["num_chunks"][0]], QUESTION)
+    assert decoder_tokens["e2llm_plain"] == plain_prompt["input_ids"].shape[1] < decoder_tokens["e2llm"]
