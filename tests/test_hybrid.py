@@ -10,7 +10,7 @@ from evaluation.hybrid_ranking import family_summaries, needle_ranks, rank_summa
 from evaluation.niah import needle_example
 from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.lora import lora_config
-from modeling_e2llm.modeling_e2llm import bm25_scores
+from modeling_e2llm.processing_e2llm import bm25_scores
 
 SENTENCES = [f"Paragraph {i} talks about topic number {i} in some detail. " for i in range(12)]
 TEXT = "".join(SENTENCES)
