@@ -94,17 +94,18 @@ def test_text_generation_returns_new_tokens_matching_the_token_path(tiny_model, 
 
 
 def test_beam_search_with_several_returns_gets_the_right_chunks(tiny_model, tiny_processor):
-    """The beams' final scores as well as their tokens: the tiny random decoder's tokens hardly depend on the
-    chunks it reads."""
+    """The logits of every beam as well as the returned tokens: the tiny random decoder's tokens hardly depend on
+    the chunks it reads."""
     batch = tiny_processor([TEXT, SHORT], ["Who chaired?", "What was lunch?"])
-    settings = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, output_scores=True,
+    settings = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, output_logits=True,
                     return_dict_in_generate=True)
     beams = tiny_model.generate(**batch, **settings)
+    beam_logits = torch.stack(beams.logits)  # (new tokens, 2 x 3 beams, vocab)
     for row, (context, prompt) in enumerate([(TEXT, "Who chaired?"), (SHORT, "What was lunch?")]):
         single = tiny_model.generate(context=context, prompt=prompt, processor=tiny_processor, **settings)
         assert beams.sequences[2 * row: 2 * row + 2, -4:].tolist() == single.sequences[:, -4:].tolist()
-        torch.testing.assert_close(beams.sequences_scores[2 * row: 2 * row + 2], single.sequences_scores,
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(beam_logits[:, 3 * row: 3 * row + 3], torch.stack(single.logits), atol=1e-4,
+                                   rtol=1e-4)
 
 
 def test_streamer_receives_the_generated_tokens(tiny_model, tiny_processor):
