@@ -23,8 +23,8 @@ from transformers.utils import logging as transformers_logging
 from .configuration_e2llm import HYBRID_RANKINGS, HYBRID_SCORING, E2LLMConfig, check_source
 from .context_cache import (ContextCache, as_caches, can_start_from_a_prefix, decoder_cache_of_prefixes,
                             text_fingerprint, weights_fingerprint)
-from .processing_e2llm import (E2LLMProcessor, _as_list, _broadcast, add_chunk_token, chunk_token_counts,
-                               lexical_scores, split_sentences)
+from .processing_e2llm import (E2LLMProcessor, _as_list, _broadcast, add_chunk_token, check_processor_matches,
+                               chunk_token_counts, lexical_scores, split_sentences)
 
 # The fused ranking's weight of the standardized BM25 score against the standardized cosine. On NIAH grids of
 # needles asked in other words (evaluation/results/hybrid-ranking) 0.2 put the most needles' chunks in the top 5:
@@ -657,39 +657,15 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
                 raise ValueError("This model was built in memory, so no processor is saved beside it: "
                                  "pass processor=E2LLMProcessor.from_encoder_decoder_pretrained(...).")
             self._processor = E2LLMProcessor.from_pretrained(source, trust_remote_code=True, **self._processor_kwargs)
-            self._check_processor(self._processor)
+            check_processor_matches(self._processor, self.config, self.get_input_embeddings().num_embeddings)
         return self._processor
 
     def _processor_for(self, processor: E2LLMProcessor | None) -> E2LLMProcessor:
         """The processor a call was given (checked against this model), else the one saved beside it."""
         if processor is None:
             return self.get_processor()  # checked once, when loaded
-        self._check_processor(processor)
+        check_processor_matches(processor, self.config, self.get_input_embeddings().num_embeddings)
         return processor
-
-    def _check_processor(self, processor) -> None:
-        if processor.chunk_token_id != self.config.chunk_token_id:
-            raise ValueError(
-                f"The processor's chunk token {processor.chunk_token!r} has id {processor.chunk_token_id} but "
-                f"the model expects id {self.config.chunk_token_id}: processor and model come from different "
-                "checkpoints. Load both from the same folder.")
-        k = self.config.encoder_tokens_per_chunk_token
-        # A processor of code from before the setting has no attribute: it writes one placeholder per chunk.
-        given = getattr(processor, "encoder_tokens_per_chunk_token", None)
-        if given != k:  # it would write the wrong number of placeholders
-            raise ValueError(
-                f"The processor has encoder_tokens_per_chunk_token={given} but "
-                f"the model pools with {k}: set processor.encoder_tokens_per_chunk_token = {k}, or load both from "
-                "the same folder.")
-        encoder_vocab = self.config.encoder_config.vocab_size
-        if len(processor.encoder_tokenizer) > encoder_vocab:
-            raise ValueError(
-                f"The processor's encoder tokenizer has {len(processor.encoder_tokenizer)} tokens but the "
-                f"model's encoder has {encoder_vocab} embeddings: they belong to different encoders.")
-        if len(processor.tokenizer) > self.get_input_embeddings().num_embeddings:
-            raise ValueError(
-                f"The processor's decoder tokenizer has {len(processor.tokenizer)} tokens but the model's "
-                f"decoder has {self.get_input_embeddings().num_embeddings} embeddings: they belong to different decoders.")
 
     # --- building and loading -----------------------------------------------------------------------
     @classmethod

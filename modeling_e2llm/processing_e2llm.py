@@ -17,7 +17,7 @@ import torch
 from transformers import AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_e2llm import check_encoder_tokens_per_chunk_token
+from .configuration_e2llm import E2LLMConfig, check_encoder_tokens_per_chunk_token
 
 REASONING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nAnswer the question: {query}"
 UNDERSTANDING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nRestate the aforementioned context"
@@ -439,6 +439,35 @@ class E2LLMProcessor(ProcessorMixin):
 
     def decode(self, *args, **kwargs):
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def check_processor_matches(processor, config: E2LLMConfig, decoder_embeddings: int) -> None:
+    """Refuse a processor from another checkpoint than the model of `config`, whose decoder has
+    `decoder_embeddings` input rows: it would write other placeholder ids or counts, or ids past the embeddings.
+    Any processor object is checked by its attributes (one loaded with trust_remote_code from an older folder
+    is another class)."""
+    if processor.chunk_token_id != config.chunk_token_id:
+        raise ValueError(
+            f"The processor's chunk token {processor.chunk_token!r} has id {processor.chunk_token_id} but "
+            f"the model expects id {config.chunk_token_id}: processor and model come from different "
+            "checkpoints. Load both from the same folder.")
+    k = config.encoder_tokens_per_chunk_token
+    # A processor of code from before the setting has no attribute: it writes one placeholder per chunk.
+    given = getattr(processor, "encoder_tokens_per_chunk_token", None)
+    if given != k:  # it would write the wrong number of placeholders
+        raise ValueError(
+            f"The processor has encoder_tokens_per_chunk_token={given} but "
+            f"the model pools with {k}: set processor.encoder_tokens_per_chunk_token = {k}, or load both from "
+            "the same folder.")
+    encoder_vocab = config.encoder_config.vocab_size
+    if len(processor.encoder_tokenizer) > encoder_vocab:
+        raise ValueError(
+            f"The processor's encoder tokenizer has {len(processor.encoder_tokenizer)} tokens but the "
+            f"model's encoder has {encoder_vocab} embeddings: they belong to different encoders.")
+    if len(processor.tokenizer) > decoder_embeddings:
+        raise ValueError(
+            f"The processor's decoder tokenizer has {len(processor.tokenizer)} tokens but the model's "
+            f"decoder has {decoder_embeddings} embeddings: they belong to different decoders.")
 
 
 def _check_return_tensors(return_tensors) -> None:
