@@ -7,8 +7,8 @@ made from other text, other weights or another setting is refused, never used.
 
 Once `generate` has used it, it also holds the decoder's keys and values of the prompt's question-independent
 prefix (chat header, instruction start, chunk tokens), keyed by the prefix's token ids and a hash of the
-decoder weights: later questions prefill only what follows the chunk tokens. Keys and values made for another
-prefix or by other decoder weights are computed again, never used.
+decoder weights: later questions prefill only what follows the chunk tokens (`decoder_cache_of_prefixes`). Keys
+and values made for another prefix or by other decoder weights are computed again, never used.
 """
 
 import hashlib
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 
 CACHE_FORMAT = "e2llm-context-cache-2"
 # Format 1 (before encoder ids and decoder keys/values) still loads: ranking then tokenizes the chunk texts again,
@@ -109,6 +110,21 @@ class ContextCache:
         return (self.prefix_kv is not None and decoder_hash == self.decoder_hash
                 and self.prefix_kv[0][0].dtype == dtype and torch.equal(self.prefix_ids, prefix_ids.cpu()))
 
+    def prefill_prefix(self, model: PreTrainedModel, prefix_ids: torch.Tensor, decoder_hash: str) -> bool:
+        """Run `model`'s decoder (an E2LLMForCausalLM; `decoder_hash` its `decoder_fingerprint()`) over a prompt
+        prefix (P,) with this cache's chunk tokens and keep the keys and values here; False (nothing kept) if some
+        layer keeps fewer than P positions (a sliding window)."""
+        decoder = model.model
+        # Filled in place; given rather than read from the output, whose field name changed in transformers 5.24.
+        decoder_cache = DynamicCache(config=decoder.language_model.config)
+        decoder(input_ids=prefix_ids[None].to(model.device), chunk_features=self.chunk_features.to(model.device),
+                cache=decoder_cache, use_cache=True)
+        kv = tuple((layer.keys, layer.values) for layer in decoder_cache.layers)  # each (1, kv_heads, P, head_dim)
+        if any(keys.shape[-2] != len(prefix_ids) for keys, _ in kv):
+            return False
+        self.prefix_ids, self.prefix_kv, self.decoder_hash = prefix_ids.cpu(), kv, decoder_hash
+        return True
+
     def save(self, path: str | Path, prefix_kv: bool = False) -> None:
         """Write the cache as one safetensors file. `prefix_kv`: also the decoder's prefix keys and values, if
         `generate` has made them. They are large: 2 x layers x kv_heads x head_dim x P values, 46 KB per prefix
@@ -183,4 +199,46 @@ def as_caches(context_cache) -> list[ContextCache]:
     return caches
 
 
-__all__ = ["ContextCache", "as_caches", "text_fingerprint", "weights_fingerprint"]
+def can_start_from_a_prefix(generation_config: GenerationConfig, generate_kwargs: dict) -> bool:
+    """Whether a generation with these settings (`generate_kwargs` over `generation_config`) can start from the
+    prefix keys and values of context caches: one sequence per prompt (GenerationMixin expands a batch for beams and
+    returned sequences, but not a decoder cache it is given), with a decoder cache, and none of the caller's own."""
+
+    def setting(name: str):
+        return generate_kwargs.get(name, getattr(generation_config, name, None))
+    return ((setting("num_beams") or 1) == 1 and (setting("num_return_sequences") or 1) == 1
+            and setting("use_cache") is not False and setting("assistant_model") is None
+            and setting("prompt_lookup_num_tokens") is None
+            and all(generate_kwargs.get(name) is None for name in ("cache", "past_key_values")))
+
+
+def decoder_cache_of_prefixes(model: PreTrainedModel, caches: list[ContextCache], input_ids: torch.Tensor,
+                              attention_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor, torch.Tensor] | None:
+    """The decoder cache of every row's prompt prefix (up to its last chunk placeholder), each row's from its
+    context cache (prefilled there by `model`, an E2LLMForCausalLM, unless it holds this prefix already), and the
+    (B, T) prompts laid out for it: prefix first, then the left padding, then the rest (positions come from the
+    mask, so a padded gap changes nothing). None (take the plain path) when the rows' prefixes differ in length,
+    or the decoder cannot keep a whole prefix (a sliding window shorter than it)."""
+    rows = [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]  # real tokens of each row
+    lengths = {int((row == model.config.chunk_token_id).nonzero().max()) + 1 for row in rows}
+    if len(lengths) > 1:
+        return None
+    length = lengths.pop()
+    decoder_hash, row_kv = model.decoder_fingerprint(), []
+    for cache, row in zip(caches, rows):
+        if not cache.has_prefix_kv(row[:length], decoder_hash, model.dtype) and not cache.prefill_prefix(
+                model, row[:length], decoder_hash):
+            return None
+        row_kv.append(cache.prefix_kv)  # now: a later row of the same cache with another prefix replaces it
+    layers = zip(*row_kv)  # per layer: each row's (keys, values)
+    # Built anew for every call: generation appends to it, and the cache's own tensors must stay the prefix's.
+    decoder_cache = DynamicCache(ddp_cache_data=[tuple(torch.cat(kv).to(model.device) for kv in zip(*layer))
+                                                 for layer in layers], config=model.config.text_config)
+    pads = (attention_mask == 0).sum(dim=1).tolist()
+    order = torch.stack([torch.cat([torch.arange(pad, pad + length), torch.arange(pad),
+                                    torch.arange(pad + length, input_ids.shape[1])]) for pad in pads])  # (B, T)
+    return decoder_cache, input_ids.gather(1, order), attention_mask.gather(1, order)
+
+
+__all__ = ["ContextCache", "as_caches", "can_start_from_a_prefix", "decoder_cache_of_prefixes", "text_fingerprint",
+           "weights_fingerprint"]

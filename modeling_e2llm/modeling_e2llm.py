@@ -11,20 +11,20 @@ import inspect
 import json
 import os
 import warnings
-from itertools import takewhile
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationMixin,
-                          PreTrainedConfig, PreTrainedModel)
+from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedConfig,
+                          PreTrainedModel)
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging as transformers_logging
 
 from .configuration_e2llm import HYBRID_RANKINGS, HYBRID_SCORING, E2LLMConfig, check_source
-from .context_cache import ContextCache, as_caches, text_fingerprint, weights_fingerprint
-from .processing_e2llm import (E2LLMProcessor, _as_list, _broadcast, add_chunk_token, chunk_token_counts,
-                               split_sentences)
+from .context_cache import (ContextCache, as_caches, can_start_from_a_prefix, decoder_cache_of_prefixes,
+                            text_fingerprint, weights_fingerprint)
+from .processing_e2llm import (E2LLMProcessor, _as_list, _broadcast, add_chunk_token, check_processor_matches,
+                               chunk_token_counts, lexical_scores, split_sentences)
 
 # The fused ranking's weight of the standardized BM25 score against the standardized cosine. On NIAH grids of
 # needles asked in other words (evaluation/results/hybrid-ranking) 0.2 put the most needles' chunks in the top 5:
@@ -419,8 +419,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         top_k, token_budget = processor.hybrid_settings(hybrid_top_k, hybrid_token_budget)
         new_tokens = kwargs.get("max_new_tokens") or (generation_config or self.generation_config).max_new_tokens or 0
         quoting = top_k > 0 and prompt is not None
-        # chunk -> prompt -> window check (room kept for the passages), all before any encoder work -> encode
-        # (chunk tokens, and the vectors that rank chunks when quoting) -> rank -> prompt with the passages
+        # chunk -> prompt -> window check (room kept for the passages), all before any encoder work
         chunks = None if context_cache is not None else [processor.encode_chunks([text])
                                                          for text in _as_list(context, "context")]
         sizes = ([(cache.num_chunks, cache.num_chunk_tokens) for cache in as_caches(context_cache)] if chunks is None
@@ -431,72 +430,31 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             raise ValueError(f"max_length={kwargs['max_length']} counts the prompt, which generate(context=...) builds "
                              f"itself ({batch['input_ids'].shape[1]} tokens here): pass max_new_tokens.")
         self.model.check_window(batch["input_ids"], new_tokens + (token_budget if quoting else 0))
+        # -> encode (chunk tokens, and the vectors that rank chunks when quoting) -> rank -> prompt with the passages
         caches = self._context_caches(context, context_cache, processor, progress, quoting, chunks)
         if quoting:
             passages = self._hybrid_passages(caches, prompt, processor, top_k, token_budget)
             batch = processor.encode_prompts(counts, prompt, passages=passages, num_chunk_tokens=token_counts)
             self.model.check_window(batch["input_ids"], new_tokens)
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T), left-padded
-        if context_cache is not None and reuse_prefix and self._can_continue_a_cache(generation_config, kwargs):
-            prefix = self._prefix_cache(caches, input_ids, attention_mask)
+        # -> decode
+        return self._generate_from_caches(caches, batch, context_cache is not None and reuse_prefix,
+                                          generation_config, *args, **kwargs)
+
+    def _generate_from_caches(self, caches: list[ContextCache], batch: dict, reuse_prefix: bool, generation_config,
+                              *args, **kwargs) -> torch.Tensor:
+        """`GenerationMixin.generate` on the processor's (B, T) left-padded prompts with the chunk tokens of
+        `caches` (one per row), from their prefix keys and values where `reuse_prefix` and the settings allow: the
+        new tokens only."""
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T)
+        if reuse_prefix and can_start_from_a_prefix(generation_config or self.generation_config, kwargs):
+            prefix = decoder_cache_of_prefixes(self, caches, input_ids, attention_mask)
             if prefix is not None:
                 kwargs[_CACHE], input_ids, attention_mask = prefix
         features = torch.cat([cache.chunk_features for cache in caches]).to(self.device)  # (chunk tokens, dec_hidden)
         # With a prefix cache GenerationMixin prefills only the embeddings past its length.
         kwargs["inputs_embeds"] = self.model.embed_inputs(input_ids.to(self.device), chunk_features=features)
         kwargs["attention_mask"] = attention_mask.to(self.device)
-        return super().generate(None, generation_config, *args, **kwargs)  # the new tokens only
-
-    def _can_continue_a_cache(self, generation_config, kwargs: dict) -> bool:
-        """Whether this generation can start from a prefix cache: one sequence per prompt (GenerationMixin
-        expands a batch for beams and returned sequences, but not a cache it is given), with a decoder cache,
-        and none of the caller's own."""
-        config = generation_config or self.generation_config
-
-        def setting(name: str):
-            return kwargs.get(name, getattr(config, name, None))
-        return ((setting("num_beams") or 1) == 1 and (setting("num_return_sequences") or 1) == 1
-                and setting("use_cache") is not False and setting("assistant_model") is None
-                and setting("prompt_lookup_num_tokens") is None
-                and all(kwargs.get(name) is None for name in ("cache", "past_key_values")))
-
-    def _prefix_cache(self, caches: list[ContextCache], input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor, torch.Tensor] | None:
-        """The decoder cache of every row's prompt prefix (up to its last chunk placeholder), and the (B, T)
-        prompts laid out for it: prefix first, then the left padding, then the rest (positions come from the
-        mask, so a padded gap changes nothing). None (take the plain path) when the rows' prefixes differ in
-        length, or the decoder cannot keep a whole prefix (a sliding window shorter than it)."""
-        rows = [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]  # real tokens of each row
-        lengths = {int((row == self.config.chunk_token_id).nonzero().max()) + 1 for row in rows}
-        if len(lengths) > 1:
-            return None
-        length = lengths.pop()
-        decoder_hash, row_kv = self.decoder_fingerprint(), []
-        for cache, row in zip(caches, rows):
-            if not cache.has_prefix_kv(row[:length], decoder_hash, self.dtype) and not self._prefill_prefix(
-                    cache, row[:length], decoder_hash):
-                return None
-            row_kv.append(cache.prefix_kv)  # now: a later row of the same cache with another prefix replaces it
-        layers = zip(*row_kv)  # per layer: each row's (keys, values)
-        # Built anew for every call: generation appends to it, and the cache's own tensors must stay the prefix's.
-        decoder_cache = DynamicCache(ddp_cache_data=[tuple(torch.cat(kv).to(self.device) for kv in zip(*layer))
-                                                     for layer in layers], config=self.config.text_config)
-        pads = (attention_mask == 0).sum(dim=1).tolist()
-        order = torch.stack([torch.cat([torch.arange(pad, pad + length), torch.arange(pad),
-                                        torch.arange(pad + length, input_ids.shape[1])]) for pad in pads])  # (B, T)
-        return decoder_cache, input_ids.gather(1, order), attention_mask.gather(1, order)
-
-    def _prefill_prefix(self, cache: ContextCache, prefix_ids: torch.Tensor, decoder_hash: str) -> bool:
-        """Run the decoder over a prompt prefix (P,) with the cache's chunk tokens and keep its keys and values
-        on the cache; False (nothing kept) if some layer keeps fewer than P positions (a sliding window)."""
-        embeds = self.model.embed_inputs(prefix_ids[None].to(self.device),
-                                         chunk_features=cache.chunk_features.to(self.device))  # (1, P, dec_hidden)
-        decoder_cache = getattr(self.model.language_model(inputs_embeds=embeds, use_cache=True), _CACHE)
-        kv = tuple((layer.keys, layer.values) for layer in decoder_cache.layers)  # each (1, kv_heads, P, head_dim)
-        if any(keys.shape[-2] != len(prefix_ids) for keys, _ in kv):
-            return False
-        cache.prefix_ids, cache.prefix_kv, cache.decoder_hash = prefix_ids.cpu(), kv, decoder_hash
-        return True
+        return super().generate(None, generation_config, *args, **kwargs)
 
     def _generate_from_tokens(self, inputs, generation_config, *args, progress: bool, **kwargs):
         """`generate` on the processor's token inputs: prompt + new tokens, as for any decoder-only model."""
@@ -620,8 +578,8 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
             return dense.max(dim=1).values
         if chunk_ids is None and (chunk_texts is None or len(chunk_texts) != len(dense)):
             raise ValueError("The fused ranking reads the chunks' words: pass chunk_texts, one per pooled vector.")
-        lexical = _lexical_scores(processor.encoder_tokenizer, chunk_texts, sentences, chunk_ids,
-                                  chunk_mask)  # (n_chunks, n_sentences)
+        lexical = lexical_scores(processor.encoder_tokenizer, chunk_texts, sentences, chunk_ids,
+                                 chunk_mask)  # (n_chunks, n_sentences)
         return (_standardized(dense) + LEXICAL_WEIGHT * _standardized(lexical)).max(dim=1).values
 
     def _context_caches(self, context, context_cache, processor, progress: bool, rank: bool,
@@ -699,39 +657,15 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
                 raise ValueError("This model was built in memory, so no processor is saved beside it: "
                                  "pass processor=E2LLMProcessor.from_encoder_decoder_pretrained(...).")
             self._processor = E2LLMProcessor.from_pretrained(source, trust_remote_code=True, **self._processor_kwargs)
-            self._check_processor(self._processor)
+            check_processor_matches(self._processor, self.config, self.get_input_embeddings().num_embeddings)
         return self._processor
 
     def _processor_for(self, processor: E2LLMProcessor | None) -> E2LLMProcessor:
         """The processor a call was given (checked against this model), else the one saved beside it."""
         if processor is None:
             return self.get_processor()  # checked once, when loaded
-        self._check_processor(processor)
+        check_processor_matches(processor, self.config, self.get_input_embeddings().num_embeddings)
         return processor
-
-    def _check_processor(self, processor) -> None:
-        if processor.chunk_token_id != self.config.chunk_token_id:
-            raise ValueError(
-                f"The processor's chunk token {processor.chunk_token!r} has id {processor.chunk_token_id} but "
-                f"the model expects id {self.config.chunk_token_id}: processor and model come from different "
-                "checkpoints. Load both from the same folder.")
-        k = self.config.encoder_tokens_per_chunk_token
-        # A processor of code from before the setting has no attribute: it writes one placeholder per chunk.
-        given = getattr(processor, "encoder_tokens_per_chunk_token", None)
-        if given != k:  # it would write the wrong number of placeholders
-            raise ValueError(
-                f"The processor has encoder_tokens_per_chunk_token={given} but "
-                f"the model pools with {k}: set processor.encoder_tokens_per_chunk_token = {k}, or load both from "
-                "the same folder.")
-        encoder_vocab = self.config.encoder_config.vocab_size
-        if len(processor.encoder_tokenizer) > encoder_vocab:
-            raise ValueError(
-                f"The processor's encoder tokenizer has {len(processor.encoder_tokenizer)} tokens but the "
-                f"model's encoder has {encoder_vocab} embeddings: they belong to different encoders.")
-        if len(processor.tokenizer) > self.get_input_embeddings().num_embeddings:
-            raise ValueError(
-                f"The processor's decoder tokenizer has {len(processor.tokenizer)} tokens but the model's "
-                f"decoder has {self.get_input_embeddings().num_embeddings} embeddings: they belong to different decoders.")
 
     # --- building and loading -----------------------------------------------------------------------
     @classmethod
@@ -867,43 +801,6 @@ def _tuned_layers(encoder: PreTrainedModel, config: E2LLMConfig) -> nn.ModuleLis
             return module[max(0, n - config.encoder_lora_layers):]
     raise ValueError(f"{type(encoder).__name__} has no list of its {n} layers named `layer` or `layers`, which "
                      'hybrid_scoring="base" shares between chunk encoding and ranking: use hybrid_scoring="tuned".')
-
-
-def bm25_scores(chunk_ids: torch.Tensor, chunk_mask: torch.Tensor, query_ids: torch.Tensor,
-                k1: float = 1.2, b: float = 0.75) -> torch.Tensor:
-    """Okapi BM25 of each chunk for the query's distinct token ids, document frequencies counted over these
-    chunks: (n_chunks, L) ids and mask, (q,) ids -> (n_chunks,). Token ids rather than words keep the shipped
-    files free of any tokenizer or retrieval library beyond the encoder's own; rare subwords still single
-    out names, places and codes."""
-    terms = query_ids.unique()  # (t,)
-    hits = (chunk_ids.unsqueeze(-1) == terms) & chunk_mask.bool().unsqueeze(-1)  # (n_chunks, L, t)
-    counts = hits.sum(dim=1).float()  # (n_chunks, t)
-    lengths = chunk_mask.sum(dim=1, keepdim=True).float()  # (n_chunks, 1)
-    frequency = (counts > 0).sum(dim=0).float()  # (t,)
-    idf = torch.log((len(counts) - frequency + 0.5) / (frequency + 0.5) + 1)  # (t,)
-    saturation = counts * (k1 + 1) / (counts + k1 * (1 - b + b * lengths / lengths.mean().clamp(min=1)))
-    return (saturation * idf).sum(dim=1)
-
-
-def _lexical_scores(tokenizer, chunk_texts: list[str], sentences: list[str], chunk_ids: torch.Tensor | None = None,
-                    chunk_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """BM25 of every chunk for every question sentence, over the encoder tokenizer's ids (no special tokens):
-    (n_chunks, n_sentences). The chunks' ids as encoded (`chunk_ids`, `chunk_mask`: (n_chunks, L), special
-    tokens included; a context cache keeps them) are read when given, the texts tokenized again otherwise."""
-    queries = tokenizer(sentences, return_special_tokens_mask=True)  # with [CLS] ... [SEP], marked
-    # The special tokens tokenizing adds at each end, by position rather than by id: an [UNK] is one of a text's
-    # words. Fewest over the sentences, in case one starts or ends with a special token's literal text.
-    marks = queries["special_tokens_mask"]
-    head = min(len(list(takewhile(bool, m))) for m in marks)
-    tail = min(len(list(takewhile(bool, reversed(m)))) for m in marks)
-    if chunk_ids is None:
-        words = tokenizer(chunk_texts, add_special_tokens=False, padding="longest", return_tensors="pt")
-        chunk_ids, chunk_mask = words["input_ids"], words["attention_mask"]
-    else:
-        positions = torch.arange(chunk_mask.shape[1])  # (L,)
-        chunk_mask = chunk_mask.bool() & (positions >= head) & (positions < chunk_mask.sum(dim=1, keepdim=True) - tail)
-    return torch.stack([bm25_scores(chunk_ids, chunk_mask, torch.tensor(ids[head:len(ids) - tail], dtype=torch.long))
-                        for ids in queries["input_ids"]], dim=1)
 
 
 def _standardized(scores: torch.Tensor) -> torch.Tensor:

@@ -3,18 +3,21 @@
 Data flow: text -> `chunk()` character spans -> encoder token ids (one row per chunk) and a decoder
 prompt holding one placeholder token per chunk token (one per chunk by default; ceil(n_i / k) for a chunk of
 n_i encoder tokens with `encoder_tokens_per_chunk_token` k), whose embeddings the model later replaces.
+Owning the encoder tokenizer, it also holds the lexical half of hybrid ranking (`lexical_scores`, BM25 over
+that tokenizer's ids); the model fuses it with the dense half in `chunk_scores`.
 """
 
 import os
 import re
 import string
 import warnings
+from itertools import takewhile
 
 import torch
 from transformers import AutoTokenizer, BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_e2llm import check_encoder_tokens_per_chunk_token
+from .configuration_e2llm import E2LLMConfig, check_encoder_tokens_per_chunk_token
 
 REASONING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nAnswer the question: {query}"
 UNDERSTANDING_TEMPLATE = "Given the contexts: {context}\nPlease follow the instruction:\nRestate the aforementioned context"
@@ -96,6 +99,43 @@ def split_into_chunks(text: str, chunk_size: int, overlap_chars: int = 0) -> lis
             break
         start = max(end - overlap_chars, start + 1)
     return spans
+
+
+def bm25_scores(chunk_ids: torch.Tensor, chunk_mask: torch.Tensor, query_ids: torch.Tensor,
+                k1: float = 1.2, b: float = 0.75) -> torch.Tensor:
+    """Okapi BM25 of each chunk for the query's distinct token ids, document frequencies counted over these
+    chunks: (n_chunks, L) ids and mask, (q,) ids -> (n_chunks,). Token ids rather than words keep the shipped
+    files free of any tokenizer or retrieval library beyond the encoder's own; rare subwords still single
+    out names, places and codes."""
+    terms = query_ids.unique()  # (t,)
+    hits = (chunk_ids.unsqueeze(-1) == terms) & chunk_mask.bool().unsqueeze(-1)  # (n_chunks, L, t)
+    counts = hits.sum(dim=1).float()  # (n_chunks, t)
+    lengths = chunk_mask.sum(dim=1, keepdim=True).float()  # (n_chunks, 1)
+    frequency = (counts > 0).sum(dim=0).float()  # (t,)
+    idf = torch.log((len(counts) - frequency + 0.5) / (frequency + 0.5) + 1)  # (t,)
+    saturation = counts * (k1 + 1) / (counts + k1 * (1 - b + b * lengths / lengths.mean().clamp(min=1)))
+    return (saturation * idf).sum(dim=1)
+
+
+def lexical_scores(tokenizer, chunk_texts: list[str], sentences: list[str], chunk_ids: torch.Tensor | None = None,
+                   chunk_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """BM25 of every chunk for every question sentence, over the encoder tokenizer's ids (no special tokens):
+    (n_chunks, n_sentences). The chunks' ids as encoded (`chunk_ids`, `chunk_mask`: (n_chunks, L), special
+    tokens included; a context cache keeps them) are read when given, the texts tokenized again otherwise."""
+    queries = tokenizer(sentences, return_special_tokens_mask=True)  # with [CLS] ... [SEP], marked
+    # The special tokens tokenizing adds at each end, by position rather than by id: an [UNK] is one of a text's
+    # words. Fewest over the sentences, in case one starts or ends with a special token's literal text.
+    marks = queries["special_tokens_mask"]
+    head = min(len(list(takewhile(bool, m))) for m in marks)
+    tail = min(len(list(takewhile(bool, reversed(m)))) for m in marks)
+    if chunk_ids is None:
+        words = tokenizer(chunk_texts, add_special_tokens=False, padding="longest", return_tensors="pt")
+        chunk_ids, chunk_mask = words["input_ids"], words["attention_mask"]
+    else:
+        positions = torch.arange(chunk_mask.shape[1])  # (L,)
+        chunk_mask = chunk_mask.bool() & (positions >= head) & (positions < chunk_mask.sum(dim=1, keepdim=True) - tail)
+    return torch.stack([bm25_scores(chunk_ids, chunk_mask, torch.tensor(ids[head:len(ids) - tail], dtype=torch.long))
+                        for ids in queries["input_ids"]], dim=1)
 
 
 class E2LLMProcessor(ProcessorMixin):
@@ -399,6 +439,35 @@ class E2LLMProcessor(ProcessorMixin):
 
     def decode(self, *args, **kwargs):
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def check_processor_matches(processor, config: E2LLMConfig, decoder_embeddings: int) -> None:
+    """Refuse a processor from another checkpoint than the model of `config`, whose decoder has
+    `decoder_embeddings` input rows: it would write other placeholder ids or counts, or ids past the embeddings.
+    Any processor object is checked by its attributes (one loaded with trust_remote_code from an older folder
+    is another class)."""
+    if processor.chunk_token_id != config.chunk_token_id:
+        raise ValueError(
+            f"The processor's chunk token {processor.chunk_token!r} has id {processor.chunk_token_id} but "
+            f"the model expects id {config.chunk_token_id}: processor and model come from different "
+            "checkpoints. Load both from the same folder.")
+    k = config.encoder_tokens_per_chunk_token
+    # A processor of code from before the setting has no attribute: it writes one placeholder per chunk.
+    given = getattr(processor, "encoder_tokens_per_chunk_token", None)
+    if given != k:  # it would write the wrong number of placeholders
+        raise ValueError(
+            f"The processor has encoder_tokens_per_chunk_token={given} but "
+            f"the model pools with {k}: set processor.encoder_tokens_per_chunk_token = {k}, or load both from "
+            "the same folder.")
+    encoder_vocab = config.encoder_config.vocab_size
+    if len(processor.encoder_tokenizer) > encoder_vocab:
+        raise ValueError(
+            f"The processor's encoder tokenizer has {len(processor.encoder_tokenizer)} tokens but the "
+            f"model's encoder has {encoder_vocab} embeddings: they belong to different encoders.")
+    if len(processor.tokenizer) > decoder_embeddings:
+        raise ValueError(
+            f"The processor's decoder tokenizer has {len(processor.tokenizer)} tokens but the model's "
+            f"decoder has {decoder_embeddings} embeddings: they belong to different decoders.")
 
 
 def _check_return_tensors(return_tensors) -> None:

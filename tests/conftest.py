@@ -140,3 +140,18 @@ def run_isolated(code: str, cwd: Path, bare: bool = True) -> str:
                             env={**os.environ, "PYTHONPATH": ""}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def greedy(model, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy `model.generate(**kwargs)`: the sequences (B, T') and the logits each new token was chosen from,
+    (new tokens, B, vocab). The tiny random decoder says "\\n" whatever it reads, so equal tokens alone prove
+    little: a test that two paths agree compares these logits too (they move by ~0.08 with the context)."""
+    out = model.generate(do_sample=False, output_logits=True, return_dict_in_generate=True, **kwargs)
+    return out.sequences, torch.stack(out.logits)
+
+
+def assert_same_greedy_answers(first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor],
+                               atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """`greedy`'s outputs of two paths agree: the same tokens, chosen from the same logits."""
+    assert first[0].tolist() == second[0].tolist()
+    torch.testing.assert_close(first[1], second[1], atol=atol, rtol=rtol)

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import assert_same_greedy_answers, greedy
 from modeling_e2llm import ContextCache
 
 TEXT = ("The committee met on Tuesday. Alice chaired the meeting and opened with the budget. "
@@ -16,11 +17,9 @@ def test_cached_generation_equals_uncached(tiny_model, tiny_processor, tmp_path)
     cache.save(tmp_path / "doc.safetensors")
     loaded = ContextCache.load(tmp_path / "doc.safetensors")
     for question in ("Who chaired?", "What did Bob present?"):
-        uncached = tiny_model.generate(context=TEXT, prompt=question, processor=tiny_processor, max_new_tokens=6,
-                                       do_sample=False)
-        cached = tiny_model.generate(context_cache=loaded, prompt=question, processor=tiny_processor,
-                                     max_new_tokens=6, do_sample=False)
-        assert cached.tolist() == uncached.tolist()
+        settings = dict(prompt=question, processor=tiny_processor, max_new_tokens=6)
+        assert_same_greedy_answers(greedy(tiny_model, context_cache=loaded, **settings),
+                                   greedy(tiny_model, context=TEXT, **settings))
 
 
 def test_cache_holds_chunk_tokens_pooled_vectors_and_offsets(tiny_model, tiny_processor):
@@ -115,18 +114,6 @@ OTHER_TEXT = ("The harbour froze in January. Dmitri sold the boat to a fisherman
 QUESTIONS = ("Who chaired?", "What did Bob present to the committee on Tuesday?")
 
 
-def _greedy(model, **kwargs) -> tuple[list, torch.Tensor]:
-    """Greedy tokens and the logits they were chosen from, (new tokens, B, vocab): the tiny random decoder says
-    "\n" whatever it reads, so equal tokens alone would prove little; its logits move by ~0.08 with the context."""
-    out = model.generate(do_sample=False, output_logits=True, return_dict_in_generate=True, **kwargs)
-    return out.sequences.tolist(), torch.stack(out.logits)
-
-
-def _assert_same_answers(reused: tuple[list, torch.Tensor], uncached: tuple[list, torch.Tensor]) -> None:
-    assert reused[0] == uncached[0]
-    torch.testing.assert_close(reused[1], uncached[1], atol=1e-5, rtol=1e-4)
-
-
 def _decoder_tokens(model) -> tuple[list[int], object]:
     """A list that records the length of every decoder forward's input, and the hook's handle."""
     lengths = []
@@ -141,8 +128,8 @@ def test_prefix_reuse_gives_the_uncached_greedy_tokens(tiny_model, tiny_processo
     cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
     settings = dict(processor=tiny_processor, max_new_tokens=8, hybrid_top_k=hybrid_top_k)
     for question in QUESTIONS:
-        _assert_same_answers(_greedy(tiny_model, context_cache=cache, prompt=question, **settings),
-                             _greedy(tiny_model, context=TEXT, prompt=question, **settings))
+        assert_same_greedy_answers(greedy(tiny_model, context_cache=cache, prompt=question, **settings),
+                                   greedy(tiny_model, context=TEXT, prompt=question, **settings))
     assert cache.prefix_kv is not None  # the answers above came from the reused prefix
 
 
@@ -155,9 +142,9 @@ def test_a_batch_from_caches_gives_the_uncached_greedy_tokens(tiny_model, tiny_p
     caches = {text: tiny_model.encode_context(text, processor=tiny_processor) for text in (TEXT, OTHER_TEXT, short)}
     assert [caches[text].num_chunks for text in (TEXT, OTHER_TEXT, short)] == [13, 13, 7]
     for texts in ([TEXT, TEXT], [TEXT, OTHER_TEXT], [TEXT, short]):
-        _assert_same_answers(_greedy(tiny_model, context_cache=[caches[text] for text in texts],
-                                     prompt=list(QUESTIONS), **settings),
-                             _greedy(tiny_model, context=texts, prompt=list(QUESTIONS), **settings))
+        assert_same_greedy_answers(greedy(tiny_model, context_cache=[caches[text] for text in texts],
+                                          prompt=list(QUESTIONS), **settings),
+                                   greedy(tiny_model, context=texts, prompt=list(QUESTIONS), **settings))
     assert caches[OTHER_TEXT].prefix_kv is not None and caches[short].prefix_kv is None
 
 
@@ -176,18 +163,18 @@ def test_the_prefix_is_prefilled_once_for_all_questions(tiny_model, tiny_process
 
 
 def test_a_cache_saved_without_its_prefix_loads_and_makes_it_again(tiny_model, tiny_processor, tmp_path):
-    settings = dict(prompt=QUESTIONS[0], processor=tiny_processor, max_new_tokens=6, do_sample=False)
+    settings = dict(prompt=QUESTIONS[0], processor=tiny_processor, max_new_tokens=6)
     cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
-    expected = tiny_model.generate(context_cache=cache, **settings)
+    expected = greedy(tiny_model, context_cache=cache, **settings)
     cache.save(tmp_path / "small.safetensors")
     cache.save(tmp_path / "large.safetensors", prefix_kv=True)
     small, large = (ContextCache.load(tmp_path / name) for name in ("small.safetensors", "large.safetensors"))
     assert small.prefix_kv is None and small.prefix_ids is None
     assert (tmp_path / "large.safetensors").stat().st_size > (tmp_path / "small.safetensors").stat().st_size
     lengths, hook = _decoder_tokens(tiny_model)
-    assert tiny_model.generate(context_cache=small, **settings).tolist() == expected.tolist()
+    assert_same_greedy_answers(greedy(tiny_model, context_cache=small, **settings), expected)
     made_again = len(lengths)
-    assert tiny_model.generate(context_cache=large, **settings).tolist() == expected.tolist()
+    assert_same_greedy_answers(greedy(tiny_model, context_cache=large, **settings), expected)
     hook.remove()
     assert small.prefix_kv is not None
     assert len(lengths) == 2 * made_again - 1  # the saved prefix was read, not computed again
@@ -202,8 +189,8 @@ def test_a_prefix_made_by_other_decoder_weights_is_never_used(tiny_model, tiny_p
     with torch.no_grad():
         tiny_model.model.language_model.layers[0].self_attn.k_proj.weight.mul_(3.0)
     for reused in (cache, ContextCache.load(tmp_path / "doc.safetensors")):
-        _assert_same_answers(_greedy(tiny_model, context_cache=reused, **settings),
-                             _greedy(tiny_model, context=TEXT, **settings))
+        assert_same_greedy_answers(greedy(tiny_model, context_cache=reused, **settings),
+                                   greedy(tiny_model, context=TEXT, **settings))
         assert reused.decoder_hash != stale_hash and not torch.equal(reused.prefix_kv[0][0], stale_keys)
 
 
@@ -234,6 +221,6 @@ def test_a_cache_of_format_1_still_loads_and_answers(tiny_model, tiny_processor,
                         "weights_hash": cache.weights_hash, "content_hash": content_fingerprint(tensors)})
     old = ContextCache.load(tmp_path / "old.safetensors")
     assert old.chunk_input_ids is None and old.prefix_kv is None
-    settings = dict(prompt=QUESTIONS[1], processor=tiny_processor, max_new_tokens=6, do_sample=False, hybrid_top_k=2)
-    assert (tiny_model.generate(context_cache=old, **settings).tolist()
-            == tiny_model.generate(context=TEXT, **settings).tolist())
+    settings = dict(prompt=QUESTIONS[1], processor=tiny_processor, max_new_tokens=6, hybrid_top_k=2)
+    assert_same_greedy_answers(greedy(tiny_model, context_cache=old, **settings),
+                               greedy(tiny_model, context=TEXT, **settings))

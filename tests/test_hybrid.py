@@ -6,11 +6,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from conftest import assert_same_greedy_answers, greedy
 from evaluation.hybrid_ranking import family_summaries, needle_ranks, rank_summary
 from evaluation.niah import needle_example
 from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.lora import lora_config
-from modeling_e2llm.modeling_e2llm import bm25_scores
+from modeling_e2llm.processing_e2llm import bm25_scores
 
 SENTENCES = [f"Paragraph {i} talks about topic number {i} in some detail. " for i in range(12)]
 TEXT = "".join(SENTENCES)
@@ -19,10 +20,9 @@ TEXT = "".join(SENTENCES)
 def test_off_reproduces_plain_e2llm_token_for_token(tiny_model, tiny_paths):
     plain = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_size=64)
     hybrid = E2LLMProcessor.from_encoder_decoder_pretrained(*tiny_paths, chunk_size=64, hybrid_top_k=3)
-    expected = tiny_model.generate(context=TEXT, prompt="q", processor=plain, max_new_tokens=6, do_sample=False)
-    switched_off = tiny_model.generate(context=TEXT, prompt="q", processor=hybrid, hybrid_top_k=0,
-                                       max_new_tokens=6, do_sample=False)
-    assert switched_off.tolist() == expected.tolist()
+    expected = greedy(tiny_model, context=TEXT, prompt="q", processor=plain, max_new_tokens=6)
+    switched_off = greedy(tiny_model, context=TEXT, prompt="q", processor=hybrid, hybrid_top_k=0, max_new_tokens=6)
+    assert_same_greedy_answers(switched_off, expected)
 
 
 def test_chunk_equal_to_the_question_is_chosen_first(tiny_model, tiny_processor):
@@ -61,10 +61,9 @@ def test_prompt_quotes_the_passages_with_their_positions_after_the_chunk_tokens(
 
 def test_cached_and_uncached_hybrid_answers_are_equal(tiny_model, tiny_processor):
     cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
-    kwargs = dict(prompt="topic number 4", processor=tiny_processor, hybrid_top_k=2, max_new_tokens=6,
-                  do_sample=False)
-    assert (tiny_model.generate(context_cache=cache, **kwargs).tolist()
-            == tiny_model.generate(context=TEXT, **kwargs).tolist())
+    kwargs = dict(prompt="topic number 4", processor=tiny_processor, hybrid_top_k=2, max_new_tokens=6)
+    assert_same_greedy_answers(greedy(tiny_model, context_cache=cache, **kwargs),
+                               greedy(tiny_model, context=TEXT, **kwargs))
 
 
 def test_question_less_call_falls_back_to_plain_restatement(tiny_model, tiny_processor):

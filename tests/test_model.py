@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel, get_peft_model
 from transformers.generation.streamers import BaseStreamer
 
-from conftest import run_isolated
+from conftest import assert_same_greedy_answers, greedy, run_isolated
 from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.lora import lora_config
 
@@ -78,30 +78,34 @@ def test_batched_logits_equal_single_logits(tiny_model, tiny_processor):
 
 def test_batched_generation_equals_single_generation(tiny_model, tiny_processor):
     contexts, prompts = [TEXT, SHORT], ["Who chaired?", "What was lunch?"]
-    batched = tiny_model.generate(context=contexts, prompt=prompts, processor=tiny_processor, max_new_tokens=6,
-                                  do_sample=False)
+    batched, batched_logits = greedy(tiny_model, context=contexts, prompt=prompts, processor=tiny_processor,
+                                     max_new_tokens=6)
     for row, (context, prompt) in enumerate(zip(contexts, prompts)):
-        single = tiny_model.generate(context=context, prompt=prompt, processor=tiny_processor, max_new_tokens=6,
-                                     do_sample=False)
-        assert batched[row].tolist() == single[0].tolist()
+        single = greedy(tiny_model, context=context, prompt=prompt, processor=tiny_processor, max_new_tokens=6)
+        assert_same_greedy_answers((batched[row:row + 1], batched_logits[:, row:row + 1]), single, atol=1e-4)
 
 
 def test_text_generation_returns_new_tokens_matching_the_token_path(tiny_model, tiny_processor):
     batch = tiny_processor(TEXT, "Who chaired?")
-    from_tokens = tiny_model.generate(**batch, max_new_tokens=5, do_sample=False)
-    from_text = tiny_model.generate(context=TEXT, prompt="Who chaired?", processor=tiny_processor, max_new_tokens=5,
-                                    do_sample=False)
+    from_tokens, token_logits = greedy(tiny_model, **batch, max_new_tokens=5)
+    from_text = greedy(tiny_model, context=TEXT, prompt="Who chaired?", processor=tiny_processor, max_new_tokens=5)
     assert from_tokens[0, : batch["input_ids"].shape[1]].tolist() == batch["input_ids"][0].tolist()
-    assert from_tokens[0, batch["input_ids"].shape[1]:].tolist() == from_text[0].tolist()
+    assert_same_greedy_answers((from_tokens[:, batch["input_ids"].shape[1]:], token_logits), from_text)
 
 
 def test_beam_search_with_several_returns_gets_the_right_chunks(tiny_model, tiny_processor):
+    """The logits of every beam as well as the returned tokens: the tiny random decoder's tokens hardly depend on
+    the chunks it reads."""
     batch = tiny_processor([TEXT, SHORT], ["Who chaired?", "What was lunch?"])
-    beams = tiny_model.generate(**batch, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
+    settings = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, output_logits=True,
+                    return_dict_in_generate=True)
+    beams = tiny_model.generate(**batch, **settings)
+    beam_logits = torch.stack(beams.logits)  # (new tokens, 2 x 3 beams, vocab)
     for row, (context, prompt) in enumerate([(TEXT, "Who chaired?"), (SHORT, "What was lunch?")]):
-        single = tiny_model.generate(context=context, prompt=prompt, processor=tiny_processor, max_new_tokens=4,
-                                     num_beams=3, num_return_sequences=2, do_sample=False)
-        assert beams[2 * row: 2 * row + 2, -4:].tolist() == single[:, -4:].tolist()
+        single = tiny_model.generate(context=context, prompt=prompt, processor=tiny_processor, **settings)
+        assert beams.sequences[2 * row: 2 * row + 2, -4:].tolist() == single.sequences[:, -4:].tolist()
+        torch.testing.assert_close(beam_logits[:, 3 * row: 3 * row + 3], torch.stack(single.logits), atol=1e-4,
+                                   rtol=1e-4)
 
 
 def test_streamer_receives_the_generated_tokens(tiny_model, tiny_processor):
@@ -371,41 +375,41 @@ def test_a_batch_of_two_contexts_with_different_chunk_counts_equals_each_alone(t
     contexts, prompts = [TEXT, SHORT], ["Who chaired?", "What was lunch?"]
     batch = processor(contexts, prompts)
     logits = model(**batch).logits
-    batched = model.generate(context=contexts, prompt=prompts, processor=processor, max_new_tokens=5, do_sample=False)
+    batched, batched_logits = greedy(model, context=contexts, prompt=prompts, processor=processor, max_new_tokens=5)
     for row, (context, prompt) in enumerate(zip(contexts, prompts)):
         single = model(**processor(context, prompt)).logits[0]
         torch.testing.assert_close(logits[row, -single.shape[0]:], single, atol=1e-4, rtol=1e-4)
-        alone = model.generate(context=context, prompt=prompt, processor=processor, max_new_tokens=5, do_sample=False)
-        assert batched[row].tolist() == alone[0].tolist()
+        alone = greedy(model, context=context, prompt=prompt, processor=processor, max_new_tokens=5)
+        assert_same_greedy_answers((batched[row:row + 1], batched_logits[:, row:row + 1]), alone, atol=1e-4)
 
 
 @pytest.mark.parametrize("k, chunk_size", [(4, 64), (16, 256)])
 def test_the_text_path_and_the_token_path_generate_the_same_with_the_knob(tiny_at, k, chunk_size):
     model, processor = tiny_at(k, chunk_size)
     batch = processor(TEXT, "Who chaired?")
-    from_tokens = model.generate(**batch, max_new_tokens=5, do_sample=False)[0, batch["input_ids"].shape[1]:]
-    from_text = model.generate(context=TEXT, prompt="Who chaired?", processor=processor, max_new_tokens=5,
-                               do_sample=False)[0]
-    assert from_text.tolist() == from_tokens.tolist()
+    from_tokens, token_logits = greedy(model, **batch, max_new_tokens=5)
+    from_text = greedy(model, context=TEXT, prompt="Who chaired?", processor=processor, max_new_tokens=5)
+    assert_same_greedy_answers(from_text, (from_tokens[:, batch["input_ids"].shape[1]:], token_logits))
 
 
 def test_save_and_load_with_the_knob_in_a_fresh_virtualenv_generates_the_same_tokens(tiny_at, tmp_path):
     model, processor = tiny_at(4)
     model.save_pretrained(tmp_path / "saved")
     processor.save_pretrained(tmp_path / "saved")
-    expected = model.generate(context=TEXT, prompt="Who chaired?", processor=processor, max_new_tokens=6,
-                              do_sample=False)[0].tolist()
+    expected = greedy(model, context=TEXT, prompt="Who chaired?", processor=processor, max_new_tokens=6)
     stdout = run_isolated(f"""
-import json
+import json, torch
 from transformers import AutoModelForCausalLM, AutoProcessor
 model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True)
-ids = model.generate(context={TEXT!r}, prompt="Who chaired?", max_new_tokens=6, do_sample=False)
-print(json.dumps({{"ids": ids[0].tolist(), "k": [model.config.encoder_tokens_per_chunk_token,
-                                                processor.encoder_tokens_per_chunk_token]}}))
+out = model.generate(context={TEXT!r}, prompt="Who chaired?", max_new_tokens=6, do_sample=False, output_logits=True,
+                     return_dict_in_generate=True)
+print(json.dumps({{"ids": out.sequences.tolist(), "logits": torch.stack(out.logits).tolist(),
+                  "k": [model.config.encoder_tokens_per_chunk_token, processor.encoder_tokens_per_chunk_token]}}))
 """, cwd=tmp_path)
     result = json.loads(stdout.strip().splitlines()[-1])
-    assert result == {"ids": expected, "k": [4, 4]}
+    assert result["k"] == [4, 4]
+    assert_same_greedy_answers((torch.tensor(result["ids"]), torch.tensor(result["logits"])), expected)
 
 
 @pytest.mark.parametrize("value", [0, -4, 2.5, "4", True])
@@ -443,12 +447,12 @@ def test_the_accelerator_path_keeping_empty_segments_gives_the_same_logits_gener
     model, processor = tiny_at(4)
     batch = processor([TEXT, SHORT], ["Who chaired?", "What was lunch?"])
     expected_logits = model(**batch).logits
-    expected_ids = model.generate(context=TEXT, prompt="Who?", processor=processor, max_new_tokens=5, do_sample=False)
+    expected_answer = greedy(model, context=TEXT, prompt="Who?", processor=processor, max_new_tokens=5)
     expected_cache = model.encode_context(TEXT, processor=processor).chunk_features
     with mock.patch("modeling_e2llm.modeling_e2llm._reads_back_freely", return_value=False):
         padded = model.model.get_chunk_features(batch["chunk_input_ids"], batch["chunk_attention_mask"])
         assert padded.shape[0] > int((batch["input_ids"] == model.config.chunk_token_id).sum())
         torch.testing.assert_close(model(**batch).logits, expected_logits)
-        assert torch.equal(model.generate(context=TEXT, prompt="Who?", processor=processor, max_new_tokens=5,
-                                          do_sample=False), expected_ids)
+        assert_same_greedy_answers(greedy(model, context=TEXT, prompt="Who?", processor=processor, max_new_tokens=5),
+                                   expected_answer)
         assert torch.equal(model.encode_context(TEXT, processor=processor).chunk_features, expected_cache)
