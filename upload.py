@@ -146,14 +146,15 @@ def _load_checkpoint(path: str | Path | None, base: str | Path | None) -> Checkp
     if base is not None and kind != "adapter":
         raise PublishError(f"--base applies to a peft adapter folder, but {path} is a {kind} checkpoint.")
     if kind == "model":
-        return Checkpoint(E2LLMForCausalLM.from_pretrained(path).eval(), E2LLMProcessor.from_pretrained(path))
+        model, processor, _ = load_model(path)
+        return Checkpoint(model, processor)
     if kind == "demo":
         model, processor = trained_run_base(path)
         return Checkpoint(model.eval(), processor, adapter_dir=path)
     if base is not None:
         if checkpoint_format(Path(base)) != "model":
             raise PublishError(f"--base {base} must be a saved E2LLM folder (format a), not an adapter.")
-        model, processor = E2LLMForCausalLM.from_pretrained(base), E2LLMProcessor.from_pretrained(base)
+        model, processor, _ = load_model(base)
     else:
         model, processor, _ = load_model(trained=False)
     if (path / "processor_config.json").exists():
