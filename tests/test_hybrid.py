@@ -334,6 +334,16 @@ def test_a_cache_of_format_2_with_one_vector_per_chunk_still_loads_and_ranks_who
                                hybrid_top_k=2).shape == (1, 2)
 
 
+def test_a_cls_pooled_encoder_ranks_by_its_one_cls_vector_per_chunk(tmp_path, tiny_paths, tiny_processor):
+    from conftest import build_tiny_encoder
+
+    encoder = build_tiny_encoder(tmp_path / "cls_encoder", pooling="cls")
+    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(str(encoder), tiny_paths[1]).eval()
+    model.config.hybrid_window_tokens, model.config.hybrid_window_stride = 4, 2  # windows of [CLS]: none exist
+    cache = model.encode_context(TEXT, processor=tiny_processor)
+    assert cache.pooled.shape == (cache.num_chunks, 32) and cache.window_mask is None and cache.ranking_windows is None
+
+
 @pytest.mark.parametrize("windows, message", [((0, 1), "hybrid_window_tokens must be None"),
                                               ((16, 32), "hybrid_window_stride must be an integer from 1 to"),
                                               ((16, None), "hybrid_window_stride must be an integer from 1 to")])
