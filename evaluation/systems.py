@@ -4,7 +4,7 @@
 - `truncation`: the plain decoder reads the context cut in the middle to fit its window (head and tail
   tokens kept, as LongBench does), plus the question.
 - `full`: the plain decoder reads the whole context; an example that does not fit raises `DoesNotFit`.
-- `rag`: the top-k chunks by cosine similarity of the E2LLM encoder's pooled vectors to the question's,
+- `rag`: the top-k chunks by hybrid recall's own ranking (`chunk_scores`: each chunk's best window, fused with BM25),
   in document order, read by the plain decoder (cut in the middle if they still do not fit).
 """
 

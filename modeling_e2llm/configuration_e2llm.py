@@ -39,11 +39,22 @@ class E2LLMConfig(PreTrainedConfig):
             retriever: its frozen lower layers, shared with the chunk encoder (they run once), and frozen
             pretrained copies of the top `encoder_lora_layers` layers (`model.ranking_layers`). Composing a new
             E2LLM picks `"base"`; a model holding the copies can switch between the two at any time.
-        hybrid_ranking: how hybrid recall scores a chunk against the question. `"dense"`: cosine of the two
-            pooled encoder vectors alone, in which one short sentence is diluted by the rest of its chunk.
+        hybrid_ranking: how hybrid recall scores a chunk against the question. `"dense"`: the cosine alone of
+            the question's pooled encoder vector and the chunk's (its best window, see hybrid_window_tokens).
             `"fused"` (default; also for checkpoints saved before this setting existed): that cosine plus
             BM25 over the encoder tokenizer's ids, each standardized over the context's chunks, so that a
             chunk holding the question's rare words (a name, a place) wins even when the rest of it is off topic.
+        hybrid_window_tokens / hybrid_window_stride: what the ranking's cosine compares the question with. An
+            integer w (and stride s, 1 <= s <= w): every window of w consecutive ranking-encoder token states of a
+            chunk, starting every s tokens, is mean-pooled to its own vector, and a chunk scores by its best window,
+            so that one short sentence (a needle) is not diluted by the rest of its ~128-token chunk. The windows
+            come from the token states the ranking encoder computes anyway (no extra encoder pass); a chunk
+            shorter than w tokens is one window of what it has. None: one vector per chunk (the whole-chunk
+            mean). Default 16 / 8, also for checkpoints saved before the setting existed, because on needles asked
+            in other words it put more needles' chunks in the top 5 than whole chunks did (fused: 119 of 125 single
+            needles against 116, 22 of 25 triples against 9), as well as stride 4 at half the windows, and better
+            than 32-token windows (evaluation/results/hybrid-ranking). Not used with `pooling="cls"`, whose one
+            [CLS] vector per text has no windows.
     """
 
     model_type = "e2llm"
@@ -70,6 +81,8 @@ class E2LLMConfig(PreTrainedConfig):
     decoder_lora_modules: list[str] | None = None
     hybrid_scoring: Literal["tuned", "base"] = "tuned"
     hybrid_ranking: Literal["dense", "fused"] = "fused"
+    hybrid_window_tokens: int | None = 16
+    hybrid_window_stride: int | None = 8
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -101,6 +114,7 @@ class E2LLMConfig(PreTrainedConfig):
             raise ValueError(f"hybrid_scoring must be one of {HYBRID_SCORING}, got {self.hybrid_scoring!r}.")
         if self.hybrid_ranking not in HYBRID_RANKINGS:
             raise ValueError(f"hybrid_ranking must be one of {HYBRID_RANKINGS}, got {self.hybrid_ranking!r}.")
+        check_hybrid_windows(self.hybrid_window_tokens, self.hybrid_window_stride)
         if not 1 <= self.adapter_num_layers <= 3:
             raise ValueError(f"adapter_num_layers must be 1, 2 or 3, got {self.adapter_num_layers}.")
         if self.encoder_batch_size < 1:
@@ -137,6 +151,19 @@ def check_encoder_tokens_per_chunk_token(value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"encoder_tokens_per_chunk_token must be None (one chunk token per chunk) or an integer "
                          f">= 1 (encoder tokens pooled into each chunk token, e.g. 4, 8, 16), got {value!r}.")
+
+
+def check_hybrid_windows(window_tokens, stride) -> None:
+    """Refuse a ranking window that is neither None nor an integer >= 1, or a stride that is not an integer from
+    1 to the window (a larger one would skip tokens that no window sees)."""
+    if window_tokens is None:
+        return
+    if isinstance(window_tokens, bool) or not isinstance(window_tokens, int) or window_tokens < 1:
+        raise ValueError(f"hybrid_window_tokens must be None (one ranking vector per chunk) or an integer >= 1 "
+                         f"(encoder tokens per ranking window, e.g. 16), got {window_tokens!r}.")
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window_tokens:
+        raise ValueError(f"hybrid_window_stride must be an integer from 1 to hybrid_window_tokens={window_tokens} "
+                         f"(tokens between window starts, e.g. {max(1, window_tokens // 2)}), got {stride!r}.")
 
 
 def check_source(source) -> str:

@@ -1,9 +1,10 @@
 """Context cache: encode a long document once, then ask it many questions without re-encoding.
 
-A cache holds the document's chunk tokens (after the adapter), the pooled encoder vectors, the chunks'
-encoder token ids and the chunk offsets, keyed by a hash of the text (with the chunking settings) and of the
-encoder and adapter weights, and by the compression setting (`encoder_tokens_per_chunk_token`), so that a cache
-made from other text, other weights or another setting is refused, never used.
+A cache holds the document's chunk tokens (after the adapter), the vectors that rank its chunks (one window
+vector per `hybrid_window_stride` tokens of each chunk), the chunks' encoder token ids and the chunk offsets,
+keyed by a hash of the text (with the chunking settings) and of the encoder and adapter weights, and by the
+compression and window settings, so that a cache made from other text, other weights or other settings is
+refused, never used.
 
 Once `generate` has used it, it also holds the decoder's keys and values of the prompt's question-independent
 prefix (chat header, instruction start, chunk tokens), keyed by the prefix's token ids and a hash of the
@@ -21,11 +22,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, GenerationConfig, PreTrainedModel
 
-CACHE_FORMAT = "e2llm-context-cache-2"
+CACHE_FORMAT = "e2llm-context-cache-3"
 # Format 1 (before encoder ids and decoder keys/values) still loads: ranking then tokenizes the chunk texts again,
-# and the first question computes the prefix keys/values. The number changed so that code of format 1, which
-# cannot read the new tensors, refuses a new file with its "not an E2LLM context cache" message.
-READABLE_FORMATS = ("e2llm-context-cache-1", CACHE_FORMAT)
+# and the first question computes the prefix keys/values. Formats 1 and 2 (before ranking windows) hold one
+# vector per chunk, which ranks as one window, the whole chunk, as it did. Each new number makes older code,
+# which cannot read the new tensors or would rank windows as chunks, refuse a new file with its "not an E2LLM
+# context cache" message.
+READABLE_FORMATS = ("e2llm-context-cache-1", "e2llm-context-cache-2", CACHE_FORMAT)
 _PREFIX_KV = "prefix_kv"  # saved as prefix_kv.{layer}.keys / .values
 
 
@@ -63,8 +66,13 @@ class ContextCache:
 
     chunk_features: (n_chunk_tokens, dec_hidden) chunk tokens, ready for the decoder, chunk by chunk (one per
         chunk, or ceil(n_i / k) with the model's encoder_tokens_per_chunk_token k).
-    pooled: (n_chunks, enc_hidden) pooled outputs of the scoring encoder, one per chunk, for ranking chunks
-        against a question (`E2LLMForCausalLM.chunk_scores`); None in a one-call cache that ranks nothing.
+    pooled: the ranking encoder's vectors that rank chunks against a question (`E2LLMForCausalLM.chunk_scores`):
+        (n_chunks, W, enc_hidden) the mean of each window of the chunk's token states, with `window_mask`
+        (n_chunks, W) True for each chunk's real windows; or (n_chunks, enc_hidden), one per chunk (the model's
+        hybrid_window_tokens=None, and every cache saved before windows). None in a one-call cache that ranks
+        nothing.
+    ranking_windows: (hybrid_window_tokens, hybrid_window_stride) of the windows in `pooled`; None: one vector
+        per chunk.
     offsets: (n_chunks, 2) character spans of the chunks in the text.
     text: the document itself (hybrid recall quotes chunks from it).
     encoder_tokens_per_chunk_token: the model's compression setting when it was made (None in a cache saved
@@ -84,6 +92,8 @@ class ContextCache:
     text_hash: str
     weights_hash: str
     encoder_tokens_per_chunk_token: int | None = None
+    window_mask: torch.Tensor | None = None
+    ranking_windows: tuple[int, int] | None = None
     chunk_input_ids: torch.Tensor | None = None
     chunk_attention_mask: torch.Tensor | None = None
     prefix_ids: torch.Tensor | None = None
@@ -135,6 +145,8 @@ class ContextCache:
                    "text_utf8": torch.frombuffer(bytearray(self.text.encode("utf-8")), dtype=torch.uint8)}
         if self.chunk_input_ids is not None:
             tensors.update(chunk_input_ids=self.chunk_input_ids, chunk_attention_mask=self.chunk_attention_mask)
+        if self.window_mask is not None:
+            tensors["window_mask"] = self.window_mask
         metadata = {"format": CACHE_FORMAT, "text_hash": self.text_hash, "weights_hash": self.weights_hash}
         if prefix_kv and self.prefix_kv is not None:
             tensors["prefix_ids"] = self.prefix_ids
@@ -145,6 +157,8 @@ class ContextCache:
         metadata["content_hash"] = content_fingerprint(tensors)
         if self.encoder_tokens_per_chunk_token is not None:  # absent: the default, as in caches saved before it
             metadata["encoder_tokens_per_chunk_token"] = str(self.encoder_tokens_per_chunk_token)
+        if self.ranking_windows is not None:  # absent: one vector per chunk, as in caches saved before windows
+            metadata["hybrid_window_tokens"], metadata["hybrid_window_stride"] = map(str, self.ranking_windows)
         save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
@@ -168,14 +182,23 @@ class ContextCache:
         prefix_kv = tuple((tensors.pop(f"{_PREFIX_KV}.{layer}.keys"), tensors.pop(f"{_PREFIX_KV}.{layer}.values"))
                           for layer in range(layers))
         k = metadata.get("encoder_tokens_per_chunk_token")
+        windows = (None if "hybrid_window_tokens" not in metadata else
+                   (int(metadata["hybrid_window_tokens"]), int(metadata["hybrid_window_stride"])))
         return cls(**tensors, text=text, text_hash=metadata["text_hash"], weights_hash=metadata["weights_hash"],
-                   encoder_tokens_per_chunk_token=None if k is None else int(k), prefix_kv=prefix_kv or None,
-                   decoder_hash=metadata.get("decoder_hash", ""))
+                   encoder_tokens_per_chunk_token=None if k is None else int(k), ranking_windows=windows,
+                   prefix_kv=prefix_kv or None, decoder_hash=metadata.get("decoder_hash", ""))
 
     def check(self, weights_hash: str, text_hash: str | None = None,
-              encoder_tokens_per_chunk_token: int | None = None) -> None:
-        """Refuse a stale cache: made with other encoder/adapter weights, for another text, or with another
-        compression setting (its chunk tokens would be a sequence the model never reads)."""
+              encoder_tokens_per_chunk_token: int | None = None,
+              ranking_windows: tuple[int, int] | None = None) -> None:
+        """Refuse a stale cache: made with other encoder/adapter weights, for another text, with another
+        compression setting (its chunk tokens would be a sequence the model never reads), or with ranking windows
+        other than the model's `ranking_windows` (it would rank by windows the model does not use). A cache of one
+        vector per chunk, such as every cache saved before windows, ranks whole chunks, as it always did."""
+        if self.ranking_windows is not None and self.ranking_windows != ranking_windows:
+            made, used = (_windows_in_words(windows) for windows in (self.ranking_windows, ranking_windows))
+            raise ValueError(f"This context cache ranks chunks by {made} but the model by {used}. Re-encode the text "
+                             "with model.encode_context(text), or set the model's config back to the cache's windows.")
         if encoder_tokens_per_chunk_token != self.encoder_tokens_per_chunk_token:
             raise ValueError(f"This context cache was made with encoder_tokens_per_chunk_token="
                              f"{self.encoder_tokens_per_chunk_token} but the model uses "
@@ -186,6 +209,12 @@ class ContextCache:
         if text_hash is not None and text_hash != self.text_hash:
             raise ValueError("This context cache was made from another text (or other chunking settings) than "
                              "the context given. Re-encode it with model.encode_context(text), or pass no context.")
+
+
+def _windows_in_words(windows: tuple[int, int] | None) -> str:
+    if windows is None:
+        return "one vector per chunk (hybrid_window_tokens=None)"
+    return "windows of hybrid_window_tokens={}, hybrid_window_stride={}".format(*windows)
 
 
 def as_caches(context_cache) -> list[ContextCache]:

@@ -123,20 +123,27 @@ class E2LLMModel(E2LLMPreTrainedModel):
                     progress: bool = False, for_scoring: bool = False, scoring: str | None = None) -> torch.Tensor:
         """Encoder output of every text (a chunk, or a question to rank chunks by) pooled to one vector:
         (n, L) -> (n, enc_hidden). `for_scoring`: with the encoder hybrid recall ranks by (`scoring`, default
-        `config.hybrid_scoring`). Chunk tokens with `config.encoder_tokens_per_chunk_token` k (not for scoring:
-        ranking compares whole chunks): (n, L) -> (n, S, enc_hidden), S = ceil(L / k), the mean of each k
-        consecutive tokens, zeros past a chunk's end (`chunk_tokens` keeps the real ones)."""
-        chunk_vectors, ranking_vectors = self.pool_chunks_and_ranking(
+        `config.hybrid_scoring`), one vector per text (a question's; chunks are ranked by their windows, see
+        `pool_chunks_and_ranking`). Chunk tokens with `config.encoder_tokens_per_chunk_token` k:
+        (n, L) -> (n, S, enc_hidden), S = ceil(L / k), the mean of each k consecutive tokens, zeros past a chunk's
+        end (`chunk_tokens` keeps the real ones)."""
+        chunk_vectors, ranking_vectors, _ = self.pool_chunks_and_ranking(
             chunk_input_ids, chunk_attention_mask, progress, chunk_tokens=not for_scoring,
-            scoring=self.checked_scoring(scoring) if for_scoring else None)
+            scoring=self.checked_scoring(scoring) if for_scoring else None, ranking_windows=False)
         return ranking_vectors if for_scoring else chunk_vectors
 
     def pool_chunks_and_ranking(self, chunk_input_ids: torch.Tensor, chunk_attention_mask: torch.Tensor,
-                                progress: bool = False, chunk_tokens: bool = True,
-                                scoring: str | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """`pool_chunks` for chunk tokens (None unless `chunk_tokens`) and for ranking with the `scoring`
-        encoder ("base" or "tuned"; None: no ranking) of the same texts, from one pass of the encoder's shared
-        lower layers: (n, L) -> (n[, S], enc_hidden) and (n, enc_hidden).
+                                progress: bool = False, chunk_tokens: bool = True, scoring: str | None = None,
+                                ranking_windows: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None,
+                                                                       torch.Tensor | None]:
+        """`pool_chunks` for chunk tokens (None unless `chunk_tokens`), and the vectors that rank the same chunks
+        with the `scoring` encoder ("base" or "tuned"; None: no ranking) with their window mask, from one pass of
+        the encoder's shared lower layers: (n, L) -> (n[, S], enc_hidden), ranking vectors and window mask.
+
+        Ranking vectors: with `ranking_windows` and `config.hybrid_window_tokens` w (mean pooling), (n, W,
+        enc_hidden) the mean of every window of w tokens starting every `config.hybrid_window_stride` tokens, W
+        from the full width L, and (n, W) bool, True for each chunk's real windows; otherwise (n, enc_hidden) one
+        vector per text, and None.
 
         Chunks run in batches of `config.encoder_batch_size` (or as many as `config.encoder_batch_tokens` holds at
         the padded width), longest first, each batch trimmed to its own longest chunk on the CPU: memory stays
@@ -146,8 +153,10 @@ class E2LLMModel(E2LLMPreTrainedModel):
         if scoring is not None:
             self.checked_scoring(scoring)  # refuse a name, or "base" without the ranking layers, before any work
         segment_size = self.config.encoder_tokens_per_chunk_token
-        # S from the full width, not each batch's trimmed one, so that every batch pools to the same shape.
+        # S and W from the full width, not each batch's trimmed one, so that every batch pools to the same shape.
         num_segments = None if segment_size is None else -(-chunk_input_ids.shape[1] // segment_size)
+        windows = self.ranking_windows() if ranking_windows else None
+        num_windows = None if windows is None else int(window_counts(chunk_input_ids.shape[1], *windows))
         lengths = chunk_attention_mask.sum(dim=1)  # (n,)
         order = torch.argsort(lengths, descending=True)
         on_cpu = lengths.device.type == "cpu"
@@ -164,8 +173,24 @@ class E2LLMModel(E2LLMPreTrainedModel):
                 vectors = _pool(tuned, mask, self.config.pooling, segment_size, num_segments)
                 chunk_vectors = _placed(chunk_vectors, index, vectors, len(order))
             if ranking is not None:
-                ranking_vectors = _placed(ranking_vectors, index, _pool(ranking, mask, self.config.pooling), len(order))
-        return chunk_vectors, ranking_vectors
+                vectors = (_pool(ranking, mask, self.config.pooling) if windows is None
+                           else _pool_windows(ranking, mask, *windows, num_windows))
+                ranking_vectors = _placed(ranking_vectors, index, vectors, len(order))
+        window_mask = None
+        if ranking_vectors is not None and windows is not None:
+            window_mask = torch.arange(num_windows, device=lengths.device) < window_counts(lengths, *windows)[:, None]
+            # Windows are kept in float16 (their cosine is still taken in fp32): at 1M tokens, ~9,000 chunks of 15
+            # windows (16 / 8) are ~100 MB rather than ~200 MB, and on the NIAH grids every needle's chunk ranked
+            # where fp32 windows put it (evaluation/results/hybrid-ranking).
+            ranking_vectors = ranking_vectors.to(torch.float16)
+        return chunk_vectors, ranking_vectors, window_mask
+
+    def ranking_windows(self) -> tuple[int, int] | None:
+        """(tokens, stride) of the windows chunks are ranked by, or None: one vector per chunk (no window
+        setting, or `pooling="cls"`, whose one [CLS] vector per text has no windows)."""
+        if self.config.hybrid_window_tokens is None or self.config.pooling != "mean":
+            return None
+        return self.config.hybrid_window_tokens, self.config.hybrid_window_stride
 
     def _encoder_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tuned: bool,
                         scoring: str | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -472,7 +497,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def encode_context(self, context: str, processor: E2LLMProcessor | None = None,
                        progress: bool = False) -> ContextCache:
-        """Encode a document once: its chunk tokens, pooled encoder vectors (one per chunk) and chunk offsets.
+        """Encode a document once: its chunk tokens, ranking vectors (windows of each chunk) and chunk offsets.
 
         Pass the result to `generate(context_cache=..., prompt=...)` for each question; `save`/`load`
         it as safetensors. It is refused if the encoder or adapter weights change.
@@ -499,10 +524,12 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         ids, mask = chunks["chunk_input_ids"].to(self.device), chunks["chunk_attention_mask"].to(self.device)
         k = self.config.encoder_tokens_per_chunk_token
         scoring = self.model.checked_scoring() if rank else None
-        pooled, scoring_pooled = self.model.pool_chunks_and_ranking(ids, mask, progress, scoring=scoring)
+        pooled, ranking, window_mask = self.model.pool_chunks_and_ranking(ids, mask, progress, scoring=scoring)
         tokens = self.model.chunk_tokens(pooled, mask, count)  # (n_chunk_tokens, enc_hidden)
         features = self.model.adapter(tokens)  # (n_chunk_tokens, dec_hidden)
-        return ContextCache(chunk_features=features, pooled=scoring_pooled, offsets=chunks["offsets"], text=context,
+        return ContextCache(chunk_features=features, pooled=ranking, window_mask=window_mask,
+                            ranking_windows=self.model.ranking_windows() if rank else None,
+                            offsets=chunks["offsets"], text=context,
                             text_hash="", weights_hash="", encoder_tokens_per_chunk_token=k,
                             chunk_input_ids=chunks["chunk_input_ids"].to(torch.int32),  # half the bytes; ids < 2**31
                             chunk_attention_mask=chunks["chunk_attention_mask"].bool())
@@ -542,38 +569,41 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def chunk_scores(self, chunks: ContextCache | dict | torch.Tensor, question: str,
                      processor: E2LLMProcessor | None = None, scoring: str | None = None,
-                     chunk_texts: list[str] | None = None, ranking: str | None = None) -> torch.Tensor:
+                     chunk_texts: list[str] | None = None, ranking: str | None = None,
+                     window_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Hybrid recall's ranking, the one used by generation, the RAG baseline, training's hybrid samples and
         the ranking report: (n_chunks,) score of each chunk for `question`, higher is better.
 
         `chunks`: a cache; one context's `processor.encode_chunks([context])`, pooled here by the ranking encoder
-        (`scoring`, default `config.hybrid_scoring`); or pooled vectors (n_chunks, enc_hidden) of the ranking
-        encoder with the chunks' texts `chunk_texts`. `ranking` (default `config.hybrid_ranking`):
-        "dense", the cosine between the question's pooled vector and each chunk's; "fused", that cosine plus
-        BM25 over encoder token ids, each standardized over the chunks. A question of several sentences (three
-        things asked at once) scores each chunk by its best sentence: one vector of all of them matches none of
-        the chunks that answer them. A sentence longer than a chunk may be is cut to fit the encoder."""
+        (`scoring`, default `config.hybrid_scoring`) in windows (`config.hybrid_window_tokens`); or ranking
+        vectors of the chunks, (n_chunks, enc_hidden) or windows (n_chunks, W, enc_hidden) with `window_mask`
+        (n_chunks, W) of the real ones (None: all), with the chunks' texts `chunk_texts`. `ranking` (default
+        `config.hybrid_ranking`): "dense", the cosine between the question's pooled vector and each chunk's best
+        window (one window: the whole chunk); "fused", that cosine plus BM25 over encoder token ids, each
+        standardized over the chunks. A question of several sentences (three things asked at once) scores each
+        chunk by its best sentence: one vector of all of them matches none of the chunks that answer them. A
+        sentence longer than a chunk may be is cut to fit the encoder."""
         processor = self._processor_for(processor)
         ranking = self.config.hybrid_ranking if ranking is None else ranking
         if ranking not in HYBRID_RANKINGS:
             raise ValueError(f"ranking must be one of {HYBRID_RANKINGS}, got {ranking!r}.")
         chunk_ids = chunk_mask = None
         if isinstance(chunks, ContextCache):
-            pooled, chunk_texts = chunks.pooled, chunks.chunk_texts
+            vectors, window_mask, chunk_texts = chunks.pooled, chunks.window_mask, chunks.chunk_texts
             chunk_ids, chunk_mask = chunks.chunk_input_ids, chunks.chunk_attention_mask  # None in an older cache
         elif isinstance(chunks, dict):  # the lexical score reads the same encoder ids the dense one pools
             chunk_ids, chunk_mask = chunks["chunk_input_ids"], chunks["chunk_attention_mask"]
-            pooled = self.model.pool_chunks(chunk_ids.to(self.device), chunk_mask.to(self.device), for_scoring=True,
-                                            scoring=scoring)  # (n_chunks, enc_hidden)
+            _, vectors, window_mask = self.model.pool_chunks_and_ranking(
+                chunk_ids.to(self.device), chunk_mask.to(self.device), chunk_tokens=False,
+                scoring=self.model.checked_scoring(scoring))  # (n_chunks[, W], enc_hidden), (n_chunks, W)
         else:
-            pooled = chunks
+            vectors = chunks
         sentences = split_sentences(question) or [question]
         tokens = processor.encoder_tokenizer(sentences, truncation=True, max_length=processor.max_chunk_tokens,
                                              padding="longest", return_tensors="pt").to(self.device)
         queries = self.model.pool_chunks(tokens["input_ids"], tokens["attention_mask"], for_scoring=True,
                                          scoring=scoring)  # (n_sentences, enc_hidden)
-        dense = torch.nn.functional.cosine_similarity(pooled.to(queries.device).unsqueeze(1), queries.unsqueeze(0),
-                                                      dim=-1).cpu()  # (n_chunks, n_sentences)
+        dense = _best_window_cosines(vectors.to(queries.device), window_mask, queries).cpu()  # (n_chunks, n_sentences)
         if ranking == "dense":
             return dense.max(dim=1).values
         if chunk_ids is None and (chunk_texts is None or len(chunk_texts) != len(dense)):
@@ -597,7 +627,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         weights = self.weights_fingerprint()
         for cache, text in zip(caches, texts):
             cache.check(weights, None if text is None else text_fingerprint(text, processor),
-                        self.config.encoder_tokens_per_chunk_token)
+                        self.config.encoder_tokens_per_chunk_token, self.model.ranking_windows())
         return caches
 
     def weights_fingerprint(self) -> str:
@@ -778,6 +808,42 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, segment_size: int
         hidden = nn.functional.pad(hidden, (0, 0, 0, pad)).unflatten(1, (num_segments, segment_size))  # (n, S, k, H)
         weights = nn.functional.pad(weights, (0, 0, 0, pad)).unflatten(1, (num_segments, segment_size))  # (n, S, k, 1)
     return (hidden * weights).sum(dim=-2) / weights.sum(dim=-2).clamp(min=1.0)
+
+
+def _pool_windows(hidden: torch.Tensor, mask: torch.Tensor, window_tokens: int, stride: int,
+                  num_windows: int) -> torch.Tensor:
+    """(n, L, H) token states -> (n, num_windows, H), the masked mean of each window of `window_tokens`
+    consecutive tokens, window j starting at token j * stride; windows past a text's real tokens are zeros or
+    partial (`window_counts` says which are real). (num_windows - 1) * stride + window_tokens must be >= L."""
+    width = (num_windows - 1) * stride + window_tokens
+    pad = (0, 0, 0, width - hidden.shape[1])
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (n, L, 1)
+    sums = nn.functional.pad(hidden * weights, pad).unfold(1, window_tokens, stride).sum(dim=-1)  # (n, W, H)
+    counts = nn.functional.pad(weights, pad).unfold(1, window_tokens, stride).sum(dim=-1)  # (n, W, 1)
+    return sums / counts.clamp(min=1.0)
+
+
+def window_counts(lengths: torch.Tensor | int, window_tokens: int, stride: int) -> torch.Tensor:
+    """Ranking windows of texts of `lengths` tokens: one up to `window_tokens` tokens (a shorter text is one
+    window of what it has), then one more per `stride` tokens begun, so that the last one, perhaps partial,
+    reaches the text's end. (...) -> (...), a tensor."""
+    excess = torch.as_tensor(lengths) - window_tokens
+    return 1 + (-(-excess // stride)).clamp(min=0)
+
+
+def _best_window_cosines(vectors: torch.Tensor, window_mask: torch.Tensor | None,
+                         queries: torch.Tensor) -> torch.Tensor:
+    """Cosine of each chunk's best window with each question sentence: ranking vectors (n, enc_hidden), one per
+    chunk, or (n, W, enc_hidden) with `window_mask` (n, W) of the real windows (None: all), and queries
+    (s, enc_hidden) -> (n, s). Compared in fp32 whatever the vectors are stored in."""
+    if vectors.dim() == 2:
+        vectors = vectors.unsqueeze(1)  # (n, 1, enc_hidden): one window, the whole chunk
+    # Normalized vectors and one matmul: cosine_similarity would broadcast an (n, W, s, enc_hidden) tensor.
+    cosines = (nn.functional.normalize(vectors.float(), dim=-1)
+               @ nn.functional.normalize(queries.float(), dim=-1).T)  # (n, W, s)
+    if window_mask is not None:
+        cosines = cosines.masked_fill(~window_mask.to(cosines.device).unsqueeze(-1), -torch.inf)
+    return cosines.max(dim=1).values
 
 
 def _placed(into: torch.Tensor | None, index: torch.Tensor, vectors: torch.Tensor, n: int) -> torch.Tensor:

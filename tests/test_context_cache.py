@@ -23,6 +23,7 @@ def test_cached_generation_equals_uncached(tiny_model, tiny_processor, tmp_path)
 
 
 def test_cache_holds_chunk_tokens_pooled_vectors_and_offsets(tiny_model, tiny_processor):
+    tiny_model.config.hybrid_window_tokens = None  # one ranking vector per chunk, comparable with its chunk token
     cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
     spans = tiny_processor.chunk(TEXT)
     assert cache.offsets.tolist() == [list(span) for span in spans]
@@ -75,14 +76,15 @@ print(json.dumps(peaks))
     assert long - short < 40, (short, long)
 
 
-def test_with_the_knob_a_cache_holds_the_chunk_tokens_and_one_ranking_vector_per_chunk(tiny_at, tmp_path):
+def test_with_the_knob_a_cache_holds_the_chunk_tokens_and_the_ranking_windows_of_each_chunk(tiny_at, tmp_path):
     model, processor = tiny_at(4)
     cache = model.encode_context(TEXT, processor=processor)
     cache.save(tmp_path / "doc.safetensors")
     loaded = ContextCache.load(tmp_path / "doc.safetensors")
     chunks = processor.encode_chunks([TEXT])
     assert (loaded.num_chunks, loaded.num_chunk_tokens) == (chunks["num_chunks"][0], chunks["num_chunk_tokens"][0])
-    assert loaded.pooled.shape == (loaded.num_chunks, 32) and loaded.encoder_tokens_per_chunk_token == 4
+    assert loaded.pooled.shape == (loaded.num_chunks, loaded.window_mask.shape[1], 32)
+    assert loaded.window_mask.sum(dim=1).min() >= 1 and loaded.encoder_tokens_per_chunk_token == 4
     for question in ("Who chaired?", "What did Bob present?"):
         uncached = model.generate(context=TEXT, prompt=question, processor=processor, max_new_tokens=6,
                                   do_sample=False, hybrid_top_k=2)

@@ -9,8 +9,10 @@ import torch
 from conftest import assert_same_greedy_answers, greedy
 from evaluation.hybrid_ranking import family_summaries, needle_ranks, rank_summary
 from evaluation.niah import needle_example
-from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm import ContextCache, E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm.embedded_default import default_decoder_path, default_encoder_path
 from modeling_e2llm.lora import lora_config
+from modeling_e2llm.modeling_e2llm import _pool_windows, window_counts
 from modeling_e2llm.processing_e2llm import bm25_scores
 
 SENTENCES = [f"Paragraph {i} talks about topic number {i} in some detail. " for i in range(12)]
@@ -149,7 +151,8 @@ def test_composed_model_ranks_with_the_pretrained_encoder_whatever_training_does
 
 
 def test_tuned_scoring_ranks_with_the_chunk_encoder_and_keeps_no_copy(tiny_paths, tiny_processor):
-    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths, hybrid_scoring="tuned").eval()
+    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(*tiny_paths, hybrid_scoring="tuned",
+                                                             hybrid_window_tokens=None).eval()  # whole chunks
     assert model.model.ranking_layers is None
     before = model.encode_context(TEXT, processor=tiny_processor)
     _tune_chunk_encoder(model)
@@ -162,6 +165,7 @@ def test_tuned_scoring_ranks_with_the_chunk_encoder_and_keeps_no_copy(tiny_paths
 def test_a_model_holding_the_copy_can_switch_to_ranking_with_the_chunk_encoder(tiny_model, tiny_processor):
     _tune_chunk_encoder(tiny_model)
     tiny_model.config.hybrid_scoring = "tuned"
+    tiny_model.config.hybrid_window_tokens = None  # whole-chunk ranking vectors, comparable with chunk tokens
     cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
     torch.testing.assert_close(tiny_model.model.adapter(cache.pooled), cache.chunk_features)
 
@@ -241,3 +245,109 @@ def test_hybrid_ranking_is_the_same_with_and_without_the_knob(tiny_at, scoring):
     question = "What does paragraph 7 talk about?"
     assert (compressed.hybrid_passages(TEXT, question, compressed_processor, top_k=3)
             == default.hybrid_passages(TEXT, question, processor, top_k=3))
+
+
+# --- ranking windows: a chunk scores by its best window of token states ------------------------------------------
+
+def test_windows_cover_a_chunk_from_its_start_every_stride_tokens_to_its_end():
+    # 16-token windows every 8 tokens: up to 16 tokens one window (of what there is), then one per 8 tokens begun
+    assert window_counts(torch.tensor([5, 16, 17, 24, 25, 110]), 16, 8).tolist() == [1, 1, 2, 2, 3, 13]
+    states = torch.arange(10.0).reshape(1, 10, 1)  # token i has state i
+    mask = torch.tensor([[1] * 7 + [0] * 3])  # 7 real tokens
+    windows = _pool_windows(states, mask, 4, 2, int(window_counts(10, 4, 2)))  # (1, 4, 1)
+    real = int(window_counts(7, 4, 2))
+    assert real == 3 and windows[0, :real, 0].tolist() == [1.5, 3.5, 5.0]  # the last: tokens 4-6, all it has
+
+
+def test_a_short_sentence_inside_a_long_chunk_wins_with_windows_where_the_whole_chunk_loses(tiny_paths, essay_text):
+    """The real all-MiniLM-L6-v2: a needle in a ~100-token chunk of an essay, asked about in other words."""
+    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(default_encoder_path(), tiny_paths[1]).eval()
+    processor = E2LLMProcessor.from_encoder_decoder_pretrained(default_encoder_path(), default_decoder_path())
+    essay = essay_text[:8000]
+    cut = essay.index(". ", 4500) + 2
+    context = essay[:cut] + "The combination of the safe in the old harbour office is 4417902. " + essay[cut:]
+    chunks = processor.encode_chunks([context])
+    needle_chunk = next(i for i, (start, end) in enumerate(chunks["offsets"].tolist()) if start <= cut < end)
+    ranks = {}
+    for window_tokens in (None, 16):
+        model.config.hybrid_window_tokens = window_tokens
+        scores = model.chunk_scores(chunks, "Which digits open the strongbox at the port office?", processor,
+                                    ranking="dense")
+        ranks[window_tokens] = scores.argsort(descending=True).tolist().index(needle_chunk)
+    assert ranks[None] >= 3 and ranks[16] == 0  # measured: 4th of 17 chunks as a whole, 1st by its best window
+
+
+def test_a_window_longer_than_every_chunk_ranks_as_the_whole_chunk(tiny_model, tiny_processor):
+    tiny_model.config.hybrid_window_tokens = None
+    whole = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    tiny_model.config.hybrid_window_tokens = tiny_model.config.hybrid_window_stride = 1000
+    windowed = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    assert windowed.pooled.shape[1] == 1
+    torch.testing.assert_close(windowed.pooled[:, 0].float(), whole.pooled, atol=1e-3, rtol=1e-3)  # float16 windows
+    for ranking in ("dense", "fused"):
+        scores = [tiny_model.chunk_scores(cache, "topic 4", tiny_processor, ranking=ranking) for cache in (windowed, whole)]
+        assert scores[0].argsort().tolist() == scores[1].argsort().tolist()
+
+
+def test_window_settings_round_trip_through_the_saved_model_and_the_cache(tiny_model, tiny_processor, tmp_path):
+    tiny_model.config.hybrid_window_tokens, tiny_model.config.hybrid_window_stride = 4, 2
+    tiny_model.save_pretrained(tmp_path / "model")
+    loaded = E2LLMForCausalLM.from_pretrained(tmp_path / "model").eval()
+    assert (loaded.config.hybrid_window_tokens, loaded.config.hybrid_window_stride) == (4, 2)
+    cache = loaded.encode_context(TEXT, processor=tiny_processor)
+    cache.save(tmp_path / "doc.safetensors")
+    reloaded = ContextCache.load(tmp_path / "doc.safetensors")
+    assert reloaded.ranking_windows == (4, 2) and reloaded.window_mask.sum(dim=1).min() > 1  # ~12-token chunks
+    torch.testing.assert_close(loaded.chunk_scores(reloaded, "topic 4", tiny_processor),
+                               loaded.chunk_scores(tiny_processor.encode_chunks([TEXT]), "topic 4", tiny_processor))
+
+
+def test_a_cache_made_with_other_windows_is_refused_with_the_fix(tiny_model, tiny_processor):
+    tiny_model.config.hybrid_window_tokens, tiny_model.config.hybrid_window_stride = 4, 2
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    tiny_model.config.hybrid_window_stride = 4
+    with pytest.raises(ValueError, match="hybrid_window_stride=2 but the model by windows of hybrid_window_tokens=4, "
+                                         "hybrid_window_stride=4. Re-encode the text"):
+        tiny_model.generate(context_cache=cache, prompt="topic 4", processor=tiny_processor, max_new_tokens=2)
+
+
+def test_a_cache_of_format_2_with_one_vector_per_chunk_still_loads_and_ranks_whole_chunks(tiny_model, tiny_processor,
+                                                                                          tmp_path):
+    from safetensors.torch import save_file
+
+    from modeling_e2llm.context_cache import content_fingerprint
+
+    tiny_model.config.hybrid_window_tokens = None
+    cache = tiny_model.encode_context(TEXT, processor=tiny_processor)
+    whole = tiny_model.chunk_scores(cache, "topic 4", tiny_processor)
+    tensors = {"chunk_features": cache.chunk_features, "pooled": cache.pooled, "offsets": cache.offsets,
+               "text_utf8": torch.frombuffer(bytearray(TEXT.encode("utf-8")), dtype=torch.uint8),
+               "chunk_input_ids": cache.chunk_input_ids, "chunk_attention_mask": cache.chunk_attention_mask}
+    save_file(tensors, str(tmp_path / "old.safetensors"),
+              metadata={"format": "e2llm-context-cache-2", "text_hash": cache.text_hash,
+                        "weights_hash": cache.weights_hash, "content_hash": content_fingerprint(tensors)})
+    tiny_model.config.hybrid_window_tokens, tiny_model.config.hybrid_window_stride = 4, 2
+    old = ContextCache.load(tmp_path / "old.safetensors")
+    assert old.pooled.shape == (old.num_chunks, 32) and old.ranking_windows is None
+    torch.testing.assert_close(tiny_model.chunk_scores(old, "topic 4", tiny_processor), whole)
+    assert tiny_model.generate(context_cache=old, prompt="topic 4", processor=tiny_processor, max_new_tokens=2,
+                               hybrid_top_k=2).shape == (1, 2)
+
+
+def test_a_cls_pooled_encoder_ranks_by_its_one_cls_vector_per_chunk(tmp_path, tiny_paths, tiny_processor):
+    from conftest import build_tiny_encoder
+
+    encoder = build_tiny_encoder(tmp_path / "cls_encoder", pooling="cls")
+    model = E2LLMForCausalLM.from_encoder_decoder_pretrained(str(encoder), tiny_paths[1]).eval()
+    model.config.hybrid_window_tokens, model.config.hybrid_window_stride = 4, 2  # windows of [CLS]: none exist
+    cache = model.encode_context(TEXT, processor=tiny_processor)
+    assert cache.pooled.shape == (cache.num_chunks, 32) and cache.window_mask is None and cache.ranking_windows is None
+
+
+@pytest.mark.parametrize("windows, message", [((0, 1), "hybrid_window_tokens must be None"),
+                                              ((16, 32), "hybrid_window_stride must be an integer from 1 to"),
+                                              ((16, None), "hybrid_window_stride must be an integer from 1 to")])
+def test_a_bad_window_setting_is_refused_naming_the_fix(tiny_model, windows, message):
+    with pytest.raises(ValueError, match=message):
+        E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
+                    hybrid_window_tokens=windows[0], hybrid_window_stride=windows[1])
