@@ -100,6 +100,8 @@ def _targets(results: dict) -> list[str]:
 
 def _comparison(results: dict) -> list[str]:
     compare = results["medians"].get("compare", {})
+    if not compare:  # --min-tokens beyond the window: nothing was measured within it
+        return []
     rows = []
     for tokens in sorted(compare.get("e2llm", {}), key=int):
         for system in systems_of(results):
