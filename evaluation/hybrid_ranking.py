@@ -9,8 +9,8 @@ k, overall and per needle family (the pool variants). Compare the methods on the
         --lengths 4000 8000 16000 32000 64000 --depths 0 25 50 75 100 --output runs/ranking.json
 
 `--fast-encoder` ranks every cell again with the int8 CPU encoder (`quantize_encoder`) and reports its accuracy
-cost: the cosine of its pooled chunk vectors to fp32 (mean and min over all chunks of the grid) and the share of
-cells whose needles are in the top 5 with both or with neither.
+cost: the cosine of its ranking vectors to fp32 (every real window of every chunk of the grid, what the ranking
+compares; mean and min) and the share of cells whose needles are in the top 5 with both or with neither.
 
 No generation: the encoder alone, a few seconds per cell on a CPU.
 """
@@ -45,19 +45,22 @@ def needle_ranks(model, processor, example, scoring: str | None = None, ranking:
 
 
 @torch.no_grad()
-def pooled_cosines(model, fast_model, processor, example) -> torch.Tensor:
-    """(n_chunks,) cosine of each chunk's ranking vector from `fast_model` to the one from `model`."""
+def ranking_cosines(model, fast_model, processor, example) -> torch.Tensor:
+    """(n_vectors,) cosine of each ranking vector `fast_model` makes of the example's chunks to the one `model`
+    makes: every real window of every chunk (one vector per chunk without ranking windows)."""
     chunks = processor.encode_chunks([example.context])
     ids, mask = chunks["chunk_input_ids"].to(model.device), chunks["chunk_attention_mask"].to(model.device)
-    exact, fast = (m.model.pool_chunks(ids, mask, for_scoring=True) for m in (model, fast_model))
-    return torch.nn.functional.cosine_similarity(exact, fast, dim=-1)
+    (_, exact, windows), (_, fast, _) = (m.model.pool_chunks_and_ranking(
+        ids, mask, chunk_tokens=False, scoring=m.model.checked_scoring()) for m in (model, fast_model))
+    cosines = torch.nn.functional.cosine_similarity(exact.float(), fast.float(), dim=-1)  # (n_chunks[, W])
+    return cosines if windows is None else cosines[windows]
 
 
 def fast_encoder_agreement(model, fast_model, processor, examples, ranks, fast_ranks) -> dict:
-    """The int8 encoder's accuracy cost on the grid: pooled-vector cosines to fp32 and top-5 agreement."""
-    cosines = torch.cat([pooled_cosines(model, fast_model, processor, example) for example in examples])
+    """The int8 encoder's accuracy cost on the grid: ranking-vector cosines to fp32 and top-5 agreement."""
+    cosines = torch.cat([ranking_cosines(model, fast_model, processor, example) for example in examples])
     same_top_5 = sum((max(r) < 5) == (max(f) < 5) for r, f in zip(ranks, fast_ranks)) / len(ranks)
-    return {"pooled_cosine_mean": cosines.mean().item(), "pooled_cosine_min": cosines.min().item(),
+    return {"ranking_cosine_mean": cosines.mean().item(), "ranking_cosine_min": cosines.min().item(),
             "cells_with_the_same_needles_in_top_5": same_top_5}
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import assert_same_greedy_answers, greedy
-from evaluation.hybrid_ranking import family_summaries, needle_ranks, rank_summary
+from evaluation.data import Example
+from evaluation.hybrid_ranking import family_summaries, needle_ranks, rank_summary, ranking_cosines
 from evaluation.niah import needle_example
 from modeling_e2llm import ContextCache, E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.embedded_default import default_decoder_path, default_encoder_path
@@ -351,3 +352,13 @@ def test_a_bad_window_setting_is_refused_naming_the_fix(tiny_model, windows, mes
     with pytest.raises(ValueError, match=message):
         E2LLMConfig(encoder_config=tiny_model.config.encoder_config, text_config=tiny_model.config.text_config,
                     hybrid_window_tokens=windows[0], hybrid_window_stride=windows[1])
+
+
+def test_the_int8_report_compares_every_real_ranking_window_of_every_chunk(tiny_model, tiny_processor, essay_text):
+    context = essay_text[:3000]
+    example = Example(id="cell", context=context, question="q", answer="", answers=[""], task="niah")
+    lengths = tiny_processor.encode_chunks([context])["chunk_attention_mask"].sum(dim=1)  # (n_chunks,)
+    windows = window_counts(lengths, *tiny_model.model.ranking_windows())  # (n_chunks,)
+    cosines = ranking_cosines(tiny_model, tiny_model, tiny_processor, example)  # the same model twice: all 1
+    assert windows.sum() > len(windows) and cosines.shape == (int(windows.sum()),)
+    torch.testing.assert_close(cosines, torch.ones_like(cosines))
