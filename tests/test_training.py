@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from peft import get_peft_model_state_dict
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from modeling_e2llm.embedded_default import default_decoder_path
@@ -584,9 +586,29 @@ def test_a_second_stage_starts_from_the_first_stages_adapter_and_trains_lora(tin
     assert any("lora_" in name and p.requires_grad for name, p in trainer.model.named_parameters())
 
 
-def test_a_first_stage_that_trained_lora_is_refused_as_init_from(tiny_paths, tmp_path, essay_text, first_stages):
-    config = tiny_config(tiny_paths, tmp_path, essay_text, model={"init_from": str(first_stages["lora"])})
-    with pytest.raises(ValueError, match="trained LoRA too.*adapter-only run"):
+def test_a_run_that_trained_lora_is_continued_from_its_lora_and_adapter(tiny_paths, tmp_path, essay_text,
+                                                                        first_stages):
+    saved = load_file(first_stages["lora"] / "adapter_model.safetensors")
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text, model={"init_from": str(first_stages["lora"])}))
+    started = get_peft_model_state_dict(trainer.model)
+    assert any("lora_B" in name and weight.any() for name, weight in saved.items())
+    assert started.keys() == saved.keys()
+    for name, weight in saved.items():
+        torch.testing.assert_close(started[name].cpu(), weight, rtol=0, atol=0)
+
+
+def test_a_run_with_another_lora_rank_is_refused_as_init_from(tiny_paths, tmp_path, essay_text, first_stages):
+    config = tiny_config(tiny_paths, tmp_path, essay_text, model={"init_from": str(first_stages["lora"]),
+                                                                  "config": {"lora_rank": 4}})
+    with pytest.raises(ValueError, match="lora_rank=8.*has 4"):
+        build_trainer(config)
+
+
+def test_a_run_that_tuned_a_part_this_run_freezes_is_refused_as_init_from(tiny_paths, tmp_path, essay_text,
+                                                                          first_stages):
+    config = tiny_config(tiny_paths, tmp_path, essay_text, model={"init_from": str(first_stages["lora"])},
+                         trainable={"encoder": False, "decoder": True})
+    with pytest.raises(ValueError, match="no place for: make the same parts trainable"):
         build_trainer(config)
 
 

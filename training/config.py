@@ -2,7 +2,7 @@
 
 ```yaml
 model:      {encoder: null, decoder: null, config: {lora_rank: 8},   # null paths: the embedded default
-             init_from: null}                                       # an adapter-only run whose adapter starts this one
+             init_from: null}                                       # a finished run whose LoRA + adapter start this one
 processor:  {chunk_size: 512, chunk_overlap: 0.0}                   # chunk_overlap 0.3: the +overlap ablation
 trainable:  {encoder: true, decoder: true}                          # false: the -E / -D ablations; both: adapter only
 tasks:      {understanding: true, understanding_ratio: 0.5, understanding_weight: 1.0, window_chunks: 4,
@@ -46,7 +46,7 @@ class ModelSettings:
     encoder: str | None = None
     decoder: str | None = None
     config: dict = field(default_factory=dict)  # E2LLMConfig keyword arguments
-    init_from: str | None = None  # an adapter-only run's final/ folder: its adapter starts this run (second stage)
+    init_from: str | None = None  # a finished run's final/ folder: its LoRA + adapter start this run
 
     def __post_init__(self):
         _check_keys(self.config, MODEL_CONFIG_KEYS, "config.model.config")

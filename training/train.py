@@ -17,11 +17,12 @@ from pathlib import Path
 import datasets
 import torch
 import yaml
+from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import TrainerCallback, set_seed
 from trl import SFTConfig
 
-from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.loading import RUN_SETTINGS_FILE, compose_model_and_processor
 from modeling_e2llm.lora import lora_config
 
@@ -80,40 +81,43 @@ def build_samples(config: TrainConfig) -> tuple[E2LLMForCausalLM, E2LLMProcessor
     args = sft_config(config.training)
     set_seed(args.seed)  # the adapter and LoRA start from random weights: same seed, same start
     model, processor = load_model_and_processor(config)
-    if config.model.init_from is not None:
-        load_first_stage_adapter(model, config)
     model.to(args.device)  # hybrid samples score their chunks with the model: on the GPU when there is one
     window = getattr(model.config.text_config, "max_position_embeddings", None)
     return model, processor, cached_training_dataset(config, processor, window, model, args), args
 
 
-# The settings that decide what the adapter's input and output vectors mean: a first stage must share them.
+# The settings that decide what the adapter's input and output vectors mean: a run started from another must
+# share them; and, where that run trained LoRA, the settings that decide LoRA's shapes and places.
 _ADAPTER_SETTINGS = ("encoder_path", "decoder_path", "pooling", "encoder_tokens_per_chunk_token", "adapter_num_layers",
                      "adapter_hidden_size")
-_ADAPTER_PREFIX = "base_model.model.model.adapter."  # the adapter's weights in a run's peft file
+_LORA_SETTINGS = ("lora_rank", "lora_alpha", "encoder_lora_layers")
 
 
-def load_first_stage_adapter(model: E2LLMForCausalLM, config: TrainConfig) -> None:
-    """Start from the adapter of `config.model.init_from`, an adapter-only run: xRAG's two-stage recipe, where
-    a first stage teaches the adapter alone to map chunk vectors into the decoder's space and a second stage
-    tunes LoRA (from its usual zero start) on top of it. A first stage that trained LoRA is refused: its LoRA
-    would be lost here, since only the adapter is carried over."""
+def start_from_run(model: torch.nn.Module, config: TrainConfig) -> None:
+    """Start the peft-wrapped `model` from the LoRA and adapter of `config.model.init_from`, a finished run.
+
+    Two uses: xRAG's second stage, after a first stage that trained the adapter alone (its LoRA B is still zero,
+    an identity, so LoRA starts as usual); and a run continued on new data (a demo's next version), where LoRA
+    carries on from where that run left it. A run whose settings would give the vectors or LoRA other meanings
+    or shapes is refused, and so is one that tuned a part (LoRA on the encoder, say) this run has no place for."""
     run = Path(config.model.init_from)
     first = json.loads((run / RUN_SETTINGS_FILE).read_text())["config"]
     this = {**_run_paths(config), **config.model.config}
-    differing = [key for key in _ADAPTER_SETTINGS if first.get(key) != this.get(key)]
+    weights = load_file(run / "adapter_model.safetensors")
+    trained_lora = any("lora_B" in name and weight.any() for name, weight in weights.items())
+    settings = _ADAPTER_SETTINGS + (_LORA_SETTINGS if trained_lora else ())
+    # A setting a config leaves out is the model's default, so compare the values the models were built with.
+    first, this = ({key: values.get(key, getattr(E2LLMConfig, key, None)) for key in settings} for values in (first, this))
+    differing = [key for key in settings if first[key] != this[key]]
     if differing:
         key = differing[0]
-        raise ValueError(f"model.init_from {run} was trained with {key}={first.get(key)!r}, this config has "
-                         f"{this.get(key)!r}: its adapter would read other vectors. Use the same setting in both.")
-    weights = load_file(run / "adapter_model.safetensors")
-    tuned = [name for name, weight in weights.items() if "lora_B" in name and weight.any()]
-    if tuned:
-        raise ValueError(f"model.init_from {run} trained LoRA too ({tuned[0]}), which init_from does not carry "
-                         "over: start from an adapter-only run (trainable: {encoder: false, decoder: false}).")
-    adapter = {name[len(_ADAPTER_PREFIX):]: weight for name, weight in weights.items() if name.startswith(_ADAPTER_PREFIX)}
-    model.model.adapter.load_state_dict(adapter)
-    logger.info("Adapter from the first-stage run %s.", run)
+        raise ValueError(f"model.init_from {run} was trained with {key}={first[key]!r}, this config has "
+                         f"{this[key]!r}: its weights would mean something else here. Use the same setting in both.")
+    unexpected = set_peft_model_state_dict(model, weights).unexpected_keys
+    if unexpected:
+        raise ValueError(f"model.init_from {run} holds {unexpected[0]}, which this run has no place for: make the "
+                         "same parts trainable as that run did.")
+    logger.info("LoRA and adapter from %s (%s).", run, "a run that trained LoRA" if trained_lora else "adapter only")
 
 
 def build_trainer(config: TrainConfig) -> E2LLMTrainer:
@@ -131,6 +135,8 @@ def build_trainer(config: TrainConfig) -> E2LLMTrainer:
                                 decoder=config.trainable.decoder or adapter_only),
         understanding_weight=config.tasks.understanding_weight,
         adapter_learning_rate=config.adapter_learning_rate)
+    if config.model.init_from is not None:
+        start_from_run(trainer.model, config)
     if adapter_only:
         freeze_lora(trainer.model)
     if config.max_minutes is not None:
