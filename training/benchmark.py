@@ -144,9 +144,11 @@ class ProfileAfterWarmup(TrainerCallback):
 
 def benchmark_config(path: str, steps: int, warmup: int, output: Path) -> TrainConfig:
     """The config with the trainer settings of a benchmark: W + N steps, no checkpoints, no logging inside the
-    timed steps, rows in dataset order (so that both trainers see the same rows), no time budget."""
+    timed steps, rows in dataset order (so that both trainers see the same rows), no time budget, no probe (it
+    would run inside the last timed step)."""
     config = TrainConfig.from_yaml(path)
     config.max_minutes = None
+    config.probe.every_steps = 0
     config.training.update(output_dir=str(output / "run"), max_steps=warmup + steps, save_strategy="no",
                            logging_steps=10 ** 6, report_to="none", disable_tqdm=True)
     return config

@@ -233,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", nargs="?", const=True, default=None,
                         help="continue from the latest checkpoint in output_dir, or from the checkpoint given")
     parser.add_argument("--output-dir", help="override training.output_dir")
+    parser.add_argument("--max-minutes", type=float,
+                        help="override max_minutes: stop and save after this many minutes of training")
     parser.add_argument("--samples-only", action="store_true",
                         help="build (and cache in output_dir) the training samples, then stop")
     args = parser.parse_args(argv)
@@ -244,6 +246,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"error: {args.config}: {error}\n")
     if args.output_dir:
         config.training["output_dir"] = args.output_dir
+    if args.max_minutes is not None:
+        if args.max_minutes <= 0:
+            parser.exit(2, f"error: --max-minutes must be above 0, got {args.max_minutes}.\n")
+        config.max_minutes = args.max_minutes
     if args.samples_only:
         build_samples(config)
         return
