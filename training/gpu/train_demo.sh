@@ -56,7 +56,7 @@ minutes=$(python3 -c "print(round(max(0.5, ($(left) - 90) / 60), 2))")
 stage "training for $minutes minutes"
 timeout $(( $(left) - 40 )) python3 -m training.train --config "$config" --max-minutes "$minutes" >> "$log" 2>&1 \
     || stage "training FAILED or cut"
-for file in adapter_model.safetensors demo.json log_history.json loss.png; do
+for file in adapter_config.json adapter_model.safetensors demo.json log_history.json loss.png; do
     cp "$run/final/$file" "$OUT/" 2>/dev/null
 done
 
