@@ -159,7 +159,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
         num_windows = None if windows is None else int(window_counts(chunk_input_ids.shape[1], *windows))
         lengths = chunk_attention_mask.sum(dim=1)  # (n,)
         order = torch.argsort(lengths, descending=True)
-        on_cpu = lengths.device.type == "cpu"
+        on_cpu = _reads_back_freely(lengths)
         budget = self.config.encoder_batch_tokens
         # From the padded width, known on the host: sizing batches by the real lengths would wait for the device.
         per_batch = self.config.encoder_batch_size if budget is None else max(1, budget // chunk_input_ids.shape[1])
@@ -201,6 +201,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
         the attention mask and arguments the encoder itself prepared for that layer (a forward pre-hook takes
         them, whatever the transformers version calls them); a pass for the ranking alone stops there. BERT-family
         encoders return their last layer's output as is, so the copies' output is the ranking encoder's."""
+        attention_mask = _mask_for(self.encoder, attention_mask, causal=False)
         if scoring != "base" or len(self.ranking_layers) == 0:  # the tuned encoder ranks, or nothing is tuned
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return (hidden if tuned else None), (hidden if scoring is not None else None)
@@ -350,6 +351,8 @@ class E2LLMModel(E2LLMPreTrainedModel):
             self.check_window(input_ids)
             inputs_embeds = self.embed_inputs(input_ids, chunk_input_ids, chunk_attention_mask, chunk_features,
                                               chunk_pooled=chunk_pooled)
+        if attention_mask is not None and kwargs.get("past_key_values", kwargs.get("cache")) is None:
+            attention_mask = _mask_for(self.language_model, attention_mask, causal=True)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                    position_ids=position_ids, use_cache=use_cache, **_with_cache_name(kwargs))
 
@@ -793,6 +796,22 @@ def _reads_back_freely(tensor: torch.Tensor) -> bool:
     """Whether reading a value of `tensor` back to Python costs nothing: on the CPU. On an accelerator it would
     stall the forward until the device caught up, so the code there keeps static shapes and checks on the device."""
     return tensor.device.type == "cpu"
+
+
+def _mask_for(model: PreTrainedModel, mask: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The attention mask to hand `model` for a (B, T) padding `mask`, so that its forward never waits for the
+    device: as it is on the CPU, and on an accelerator (SDPA attention) the (B, 1, 1, T) or causal (B, 1, T, T)
+    boolean mask SDPA reads, which transformers takes as it is. Given (B, T), transformers first asks whether any
+    position is padded, to drop the mask and let SDPA take its flash kernel: reading that answer back stalls
+    every forward (seen with transformers 5.17 on an H200: two stalls per encoder batch and decoder pass)."""
+    if mask.dim() != 2 or _reads_back_freely(mask) or model.config._attn_implementation != "sdpa":
+        return mask
+    keep = mask.bool()[:, None, None, :]  # (B, 1, 1, T): the real tokens, which every position may attend to
+    if causal:
+        length = mask.shape[1]
+        # (B, 1, T, T); a left-padding row attends to nothing, which SDPA (torch >= 2.5) turns into zeros
+        keep = keep & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    return keep
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, segment_size: int | None = None,

@@ -8,10 +8,12 @@ from unittest import mock
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.generation.streamers import BaseStreamer
 
 from conftest import assert_same_greedy_answers, greedy, run_isolated
 from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
+from modeling_e2llm import modeling_e2llm
 from modeling_e2llm.lora import lora_config
 
 TEXT = ("The committee met on Tuesday. Alice chaired the meeting and opened with the budget. "
@@ -204,6 +206,46 @@ def test_placeholders_without_chunks_are_refused(tiny_model, tiny_processor):
     batch = tiny_processor(TEXT, "Who chaired?")
     with pytest.raises(ValueError, match="input_ids hold chunk placeholders but no chunks were given"):
         tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops that read tensor values back to the host (`.item()`, `bool()`, `int()`, boolean indexing
+    and other data-dependent shapes): on an accelerator each one waits for the device to catch up."""
+
+    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_dim",
+             "unique_consecutive", "bincount", "histc", "repeat_interleave"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.READS:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("k", [None, 4])
+def test_a_training_step_on_the_accelerator_paths_reads_nothing_back(tiny_at, k, monkeypatch):
+    # The CPU stand-in for the GPU test below: every check of "may this read a value back?" answers no, as on
+    # an accelerator, and no op of the forward and backward (the encoder's and decoder's masks included) reads.
+    monkeypatch.setattr(modeling_e2llm, "_reads_back_freely", lambda tensor: False)
+    model, processor = tiny_at(k)
+    batch = processor([TEXT, TEXT[:300]], ["Who chaired?", "Why?"], target=["Alice.", "To plan."])
+    with HostReads() as reads:
+        model.train()(**batch).loss.backward()
+    assert reads.ops == []
+
+
+def test_the_masks_built_for_an_accelerator_give_the_logits_of_transformers_own(tiny_at, monkeypatch):
+    model, processor = tiny_at(None)
+    batch = processor([TEXT, TEXT[:300]], ["Who chaired?", "Why?"])  # the second row padded
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        own = model(**batch).logits[real]
+        monkeypatch.setattr(modeling_e2llm, "_reads_back_freely", lambda tensor: False)
+        built_here = model(**batch).logits[real]
+    torch.testing.assert_close(built_here, own, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on the CPU there is no device to wait for")

@@ -67,6 +67,10 @@ def sft_config(training: dict) -> SFTConfig:
         # On a GPU, collate the next batches in worker processes into pinned memory while the device computes.
         "dataloader_num_workers": workers,
         "dataloader_pin_memory": on_gpu,
+        # ... and copy them to the device without waiting (accelerate's non_blocking, made for pinned memory): a
+        # plain copy makes the host wait for it. Sync-debug mode counted ~15 waits a step on an H200 before this
+        # and the models' masks were made wait-free (tests/test_training.py; not yet measured again on a GPU).
+        "accelerator_config": {"non_blocking": on_gpu},
         "dataloader_persistent_workers": workers > 0,
     }
     required = {"remove_unused_columns": False,  # keeps the chunk columns and the task flag
@@ -123,7 +127,10 @@ def start_from_run(model: torch.nn.Module, config: TrainConfig) -> None:
 def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     """Model, LoRA, data and trainer as the config says."""
     model, processor, dataset, args = build_samples(config)
-    collator = E2LLMCollator(pad_token_id=processor.tokenizer.pad_token_id,
+    # A tokenizer without a pad token (SmolLM2's, converted from GGUF by transformers 5.17) pads with id 0, as the
+    # processor does: padded positions are masked out of attention and loss, so any id will do.
+    pad = processor.tokenizer.pad_token_id
+    collator = E2LLMCollator(pad_token_id=pad if pad is not None else 0,
                              encoder_pad_token_id=processor.encoder_tokenizer.pad_token_id or 0)
     adapter_only = not (config.trainable.encoder or config.trainable.decoder)
     trainer = E2LLMTrainer(
