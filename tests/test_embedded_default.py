@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from modeling_e2llm.embedded_default import default_decoder_path
 from modeling_e2llm.loading import DEMO_DIR, RUN_SETTINGS_FILE, load_model
 
 
@@ -21,6 +22,27 @@ def test_embedded_default_composes_minilm_and_smollm2(untrained):
     assert model.config.pooling == "mean"  # from the package's 1_Pooling/config.json
     assert model.config.chunk_token_id == processor.chunk_token_id
     assert model.lm_head.weight is model.get_input_embeddings().weight
+
+
+def test_the_decoder_ends_turns_where_its_chat_template_does(untrained):
+    model, processor, _ = untrained
+    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert processor.tokenizer.eos_token_id == processor.tokenizer.pad_token_id == im_end == 2
+    assert model.generation_config.eos_token_id == model.config.text_config.eos_token_id == im_end
+
+
+def test_a_decoder_cached_with_other_special_tokens_is_converted_again(tmp_path, monkeypatch):
+    # What transformers 5.17 makes of the GGUF (eos <|im_start|>, no pad): a training run there learned to end
+    # its answers with <|im_start|>.
+    stale = tmp_path / "SmolLM2-135M-Instruct"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"")
+    (stale / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_start|>", "pad_token": None}))
+    monkeypatch.setenv("E2LLM_CACHE", str(tmp_path))
+    folder = default_decoder_path()
+    settings = json.loads((stale / "tokenizer_config.json").read_text())
+    assert folder == str(stale) and settings["eos_token"] == settings["pad_token"] == "<|im_end|>"
+    assert (stale / "model.safetensors").stat().st_size > 100_000_000
 
 
 def test_chunk_vectors_are_minilm_sentence_embeddings(untrained):
