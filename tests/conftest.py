@@ -23,11 +23,29 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from transformers import AutoTokenizer, BertModel, LlamaForCausalLM  # noqa: E402
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor  # noqa: E402
 from modeling_e2llm.embedded_default import default_decoder_path, default_encoder_path  # noqa: E402
 from training.architectures import TINY_DECODER, TINY_ENCODER  # noqa: E402
+
+
+class HostReads(TorchDispatchMode):
+    """Records the ops that read tensor values back to the host (`.item()`, `bool()`, `int()`, boolean indexing
+    and other data-dependent shapes): on an accelerator each one waits for the device to catch up."""
+
+    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_dim",
+             "unique_consecutive", "bincount", "histc", "repeat_interleave"}
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.READS:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
 
 
 def build_tiny_encoder(folder: Path, pooling: str = "mean") -> Path:

@@ -8,10 +8,9 @@ from unittest import mock
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.generation.streamers import BaseStreamer
 
-from conftest import assert_same_greedy_answers, greedy, run_isolated
+from conftest import HostReads, assert_same_greedy_answers, greedy, run_isolated
 from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm import modeling_e2llm
 from modeling_e2llm.lora import lora_config
@@ -206,23 +205,6 @@ def test_placeholders_without_chunks_are_refused(tiny_model, tiny_processor):
     batch = tiny_processor(TEXT, "Who chaired?")
     with pytest.raises(ValueError, match="input_ids hold chunk placeholders but no chunks were given"):
         tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-
-
-class HostReads(TorchDispatchMode):
-    """Records the ops that read tensor values back to the host (`.item()`, `bool()`, `int()`, boolean indexing
-    and other data-dependent shapes): on an accelerator each one waits for the device to catch up."""
-
-    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_dim",
-             "unique_consecutive", "bincount", "histc", "repeat_interleave"}
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in self.READS:
-            self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("k", [None, 4])

@@ -16,6 +16,8 @@ from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
 
+from conftest import HostReads
+from modeling_e2llm import modeling_e2llm
 from modeling_e2llm.embedded_default import default_decoder_path
 from modeling_e2llm.haystacks import holdout_side, understanding_windows
 from modeling_e2llm.loading import load_model
@@ -499,6 +501,33 @@ class CountDeviceSyncs(TrainerCallback):
             torch.cuda.set_sync_debug_mode(0)
             self._catcher.__exit__(None, None, None)
             self.syncs = [w for w in self.syncs if "synchroniz" in str(w.message)]
+
+
+class RecordHostReads(TrainerCallback):
+    """Records the ops that read values back to the host (`HostReads`) from the end of step `first` to the end of
+    step `last`."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last, self.reads = first, last, HostReads()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.first:
+            self.reads.__enter__()
+        elif state.global_step == self.last:
+            self.reads.__exit__(None, None, None)
+
+
+def test_the_trainer_on_the_accelerator_paths_reads_nothing_back_between_logs(tiny_paths, tmp_path, essay_text,
+                                                                             monkeypatch):
+    # The CPU stand-in for the GPU test below: the model takes its accelerator paths, and steps 3 to 5 (no
+    # logging, no checkpoint) hold no op of the trainer, TRL's loss or the model that reads a value back.
+    monkeypatch.setattr(modeling_e2llm, "_reads_back_freely", lambda tensor: False)
+    trainer = build_trainer(tiny_config(tiny_paths, tmp_path, essay_text,
+                                        training={"max_steps": 6, "logging_steps": 100, "save_strategy": "no"}))
+    recorder = RecordHostReads(first=2, last=5)
+    trainer.add_callback(recorder)
+    trainer.train()
+    assert recorder.reads.ops == []
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on the CPU there is no device to wait for")
