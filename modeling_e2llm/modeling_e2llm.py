@@ -591,7 +591,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if ranking not in HYBRID_RANKINGS:
             raise ValueError(f"ranking must be one of {HYBRID_RANKINGS}, got {ranking!r}.")
         chunk_ids = chunk_mask = None
-        if isinstance(chunks, ContextCache):
+        if hasattr(chunks, "chunk_features"):  # a cache, of this class or of trust_remote_code's copy of it
             vectors, window_mask, chunk_texts = chunks.pooled, chunks.window_mask, chunks.chunk_texts
             chunk_ids, chunk_mask = chunks.chunk_input_ids, chunks.chunk_attention_mask  # None in an older cache
         elif isinstance(chunks, dict):  # the lexical score reads the same encoder ids the dense one pools

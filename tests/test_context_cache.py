@@ -208,6 +208,19 @@ def test_ranking_reads_the_cached_encoder_ids_as_it_would_the_texts(tiny_model, 
         assert torch.equal(from_ids, from_texts)
 
 
+def test_a_cache_of_another_copy_of_the_class_ranks_as_this_one(tiny_model, tiny_processor, essay_text):
+    """A model loaded with trust_remote_code has its own copy of ContextCache; a cache made by the installed
+    package's class (or by that copy) is still taken as a cache, by its fields."""
+    cache = tiny_model.encode_context(essay_text[:6000], processor=tiny_processor)
+    copied_class = type("ContextCache", (), {name: value for name, value in vars(ContextCache).items()
+                                              if name not in ("__dict__", "__weakref__")})
+    other_copy = copied_class(**vars(cache))
+    assert not isinstance(other_copy, ContextCache)
+    question = "What did the author do in college?"
+    assert torch.equal(tiny_model.chunk_scores(other_copy, question, tiny_processor),
+                       tiny_model.chunk_scores(cache, question, tiny_processor))
+
+
 def test_a_cache_of_format_1_still_loads_and_answers(tiny_model, tiny_processor, tmp_path):
     """Saved before caches kept encoder ids and prefix keys/values: ranking tokenizes the texts, generation
     makes the prefix."""
