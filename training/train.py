@@ -191,7 +191,7 @@ class TimeBudget(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if time.monotonic() - self.start > self.seconds:
-            logger.info("Time budget of %.0f minutes spent at step %d: stopping.", self.seconds / 60, state.global_step)
+            logger.info("Time budget of %.1f minutes spent at step %d: stopping.", self.seconds / 60, state.global_step)
             control.should_training_stop = control.should_save = True
 
 
