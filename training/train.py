@@ -127,8 +127,8 @@ def start_from_run(model: torch.nn.Module, config: TrainConfig) -> None:
 def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     """Model, LoRA, data and trainer as the config says."""
     model, processor, dataset, args = build_samples(config)
-    # A tokenizer without a pad token (SmolLM2's, converted from GGUF by transformers 5.17) pads with id 0, as the
-    # processor does: padded positions are masked out of attention and loss, so any id will do.
+    # A decoder tokenizer without a pad token (many base models; SmolLM2's as transformers 5.17 converted it) pads
+    # with id 0, as the processor does: padded positions are masked out of attention and loss, so any id will do.
     pad = processor.tokenizer.pad_token_id
     collator = E2LLMCollator(pad_token_id=pad if pad is not None else 0,
                              encoder_pad_token_id=processor.encoder_tokenizer.pad_token_id or 0)
