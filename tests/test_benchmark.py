@@ -12,9 +12,7 @@ from training.architectures import with_random_weights, write_architectures
 from training.benchmark import RESULTS_FILE, SUMMARY_FILE, main
 
 
-@pytest.fixture(scope="module")
-def results(tiny_paths, tmp_path_factory, essay_text) -> dict:
-    folder = tmp_path_factory.mktemp("benchmark")
+def tiny_config_file(tiny_paths, folder, essay_text) -> str:
     records = [{"id": f"r{i}", "context": essay_text[400 * i: 400 * i + 1200], "question": "Which word comes first?",
                 "answer": essay_text[400 * i: 400 * i + 1200].split()[0]} for i in range(6)]
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -23,7 +21,14 @@ def results(tiny_paths, tmp_path_factory, essay_text) -> dict:
                        "reasoning": [{"path": str(folder / "data.jsonl")}]},
               "training": {"output_dir": "unused", "per_device_train_batch_size": 2}}
     (folder / "config.yaml").write_text(json.dumps(config))  # JSON is valid YAML
-    main(["--config", str(folder / "config.yaml"), "--steps", "2", "--warmup", "1", "--output", str(folder / "out")])
+    return str(folder / "config.yaml")
+
+
+@pytest.fixture(scope="module")
+def results(tiny_paths, tmp_path_factory, essay_text) -> dict:
+    folder = tmp_path_factory.mktemp("benchmark")
+    config = tiny_config_file(tiny_paths, folder, essay_text)
+    main(["--config", config, "--steps", "2", "--warmup", "1", "--output", str(folder / "out")])
     written = json.loads((folder / "out" / RESULTS_FILE).read_text())
     written["summary"] = (folder / "out" / SUMMARY_FILE).read_text()
     return written
@@ -52,3 +57,13 @@ def test_an_architecture_folder_holds_no_weights_and_rebuilds_the_real_encoders_
     real_shapes = {name: p.shape for name, p in real.named_parameters()}
     assert {name: p.shape for name, p in drawn.named_parameters()} == real_shapes
     assert not torch.equal(drawn.embeddings.word_embeddings.weight, real.embeddings.word_embeddings.weight)
+
+
+def test_the_profile_lists_the_ops_of_the_steps_after_the_warm_up(tiny_paths, tmp_path, essay_text):
+    from training.profile import PROFILE_FILE, main as profile_main
+
+    config = tiny_config_file(tiny_paths, tmp_path, essay_text)
+    profile_main(["--config", config, "--steps", "1", "--rows", "40", "--output", str(tmp_path / "out")])
+    table = (tmp_path / "out" / PROFILE_FILE).read_text()
+    assert table.startswith("Ops by self_cpu_time_total:")
+    assert "aten::addmm" in table or "aten::mm" in table  # the models' matmuls, not an empty profile

@@ -2,7 +2,8 @@
 # Call 3 of 3 (training/gpu/README.md): with all three parts on one machine, within SECONDS of wall time:
 #   1. the embedded default's real weights put where its two pip packages would put them (encoder back to fp32);
 #   2. demo v2's training samples (training/configs/demo_v2_gpu.yaml), built once and cached;
-#   3. the training step benchmark on those samples with the real weights (training.benchmark, 15 steps);
+#   3. the training step benchmark on those samples with the real weights (training.benchmark, 15 steps), and
+#      the ops of two steps (training.profile, into device.log);
 #   4. demo v2's training, for the minutes left (--max-minutes), its final/ folder copied to $OUT;
 #   5. the GPU-only sync tests, if time is left.
 # Usage: bash training/gpu/train_demo.sh SECONDS   (SECONDS: a little under the call's timeout_s)
@@ -49,6 +50,11 @@ mkdir -p "$bench/run" && ln -sfn "$PWD/$run/samples" "$bench/run/samples"  # the
 timeout 120 python3 -m training.benchmark --config "$config" --steps 15 --warmup 3 --output "$bench" >> "$log" 2>&1 \
     || stage "benchmark FAILED or cut"
 cp "$bench/benchmark.json" "$OUT/" 2>/dev/null && cp "$bench/summary.md" "$OUT/benchmark-summary.md"
+
+stage "profile"
+mkdir -p "$work/profile/run" && ln -sfn "$PWD/$run/samples" "$work/profile/run/samples"
+timeout 60 python3 -m training.profile --config "$config" --steps 2 --output "$work/profile" >> "$log" 2>&1 \
+    || stage "profile FAILED or cut"
 
 stage "train"
 # Keep ~45 s for loading, the last probe and saving, and ~45 s for the sync tests.

@@ -1,0 +1,73 @@
+"""Where a training step's time goes, op by op: `python -m training.profile --config <yaml> [--steps 2] [--rows 25]
+[--output DIR]`.
+
+Builds the trainer as `training.train` does (the config's cached samples, if built), runs one warm-up step, then
+`--steps` steps under torch.profiler (host and, on a GPU, device activity), and writes DIR/profile.txt: the ops
+by host time and, on a GPU, by device time. `training.benchmark` says how long the stages take; this says which
+ops fill them (a step bound by the host shows many short ops and little device time).
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from .benchmark import benchmark_config, in_dataset_order
+from .train import build_trainer
+
+PROFILE_FILE = "profile.txt"
+
+
+class ProfileSteps(TrainerCallback):
+    """Profiles the steps after the first (the warm-up) until training ends; `tables()` gives the ops."""
+
+    def __init__(self):
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.profiler = torch.profiler.profile(activities=activities)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            self.profiler.__enter__()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.profiler.__exit__(None, None, None)
+
+    def tables(self, rows: int) -> str:
+        ops = self.profiler.key_averages()
+        sorts = ["self_cpu_time_total"] + (["self_device_time_total"] if torch.cuda.is_available() else [])
+        return "\n\n".join(f"Ops by {key}:\n{ops.table(sort_by=key, row_limit=rows)}" for key in sorts)
+
+
+def profile(config_path: str, steps: int, rows: int, output: Path) -> str:
+    """Profile `steps` steps of the config's trainer after one warm-up step; returns the tables."""
+    config = benchmark_config(config_path, steps, warmup=1, output=output)
+    trainer = build_trainer(config)
+    in_dataset_order(trainer)
+    recorder = ProfileSteps()
+    trainer.add_callback(recorder)
+    trainer.train()
+    return recorder.tables(rows)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML training config (see training/config.py)")
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps after one warm-up step (default 2)")
+    parser.add_argument("--rows", type=int, default=25, help="ops listed per table (default 25)")
+    parser.add_argument("--output", default="runs/profile", help="folder for profile.txt")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.rows < 1:
+        parser.error("--steps and --rows must be at least 1.")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    tables = profile(args.config, args.steps, args.rows, output)
+    (output / PROFILE_FILE).write_text(tables + "\n")
+    print(tables)
+    return tables
+
+
+if __name__ == "__main__":
+    main()
