@@ -217,12 +217,17 @@ def _windows_in_words(windows: tuple[int, int] | None) -> str:
     return "windows of hybrid_window_tokens={}, hybrid_window_stride={}".format(*windows)
 
 
+def is_context_cache(value) -> bool:
+    """Whether `value` is a ContextCache, by its fields rather than its class: a model loaded with
+    trust_remote_code has its own copy of this class, and a cache made by either copy must work with both."""
+    return hasattr(value, "chunk_features")
+
+
 def as_caches(context_cache) -> list[ContextCache]:
     """A ContextCache, or a list of them, as a list (a file name is refused: it has to be loaded first)."""
     caches = list(context_cache) if isinstance(context_cache, (list, tuple)) else [context_cache]
     for cache in caches:
-        # By its fields, not its class: a model loaded with trust_remote_code has its own copy of this class.
-        if not hasattr(cache, "chunk_features"):
+        if not is_context_cache(cache):
             raise TypeError(f"context_cache takes ContextCache objects, got {type(cache).__name__} {cache!r:.80}: "
                             "load a saved one with ContextCache.load(path).")
     return caches

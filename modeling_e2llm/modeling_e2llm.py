@@ -22,7 +22,7 @@ from transformers.utils import logging as transformers_logging
 
 from .configuration_e2llm import HYBRID_RANKINGS, HYBRID_SCORING, E2LLMConfig, check_source
 from .context_cache import (ContextCache, as_caches, can_start_from_a_prefix, decoder_cache_of_prefixes,
-                            text_fingerprint, weights_fingerprint)
+                            is_context_cache, text_fingerprint, weights_fingerprint)
 from .processing_e2llm import (E2LLMProcessor, _as_list, _broadcast, add_chunk_token, check_processor_matches,
                                chunk_token_counts, lexical_scores, split_sentences)
 
@@ -351,10 +351,11 @@ class E2LLMModel(E2LLMPreTrainedModel):
             self.check_window(input_ids)
             inputs_embeds = self.embed_inputs(input_ids, chunk_input_ids, chunk_attention_mask, chunk_features,
                                               chunk_pooled=chunk_pooled)
-        if attention_mask is not None and kwargs.get("past_key_values", kwargs.get("cache")) is None:
+        kwargs = _with_cache_name(kwargs)
+        if attention_mask is not None and kwargs.get(_CACHE) is None:  # prefill or training: no cache offsets
             attention_mask = _mask_for(self.language_model, attention_mask, causal=True)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   position_ids=position_ids, use_cache=use_cache, **_with_cache_name(kwargs))
+                                   position_ids=position_ids, use_cache=use_cache, **kwargs)
 
 
 class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
@@ -591,7 +592,7 @@ class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
         if ranking not in HYBRID_RANKINGS:
             raise ValueError(f"ranking must be one of {HYBRID_RANKINGS}, got {ranking!r}.")
         chunk_ids = chunk_mask = None
-        if hasattr(chunks, "chunk_features"):  # a cache, of this class or of trust_remote_code's copy of it
+        if is_context_cache(chunks):
             vectors, window_mask, chunk_texts = chunks.pooled, chunks.window_mask, chunks.chunk_texts
             chunk_ids, chunk_mask = chunks.chunk_input_ids, chunks.chunk_attention_mask  # None in an older cache
         elif isinstance(chunks, dict):  # the lexical score reads the same encoder ids the dense one pools

@@ -366,11 +366,22 @@ class E2LLMProcessor(ProcessorMixin):
                    "num_chunks": num_chunks, "num_chunk_tokens": [int(counts.sum()) for counts in per_chunk]}
         return encoded if return_tensors is None else self.pad_chunks(encoded)
 
+    @property
+    def pad_id(self) -> int:
+        """The id prompts are padded with: the decoder tokenizer's pad token, or 0 for one without (many base
+        models): padded positions are masked out of attention and loss, so any id will do."""
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    @property
+    def encoder_pad_id(self) -> int:
+        """The id chunks are padded with (the encoder tokenizer's pad token, or 0)."""
+        return self.encoder_tokenizer.pad_token_id or 0
+
     def pad_chunks(self, chunks: dict) -> dict:
         """`encode_chunks(..., return_tensors=None)` output as tensors: ids and mask padded on the right to
         (total_chunks, L), offsets (total_chunks, 2)."""
         return {**chunks,
-                "chunk_input_ids": pad_sequences(chunks["chunk_input_ids"], self.encoder_tokenizer.pad_token_id or 0),
+                "chunk_input_ids": pad_sequences(chunks["chunk_input_ids"], self.encoder_pad_id),
                 "chunk_attention_mask": pad_sequences(chunks["chunk_attention_mask"], 0),
                 "offsets": torch.tensor(chunks["offsets"], dtype=torch.long).reshape(-1, 2)}
 
@@ -430,8 +441,7 @@ class E2LLMProcessor(ProcessorMixin):
             data["labels"] = labels
         if return_tensors is None:
             return data
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        pads = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        pads = {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
         return {key: pad_sequences(value, pads[key], padding_side) for key, value in data.items()}
 
     def batch_decode(self, *args, **kwargs):

@@ -127,11 +127,7 @@ def start_from_run(model: torch.nn.Module, config: TrainConfig) -> None:
 def build_trainer(config: TrainConfig) -> E2LLMTrainer:
     """Model, LoRA, data and trainer as the config says."""
     model, processor, dataset, args = build_samples(config)
-    # A decoder tokenizer without a pad token (many base models; SmolLM2's as transformers 5.17 converted it) pads
-    # with id 0, as the processor does: padded positions are masked out of attention and loss, so any id will do.
-    pad = processor.tokenizer.pad_token_id
-    collator = E2LLMCollator(pad_token_id=pad if pad is not None else 0,
-                             encoder_pad_token_id=processor.encoder_tokenizer.pad_token_id or 0)
+    collator = E2LLMCollator(pad_token_id=processor.pad_id, encoder_pad_token_id=processor.encoder_pad_id)
     adapter_only = not (config.trainable.encoder or config.trainable.decoder)
     trainer = E2LLMTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
