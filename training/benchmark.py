@@ -126,20 +126,21 @@ def device_kernel_time(result: dict):
 
 
 class ProfileAfterWarmup(TrainerCallback):
-    """Opens `device_kernel_time` once the warm-up steps are done, closes it when training ends."""
+    """Enters `profiler` (a context manager, e.g. `device_kernel_time`) once the warm-up steps are done, and
+    leaves it when training ends, the device's queued work done."""
 
-    def __init__(self, warmup: int, result: dict):
-        self.warmup, self.result, self.context = warmup, result, None
+    def __init__(self, warmup: int, profiler):
+        self.warmup, self.profiler, self.entered = warmup, profiler, False
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.warmup:
-            self.context = device_kernel_time(self.result)
-            self.context.__enter__()
+            self.profiler.__enter__()
+            self.entered = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.context is not None:
+        if self.entered:
             _synchronize()
-            self.context.__exit__(None, None, None)
+            self.profiler.__exit__(None, None, None)
 
 
 def benchmark_config(path: str, steps: int, warmup: int, output: Path) -> TrainConfig:
@@ -168,7 +169,7 @@ def run_e2llm(config: TrainConfig, warmup: int) -> tuple[dict, StageClock, objec
     e2llm = trainer.model.get_base_model()
     in_dataset_order(trainer)
     clock = StageClock(trainer, encoder=e2llm.model.encoder)
-    trainer.add_callback(ProfileAfterWarmup(warmup, built))
+    trainer.add_callback(ProfileAfterWarmup(warmup, device_kernel_time(built)))
     trainer.train()
     return built, clock, trainer
 

@@ -11,34 +11,11 @@ import argparse
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
 
-from .benchmark import benchmark_config, in_dataset_order
+from .benchmark import ProfileAfterWarmup, benchmark_config, in_dataset_order
 from .train import build_trainer
 
 PROFILE_FILE = "profile.txt"
-
-
-class ProfileSteps(TrainerCallback):
-    """Profiles the steps after the first (the warm-up) until training ends; `tables()` gives the ops."""
-
-    def __init__(self):
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        self.profiler = torch.profiler.profile(activities=activities)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 1:
-            self.profiler.__enter__()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.profiler.__exit__(None, None, None)
-
-    def tables(self, rows: int) -> str:
-        ops = self.profiler.key_averages()
-        sorts = ["self_cpu_time_total"] + (["self_device_time_total"] if torch.cuda.is_available() else [])
-        return "\n\n".join(f"Ops by {key}:\n{ops.table(sort_by=key, row_limit=rows)}" for key in sorts)
 
 
 def profile(config_path: str, steps: int, rows: int, output: Path) -> str:
@@ -46,10 +23,14 @@ def profile(config_path: str, steps: int, rows: int, output: Path) -> str:
     config = benchmark_config(config_path, steps, warmup=1, output=output)
     trainer = build_trainer(config)
     in_dataset_order(trainer)
-    recorder = ProfileSteps()
-    trainer.add_callback(recorder)
+    on_gpu = torch.cuda.is_available()
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if on_gpu else []))
+    trainer.add_callback(ProfileAfterWarmup(1, profiler))
     trainer.train()
-    return recorder.tables(rows)
+    ops = profiler.key_averages()
+    sorts = ["self_cpu_time_total"] + (["self_device_time_total"] if on_gpu else [])
+    return "\n\n".join(f"Ops by {key}:\n{ops.table(sort_by=key, row_limit=rows)}" for key in sorts)
 
 
 def main(argv: list[str] | None = None) -> str:
