@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by the device scripts on the bare GPU machine (training/gpu/README.md): installs the carried wheels and
-# the data once per machine, and exports where they are. Work files live in one folder off the repository
-# (E2LLM_GPU_WORK, default /tmp/e2llm-gpu), so the three calls to one warm machine share them.
-work=${E2LLM_GPU_WORK:-/tmp/e2llm-gpu}
+# the data once per machine, and exports where they are. Work files live in one folder of the checkout
+# (E2LLM_GPU_WORK, default runs/gpu-work: ignored, so it stays between the three calls to one warm machine).
+work=${E2LLM_GPU_WORK:-$PWD/runs/gpu-work}
 mkdir -p "$work"
 if [ ! -f "$work/site.done" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$work/site" \
