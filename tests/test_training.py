@@ -713,6 +713,16 @@ def test_a_knob_that_is_not_a_positive_integer_is_refused_while_the_yaml_is_read
         tiny_config(tiny_paths, tmp_path, essay_text, model={"config": {"encoder_tokens_per_chunk_token": 0}})
 
 
+def test_set_overrides_one_value_deep_in_the_config_and_reads_it_as_yaml():
+    config = TrainConfig.from_yaml("training/configs/demo_v2_gpu.yaml", ["data.seed=2", "model.config.lora_rank=4"])
+    assert (config.data.seed, config.model.config["lora_rank"], config.model.config["lora_alpha"]) == (2, 4, 16)
+
+
+def test_set_without_an_equals_sign_is_refused_with_the_form_it_takes():
+    with pytest.raises(ValueError, match="write KEY=VALUE"):
+        TrainConfig.from_yaml("training/configs/demo_v2_gpu.yaml", ["data.seed"])
+
+
 # --- experiments -------------------------------------------------------------------------------------
 def test_an_arm_is_the_base_config_with_its_overrides_merged_section_by_section(tmp_path):
     from training.experiments import arm_configs

@@ -40,7 +40,7 @@ from modeling_e2llm.embedded_default import default_decoder_path
 from modeling_e2llm.markdown import markdown_table
 
 from .architectures import with_random_weights
-from .config import TrainConfig
+from .config import TrainConfig, add_config_arguments, config_from_arguments
 from .train import build_trainer, sft_config
 
 RESULTS_FILE, SUMMARY_FILE = "benchmark.json", "summary.md"
@@ -143,11 +143,10 @@ class ProfileAfterWarmup(TrainerCallback):
             self.profiler.__exit__(None, None, None)
 
 
-def benchmark_config(path: str, steps: int, warmup: int, output: Path) -> TrainConfig:
-    """The config with the trainer settings of a benchmark: W + N steps, no checkpoints, no logging inside the
-    timed steps, rows in dataset order (so that both trainers see the same rows), no time budget, no probe (it
+def benchmark_config(config: TrainConfig, steps: int, warmup: int, output: Path) -> TrainConfig:
+    """`config` (changed in place) with the trainer settings of a benchmark: W + N steps, no checkpoints, no
+    logging inside the timed steps, rows in dataset order (so that both trainers see the same rows), no time budget, no probe (it
     would run inside the last timed step)."""
-    config = TrainConfig.from_yaml(path)
     config.max_minutes = None
     config.probe.every_steps = 0
     config.training.update(output_dir=str(output / "run"), max_steps=warmup + steps, save_strategy="no",
@@ -278,10 +277,10 @@ def machine() -> dict:
             "transformers": transformers.__version__, "cores": len(os.sched_getaffinity(0))}
 
 
-def benchmark(config_path: str, steps: int, warmup: int, output: Path, architectures: Path | None = None) -> dict:
+def benchmark(config: TrainConfig, steps: int, warmup: int, output: Path, architectures: Path | None = None) -> dict:
     """Run the three measurements and return every figure (see the module docstring); `architectures`: a
     `training.architectures` folder whose encoder and decoder, with random weights, replace the config's."""
-    config = benchmark_config(config_path, steps, warmup, output)
+    config = benchmark_config(config, steps, warmup, output)
     if architectures is not None:
         config.model.encoder, config.model.decoder = (
             str(with_random_weights(architectures / part, output / "random-weights" / part)) for part in ("encoder", "decoder"))
@@ -305,8 +304,9 @@ def benchmark(config_path: str, steps: int, warmup: int, output: Path, architect
     plain_seconds, plain_stages, plain_batches = measured(plain_clock, warmup)
     peak = max(peak, flops.matmul_flops_per_s(*peak_args))
     results = {
-        "config": config_path, "models": {"encoder": config.model.encoder, "decoder": config.model.decoder,
-                                          "random_weights_from": str(architectures) if architectures else None}, "steps": steps, "warmup": warmup, "machine": machine(),
+        "models": {"encoder": config.model.encoder, "decoder": config.model.decoder,
+                   "random_weights_from": str(architectures) if architectures else None},
+        "steps": steps, "warmup": warmup, "machine": machine(),
         "peak_matmul_flops_per_s": peak, "peak_dtype": "bfloat16" if on_gpu else "float32",
         "sample_building": built,
         "e2llm": {**rates(e2llm_seconds, e2llm_counts, peak), "time": where_time_goes(e2llm_seconds, e2llm_stages)},
@@ -323,7 +323,7 @@ def benchmark(config_path: str, steps: int, warmup: int, output: Path, architect
     return results
 
 
-def summary_markdown(results: dict, command: str) -> str:
+def summary_markdown(results: dict) -> str:
     """A short report of `results`: one table of the three systems, one of where an E2LLM step's time goes."""
     rows = [[name, f"{r['step_s_mean'] * 1e3:.1f}", f"{r['samples_per_s']:.2f}", f"{r['decoder_tokens_per_s']:,.0f}",
              f"{r['encoder_tokens_per_s']:,.0f}", f"{r['flops_per_s'] / 1e9:,.1f}", f"{100 * r['matmul_share']:.1f}%"]
@@ -331,7 +331,7 @@ def summary_markdown(results: dict, command: str) -> str:
     stages = results["e2llm"]["time"]
     random_weights = results["models"]["random_weights_from"]
     return "\n".join([
-        f"# Training step benchmark: {results['config']}", "", f"`{command}`", "",
+        "# Training step benchmark", "", f"`{results['command']}`", "",
         f"{results['machine']['device']}, {results['machine']['torch_threads']} torch threads; "
         f"{results['steps']} timed steps after {results['warmup']} warm-up; matmul peak "
         f"{results['peak_matmul_flops_per_s'] / 1e9:,.0f} GFLOP/s ({results['peak_dtype']}). Building "
@@ -354,7 +354,7 @@ def summary_markdown(results: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML training config (see training/config.py)")
+    add_config_arguments(parser)
     parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--output", default="runs/benchmark", help="folder for benchmark.json and summary.md")
@@ -364,14 +364,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
         parser.error("--steps and --warmup must be at least 1 (the first step pays for kernel selection).")
+    config = config_from_arguments(parser, args)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    results = benchmark(args.config, args.steps, args.warmup, output, args.architectures)
-    command = f"python -m training.benchmark --config {args.config} --steps {args.steps} --warmup {args.warmup}" + (
+    command = f"python -m training.benchmark --config {args.config} " + "".join(f"--set {o} " for o in args.set) + (
+        f"--steps {args.steps} --warmup {args.warmup}") + (
         f" --architectures {args.architectures}" if args.architectures else "")
+    results = {"command": command, **benchmark(config, args.steps, args.warmup, output, args.architectures)}
     (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-    (output / SUMMARY_FILE).write_text(summary_markdown(results, command))
-    print(summary_markdown(results, command))
+    (output / SUMMARY_FILE).write_text(summary_markdown(results))
+    print(summary_markdown(results))
     return results
 
 

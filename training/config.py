@@ -16,6 +16,7 @@ training:   {output_dir: runs/x, max_steps: 100, ...}               # trl.SFTCon
 ```
 """
 
+import argparse
 import difflib
 import inspect
 import typing
@@ -171,9 +172,42 @@ class TrainConfig:
         return _build(cls, raw, "config")
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_yaml(cls, path: str | Path, overrides: typing.Sequence[str] = ()) -> "TrainConfig":
+        """The config in `path`, with each `KEY=VALUE` of `overrides` set first (`data.seed=2`: dotted keys
+        reach into sections, the value is read as YAML), so a variant of a run needs no copy of its file."""
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(yaml.safe_load(f) or {})
+            raw = yaml.safe_load(f) or {}
+        for override in overrides:
+            _set(raw, override)
+        return cls.from_dict(raw)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config` and `--set`, the same in every command that reads a training config."""
+    parser.add_argument("--config", required=True, help="YAML training config (see training/config.py)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value (dotted key, YAML value), e.g. --set data.seed=2; repeatable")
+
+
+def config_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """The config `args` name; a mistake in it ends the command with its one-line reason, before anything loads."""
+    try:
+        return TrainConfig.from_yaml(args.config, args.set)
+    except (OSError, TypeError, ValueError, yaml.YAMLError) as error:
+        parser.exit(2, f"error: {args.config}: {error}\n")
+
+
+def _set(raw: dict, override: str) -> None:
+    """Set `raw[a][b] = value` for the override `a.b=value`, making missing sections as it goes."""
+    key, equals, value = override.partition("=")
+    if not equals or not key:
+        raise ValueError(f"--set {override!r}: write KEY=VALUE, e.g. --set data.seed=2.")
+    *sections, name = key.split(".")
+    for section in sections:
+        raw = raw.setdefault(section, {})
+        if not isinstance(raw, dict):
+            raise ValueError(f"--set {override!r}: {section} is not a section of the config.")
+    raw[name] = yaml.safe_load(value)
 
 
 def _build(cls, raw: dict, where: str):

@@ -13,14 +13,15 @@ from pathlib import Path
 import torch
 
 from .benchmark import ProfileAfterWarmup, benchmark_config, in_dataset_order
+from .config import TrainConfig, add_config_arguments, config_from_arguments
 from .train import build_trainer
 
 PROFILE_FILE = "profile.txt"
 
 
-def profile(config_path: str, steps: int, rows: int, output: Path) -> str:
+def profile(config: TrainConfig, steps: int, rows: int, output: Path) -> str:
     """Profile `steps` steps of the config's trainer after one warm-up step; returns the tables."""
-    config = benchmark_config(config_path, steps, warmup=1, output=output)
+    config = benchmark_config(config, steps, warmup=1, output=output)
     trainer = build_trainer(config)
     in_dataset_order(trainer)
     on_gpu = torch.cuda.is_available()
@@ -35,16 +36,17 @@ def profile(config_path: str, steps: int, rows: int, output: Path) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML training config (see training/config.py)")
+    add_config_arguments(parser)
     parser.add_argument("--steps", type=int, default=2, help="profiled steps after one warm-up step (default 2)")
     parser.add_argument("--rows", type=int, default=25, help="ops listed per table (default 25)")
     parser.add_argument("--output", default="runs/profile", help="folder for profile.txt")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.rows < 1:
         parser.error("--steps and --rows must be at least 1.")
+    config = config_from_arguments(parser, args)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    tables = profile(args.config, args.steps, args.rows, output)
+    tables = profile(config, args.steps, args.rows, output)
     (output / PROFILE_FILE).write_text(tables + "\n")
     print(tables)
     return tables

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import datasets
 import torch
-import yaml
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 from transformers import TrainerCallback, set_seed
@@ -26,7 +25,7 @@ from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.loading import RUN_SETTINGS_FILE, compose_model_and_processor
 from modeling_e2llm.lora import lora_config
 
-from .config import TrainConfig
+from .config import TrainConfig, add_config_arguments, config_from_arguments
 from .dataset import sample_cache_key, training_dataset, with_pooled_chunks
 from .plot import plot_losses
 from .probe import restatement_probe_callback
@@ -232,7 +231,7 @@ def train(config: TrainConfig, resume: bool | str | None = None) -> E2LLMTrainer
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML training config (see training/config.py)")
+    add_config_arguments(parser)
     parser.add_argument("--resume", nargs="?", const=True, default=None,
                         help="continue from the latest checkpoint in output_dir, or from the checkpoint given")
     parser.add_argument("--output-dir", help="override training.output_dir")
@@ -243,10 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    try:  # a config mistake gets its one-line reason before anything loads
-        config = TrainConfig.from_yaml(args.config)
-    except (OSError, TypeError, ValueError, yaml.YAMLError) as error:
-        parser.exit(2, f"error: {args.config}: {error}\n")
+    config = config_from_arguments(parser, args)
     if args.output_dir:
         config.training["output_dir"] = args.output_dir
     if args.max_minutes is not None:

