@@ -244,6 +244,31 @@ def test_a_training_forward_never_waits_for_the_gpu(tiny_at, k):
     assert torch.isfinite(loss.detach().cpu())
 
 
+def test_the_encoder_and_decoder_attend_without_cudnn_and_leave_the_setting_as_it_was(tiny_model, tiny_processor):
+    # cuDNN's SDPA kernel builds a graph per input shape: ~100 ms of host time a call on an H200 when lengths change
+    # every batch (training/gpu/attention_backends.py). The flags are process-wide, so check them mid-forward.
+    seen = {}
+    layers = {"encoder": tiny_model.model.encoder.encoder.layer[0], "decoder": tiny_model.model.language_model.layers[0]}
+    hooks = [layer.register_forward_pre_hook(lambda module, args, part=part: seen.setdefault(part, set()).add(
+        torch.backends.cuda.cudnn_sdp_enabled())) for part, layer in layers.items()]
+    try:
+        tiny_model(**tiny_processor(TEXT, "Who chaired?"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {"encoder": {False}, "decoder": {False}} and torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_a_left_padded_row_of_the_accelerator_mask_attends_to_itself_alone(tiny_model, monkeypatch):
+    # SDPA's memory-efficient kernel gives NaN for a row with nothing to attend to, and a NaN value poisons the
+    # next layer's rows through their masked keys (0 * NaN).
+    monkeypatch.setattr(modeling_e2llm, "_reads_back_freely", lambda tensor: False)
+    padding = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    mask = modeling_e2llm._mask_for(tiny_model.model.language_model, padding, causal=True)  # (B, 1, T, T)
+    assert mask[0, 0].int().tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+    assert mask[1, 0].int().tolist() == torch.ones(4, 4, dtype=torch.int).tril().tolist()
+
+
 @pytest.mark.parametrize("name", ["cache", "past_key_values"])
 def test_the_decoder_cache_is_taken_under_either_name_without_a_warning(tiny_model, tiny_processor, name):
     batch = tiny_processor(TEXT, "Who chaired?")

@@ -538,7 +538,7 @@ def test_the_trainer_waits_for_the_gpu_at_most_once_per_optimizer_step(tiny_path
     counter = CountDeviceSyncs(first=2, last=5)  # steps 3, 4 and 5: no logging, no checkpoint
     trainer.add_callback(counter)
     trainer.train()
-    assert len(counter.syncs) <= 3, [str(w.message) for w in counter.syncs]
+    assert len(counter.syncs) <= 3, [f"{w.filename}:{w.lineno}" for w in counter.syncs]  # where each wait began
 
 
 def test_freezing_encoder_and_decoder_trains_the_adapter_alone(tiny_paths, tmp_path, essay_text):

@@ -38,6 +38,7 @@ from trl import SFTTrainer
 from modeling_e2llm import flops
 from modeling_e2llm.embedded_default import default_decoder_path
 from modeling_e2llm.markdown import markdown_table
+from modeling_e2llm.modeling_e2llm import attention_kernels
 
 from .architectures import with_random_weights
 from .config import TrainConfig, add_config_arguments, config_from_arguments
@@ -208,7 +209,8 @@ def plain_rows(dataset: datasets.Dataset, chunk_token_id: int, ordinary_token_id
 
 
 def run_plain_sft(config: TrainConfig, rows: datasets.Dataset) -> StageClock:
-    """A plain TRL SFTTrainer on the config's decoder, with LoRA on the same modules, over `rows`."""
+    """A plain TRL SFTTrainer on the config's decoder, with LoRA on the same modules, over `rows`, with the
+    attention kernels E2LLM's forward uses (cuDNN's would cost it ~100 ms of host time a layer on a GPU)."""
     settings = config.model.config
     path = config.model.decoder or default_decoder_path()
     decoder = AutoModelForCausalLM.from_pretrained(path)
@@ -220,7 +222,8 @@ def run_plain_sft(config: TrainConfig, rows: datasets.Dataset) -> StageClock:
                          processing_class=AutoTokenizer.from_pretrained(path))
     in_dataset_order(trainer)
     clock = StageClock(trainer)
-    trainer.train()
+    with attention_kernels():
+        trainer.train()
     return clock
 
 
