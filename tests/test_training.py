@@ -718,6 +718,14 @@ def test_set_overrides_one_value_deep_in_the_config_and_reads_it_as_yaml():
     assert (config.data.seed, config.model.config["lora_rank"], config.model.config["lora_alpha"]) == (2, 4, 16)
 
 
+def test_a_zero_time_budget_on_the_command_line_is_refused_by_the_configs_own_check(capsys):
+    from training.train import main
+
+    with pytest.raises(SystemExit) as exit:
+        main(["--config", "training/configs/demo_v2_gpu.yaml", "--max-minutes", "0"])
+    assert exit.value.code == 2 and "max_minutes must be above 0" in capsys.readouterr().err
+
+
 def test_set_without_an_equals_sign_is_refused_with_the_form_it_takes():
     with pytest.raises(ValueError, match="write KEY=VALUE"):
         TrainConfig.from_yaml("training/configs/demo_v2_gpu.yaml", ["data.seed"])

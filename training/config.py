@@ -161,8 +161,8 @@ class TrainConfig:
         if self.adapter_learning_rate is not None and self.adapter_learning_rate <= 0:
             raise ValueError(f"adapter_learning_rate must be > 0 (null: the trainer's learning_rate), got "
                              f"{self.adapter_learning_rate}.")
-        if self.max_minutes is not None:
-            _check_range("max_minutes", self.max_minutes, 0)
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be above 0 (null: no time budget), got {self.max_minutes}.")
         _check_training(self.training)
         if not self.data.reasoning and not (self.tasks.understanding and self.data.understanding):
             raise ValueError("The config names no training data: add sources under data.reasoning or data.understanding.")

@@ -242,13 +242,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
+    # The two flags are shorthands for --set, so that the config checks them like any other value.
+    args.set += [f"{key}={json.dumps(value)}" for key, value in (("training.output_dir", args.output_dir),
+                                                                 ("max_minutes", args.max_minutes)) if value is not None]
     config = config_from_arguments(parser, args)
-    if args.output_dir:
-        config.training["output_dir"] = args.output_dir
-    if args.max_minutes is not None:
-        if args.max_minutes <= 0:
-            parser.exit(2, f"error: --max-minutes must be above 0, got {args.max_minutes}.\n")
-        config.max_minutes = args.max_minutes
     if args.samples_only:
         build_samples(config)
         return
