@@ -8,6 +8,7 @@ features into `inputs_embeds` in one place; `E2LLMForCausalLM` adds the LM head,
 
 import contextlib
 import copy
+import functools
 import inspect
 import json
 import os
@@ -38,6 +39,28 @@ _HUB_KWARGS = ("revision", "subfolder", "cache_dir", "token", "local_files_only"
 # from its callers and speaks the installed version's to the decoder and to GenerationMixin.
 _CACHE = ("cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
           else "past_key_values")
+
+
+def attention_kernels() -> contextlib.AbstractContextManager:
+    """The SDPA kernels now enabled, less cuDNN's: it builds a graph for each new input shape, 50-100 ms of host
+    time a call when every batch brings new lengths, as training and generation do, against under 1 ms for
+    the memory-efficient kernel, which takes the same boolean masks (an H200 with torch 2.11:
+    training/gpu/attention_backends.py in the repository). cuDNN was torch's first choice there."""
+    enabled = {SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
+               SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
+               SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled()}
+    if not torch.backends.cuda.cudnn_sdp_enabled() or not any(enabled.values()):
+        return contextlib.nullcontext()
+    return sdpa_kernel([backend for backend, on in enabled.items() if on])
+
+
+def _attending_without_cudnn(method):
+    """`method` run under `attention_kernels()`."""
+    @functools.wraps(method)
+    def attending(*args, **kwargs):
+        with attention_kernels():
+            return method(*args, **kwargs)
+    return attending
 
 
 class ContextTooLong(ValueError):
@@ -194,6 +217,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
             return None
         return self.config.hybrid_window_tokens, self.config.hybrid_window_stride
 
+    @_attending_without_cudnn
     def _encoder_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tuned: bool,
                         scoring: str | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Last hidden states (batch, width, enc_hidden) of the chunk encoder (when `tuned`) and of the ranking
@@ -204,31 +228,30 @@ class E2LLMModel(E2LLMPreTrainedModel):
         them, whatever the transformers version calls them); a pass for the ranking alone stops there. BERT-family
         encoders return their last layer's output as is, so the copies' output is the ranking encoder's."""
         attention_mask = _mask_for(self.encoder, attention_mask, causal=False)
-        with attention_kernels():
-            if scoring != "base" or len(self.ranking_layers) == 0:  # the tuned encoder ranks, or nothing is tuned
-                hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                return (hidden if tuned else None), (hidden if scoring is not None else None)
-            trunk = {}
+        if scoring != "base" or len(self.ranking_layers) == 0:  # the tuned encoder ranks, or nothing is tuned
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return (hidden if tuned else None), (hidden if scoring is not None else None)
+        trunk = {}
 
-            def take_trunk_output(layer, args, kwargs):
-                trunk["args"], trunk["kwargs"] = args, kwargs
-                if not tuned:
-                    raise _TrunkDone  # the tuned top layers' output is not wanted: skip them
+        def take_trunk_output(layer, args, kwargs):
+            trunk["args"], trunk["kwargs"] = args, kwargs
+            if not tuned:
+                raise _TrunkDone  # the tuned top layers' output is not wanted: skip them
 
-            first_tuned = _tuned_layers(self.encoder, self.config)[0]
-            handle = first_tuned.register_forward_pre_hook(take_trunk_output, with_kwargs=True)
-            try:
-                tuned_hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            except _TrunkDone:
-                tuned_hidden = None
-            finally:
-                handle.remove()
-            hidden, *layer_args = trunk["args"]  # (batch, width, enc_hidden), then the prepared mask and the rest
-            with torch.no_grad():  # the ranking copies never train
-                for layer in self.ranking_layers:
-                    hidden = layer(hidden, *layer_args, **trunk["kwargs"])
-                    hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # some layer classes return a tuple
-            return tuned_hidden, hidden
+        first_tuned = _tuned_layers(self.encoder, self.config)[0]
+        handle = first_tuned.register_forward_pre_hook(take_trunk_output, with_kwargs=True)
+        try:
+            tuned_hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        except _TrunkDone:
+            tuned_hidden = None
+        finally:
+            handle.remove()
+        hidden, *layer_args = trunk["args"]  # (batch, width, enc_hidden), then the prepared mask and the rest
+        with torch.no_grad():  # the ranking copies never train
+            for layer in self.ranking_layers:
+                hidden = layer(hidden, *layer_args, **trunk["kwargs"])
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden  # some layer classes return a tuple
+        return tuned_hidden, hidden
 
     def checked_scoring(self, scoring: str | None = None) -> str:
         """The encoder hybrid recall ranks chunks with (`scoring`, default `config.hybrid_scoring`): "base", the
@@ -338,6 +361,7 @@ class E2LLMModel(E2LLMPreTrainedModel):
         return (f"Use an encoder_tokens_per_chunk_token about {factor:.1f}x larger than {k} (model config and "
                 "processor; the model must be trained with it), or a shorter context")
 
+    @_attending_without_cudnn
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
                 chunk_input_ids: torch.LongTensor | None = None, chunk_attention_mask: torch.Tensor | None = None,
@@ -357,9 +381,8 @@ class E2LLMModel(E2LLMPreTrainedModel):
         kwargs = _with_cache_name(kwargs)
         if attention_mask is not None and kwargs.get(_CACHE) is None:  # prefill or training: no cache offsets
             attention_mask = _mask_for(self.language_model, attention_mask, causal=True)
-        with attention_kernels():
-            return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                       position_ids=position_ids, use_cache=use_cache, **kwargs)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, use_cache=use_cache, **kwargs)
 
 
 class E2LLMForCausalLM(E2LLMPreTrainedModel, GenerationMixin):
@@ -817,22 +840,9 @@ def _mask_for(model: PreTrainedModel, mask: torch.Tensor, causal: bool) -> torch
         # (B, 1, T, T); a left-padding row attends to itself alone: a row with nothing to attend to comes out
         # NaN from SDPA's memory-efficient kernel (the one attention_kernels leaves), and NaN values in a
         # masked key still poison every row (0 * NaN) of the next layer
-        causal = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
-        keep = (keep & causal) | torch.eye(length, dtype=torch.bool, device=mask.device)
+        earlier = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()  # (T, T)
+        keep = (keep & earlier) | torch.eye(length, dtype=torch.bool, device=mask.device)
     return keep
-
-
-def attention_kernels() -> contextlib.AbstractContextManager:
-    """The SDPA kernels now enabled, less cuDNN's: it builds a graph for each new input shape, 50-100 ms of host
-    time a call when every batch brings new lengths, as training and generation do, against under 1 ms for
-    the memory-efficient kernel, which takes the same boolean masks (an H200 with torch 2.11:
-    training/gpu/attention_backends.py in the repository). cuDNN was torch's first choice there."""
-    enabled = {SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
-               SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
-               SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled()}
-    if not torch.backends.cuda.cudnn_sdp_enabled() or not any(enabled.values()):
-        return contextlib.nullcontext()
-    return sdpa_kernel([backend for backend, on in enabled.items() if on])
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, segment_size: int | None = None,
