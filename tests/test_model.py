@@ -246,12 +246,14 @@ def test_a_training_forward_never_waits_for_the_gpu(tiny_at, k):
 
 def test_the_encoder_and_decoder_attend_without_cudnn_and_leave_the_setting_as_it_was(tiny_model, tiny_processor):
     # cuDNN's SDPA kernel builds a graph per input shape: ~100 ms of host time a call on an H200 when lengths change
-    # every batch (training/gpu/attention_backends.py). The flags are process-wide, so check them mid-forward.
+    # every batch (training/gpu/attention_backends.py). The flags are process-wide, so check them mid-call.
     seen = {}
     layers = {"encoder": tiny_model.model.encoder.encoder.layer[0], "decoder": tiny_model.model.language_model.layers[0]}
     hooks = [layer.register_forward_pre_hook(lambda module, args, part=part: seen.setdefault(part, set()).add(
         torch.backends.cuda.cudnn_sdp_enabled())) for part, layer in layers.items()]
     try:
+        tiny_model.encode_context(TEXT, processor=tiny_processor)  # the encoder alone, outside a forward
+        assert seen == {"encoder": {False}}
         tiny_model(**tiny_processor(TEXT, "Who chaired?"))
     finally:
         for hook in hooks:
