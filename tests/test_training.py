@@ -454,6 +454,9 @@ def test_a_spent_time_budget_stops_training_with_a_checkpoint(tiny_paths, tmp_pa
     trainer = train(config)
     assert trainer.state.global_step == 1
     assert (tmp_path / "run" / "checkpoint-1").is_dir() and (tmp_path / "run" / "final" / "demo.json").is_file()
+    summary = trainer.state.log_history[-1]  # rated by the one step it ran, not the 50 it was allowed
+    assert summary["train_steps_per_second"] == pytest.approx(1 / summary["train_runtime"], rel=0.01, abs=1e-3)
+    assert summary["train_samples_per_second"] == pytest.approx(2 / summary["train_runtime"], rel=0.01, abs=1e-3)
 
 
 @pytest.mark.parametrize("frozen, trained", [("encoder", "language_model"), ("language_model", "encoder")])
