@@ -94,7 +94,7 @@ class E2LLMTrainer(SFTTrainer):
                 logs["num_tokens"] = self._decoder_tokens
             self._task_totals[mode] = self._token_totals[mode] = None
         if "train_runtime" in logs and self.state.global_step < self.state.max_steps:
-            # transformers rates a run by max_steps even when a callback (a time budget) ended it sooner
+            # transformers 5.17 (not 5.24) rates a run by max_steps even when a callback (a time budget) ended it sooner
             seconds, steps = logs["train_runtime"], self.state.global_step
             batch = self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
             logs["train_steps_per_second"] = round(steps / seconds, 3)
