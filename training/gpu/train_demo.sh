@@ -45,27 +45,27 @@ fi
 config=training/configs/demo_v2_gpu.yaml
 run=runs/demo_v2_gpu
 stage "samples"
-timeout $(( $(left) - 240 )) python3 -m training.train --config "$config" "${overrides[@]}" --samples-only >> "$log" 2>&1 \
-    || stage "samples FAILED"
+timeout $(( $(left) - 240 )) python3 -m training.train --config "$config" "${overrides[@]}" --samples-only \
+    >> "$log" 2>&1 || stage "samples FAILED"
 
 stage "benchmark"
 bench=$work/benchmark
 mkdir -p "$bench/run" && ln -sfn "$PWD/$run/samples" "$bench/run/samples"  # the samples just built, not again
-timeout 120 python3 -m training.benchmark --config "$config" "${overrides[@]}" --steps 15 --warmup 3 --output "$bench" >> "$log" 2>&1 \
-    || stage "benchmark FAILED or cut"
+timeout 120 python3 -m training.benchmark --config "$config" "${overrides[@]}" --steps 15 --warmup 3 --output "$bench" \
+    >> "$log" 2>&1 || stage "benchmark FAILED or cut"
 cp "$bench/benchmark.json" "$OUT/" 2>/dev/null && cp "$bench/summary.md" "$OUT/benchmark-summary.md"
 
 stage "profile"
 mkdir -p "$work/profile/run" && ln -sfn "$PWD/$run/samples" "$work/profile/run/samples"
-timeout 60 python3 -m training.profile --config "$config" "${overrides[@]}" --steps 2 --output "$work/profile" >> "$log" 2>&1 \
-    || stage "profile FAILED or cut"
+timeout 60 python3 -m training.profile --config "$config" "${overrides[@]}" --steps 2 --output "$work/profile" \
+    >> "$log" 2>&1 || stage "profile FAILED or cut"
 
 stage "train"
 # Keep ~45 s for loading, the last probe and saving, and ~45 s for the sync tests.
 minutes=$(python3 -c "print(round(max(0.5, ($(left) - 90) / 60), 2))")
 stage "training for $minutes minutes"
-timeout $(( $(left) - 40 )) python3 -m training.train --config "$config" "${overrides[@]}" --max-minutes "$minutes" >> "$log" 2>&1 \
-    || stage "training FAILED or cut"
+timeout $(( $(left) - 40 )) python3 -m training.train --config "$config" "${overrides[@]}" --max-minutes "$minutes" \
+    >> "$log" 2>&1 || stage "training FAILED or cut"
 for file in adapter_config.json adapter_model.safetensors demo.json log_history.json loss.png; do
     cp "$run/final/$file" "$OUT/" 2>/dev/null
 done
