@@ -442,7 +442,10 @@ def test_resume_after_a_kill_gives_the_same_weights_as_an_uninterrupted_run(tiny
     interrupted.add_callback(StopAt(2))
     interrupted.train()
     assert (tmp_path / "b" / "run" / "checkpoint-2").is_dir() and interrupted.state.global_step == 2
-    resumed = trained_weights(train(tiny_config(tiny_paths, tmp_path / "b", essay_text), resume=True))
+    resumed_trainer = train(tiny_config(tiny_paths, tmp_path / "b", essay_text), resume=True)
+    resumed = trained_weights(resumed_trainer)
+    summary = resumed_trainer.state.log_history[-1]  # rated by the 2 steps the resumed run took, not all 4
+    assert summary["train_steps_per_second"] == pytest.approx(2 / summary["train_runtime"], rel=0.01, abs=1e-3)
     assert whole.keys() == resumed.keys()
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=1e-6, msg=name)

@@ -13,6 +13,7 @@ processes and accumulation steps. The two tasks' unweighted per-token losses are
 """
 
 import torch
+from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
 from .samples import TASKS, UNDERSTANDING
@@ -43,6 +44,8 @@ class E2LLMTrainer(SFTTrainer):
         self._decoder_tokens = 0.0  # decoder input tokens trained on so far, all processes (TRL's `num_tokens`)
         super().__init__(model, args, *more, **kwargs)
         _refuse(["output_router_logits (a mixture-of-experts auxiliary loss)"] if self.aux_loss_enabled else [])
+        self._run_start = _RunStart()
+        self.add_callback(self._run_start)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
@@ -93,9 +96,10 @@ class E2LLMTrainer(SFTTrainer):
                 self._decoder_tokens += inputs
                 logs["num_tokens"] = self._decoder_tokens
             self._task_totals[mode] = self._token_totals[mode] = None
-        if "train_runtime" in logs and self.state.global_step < self.state.max_steps:
-            # transformers 5.17 (not 5.24) rates a run by max_steps even when a callback (a time budget) ended it sooner
-            seconds, steps = logs["train_runtime"], self.state.global_step
+        if "train_runtime" in logs:
+            # Rated by the steps this run took: transformers 5.17 rates it by max_steps even when a callback (a
+            # time budget) ended it sooner; 5.24 counts as here.
+            seconds, steps = logs["train_runtime"], self.state.global_step - self._run_start.step
             batch = self._train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
             logs["train_steps_per_second"] = round(steps / seconds, 3)
             logs["train_samples_per_second"] = round(steps * batch / seconds, 3)
@@ -137,3 +141,12 @@ def unsupported_options(args: SFTConfig) -> list[str]:
         "use_liger_kernel": args.use_liger_kernel,
     }
     return [name for name, is_set in ignored.items() if is_set]
+
+
+class _RunStart(TrainerCallback):
+    """The global step a run starts from (after a resumed checkpoint's)."""
+
+    step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step
