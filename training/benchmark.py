@@ -23,7 +23,9 @@ import gc
 import json
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -370,13 +372,12 @@ def main(argv: list[str] | None = None) -> dict:
     config = config_from_arguments(parser, args)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    command = f"python -m training.benchmark --config {args.config} " + "".join(f"--set {o} " for o in args.set) + (
-        f"--steps {args.steps} --warmup {args.warmup}") + (
-        f" --architectures {args.architectures}" if args.architectures else "")
+    command = "python -m training.benchmark " + shlex.join(sys.argv[1:] if argv is None else argv)
     results = {"command": command, **benchmark(config, args.steps, args.warmup, output, args.architectures)}
     (output / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-    (output / SUMMARY_FILE).write_text(summary_markdown(results))
-    print(summary_markdown(results))
+    summary = summary_markdown(results)
+    (output / SUMMARY_FILE).write_text(summary)
+    print(summary)
     return results
 
 
