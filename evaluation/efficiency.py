@@ -50,6 +50,7 @@ import transformers
 from tqdm.auto import tqdm
 
 from modeling_e2llm import flops
+from modeling_e2llm.command_line import at_least
 
 from .efficiency_report import save_plots, summary_markdown
 from .efficiency_worker import load_benchmark_model
@@ -356,34 +357,30 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="saved E2LLM folder or Hub id (default: the embedded default)")
     parser.add_argument("--encoder", default=None, help="encoder folder, with --decoder: a new composite")
     parser.add_argument("--decoder", default=None, help="decoder folder, with --encoder")
-    parser.add_argument("--encoder-tokens-per-chunk-token", type=int, default=None, metavar="K",
+    parser.add_argument("--encoder-tokens-per-chunk-token", type=at_least(1), default=None, metavar="K",
                         help="compression knob of a new composite (--encoder/--decoder, or the embedded default's "
                              "models, untrained): one chunk token per K encoder tokens (default: one per chunk)")
     parser.add_argument("--fast-encoder", action="store_true",
                         help="also run E2LLM with the int8 CPU encoder (system e2llm_int8), beside the fp32 one")
-    parser.add_argument("--min-tokens", type=int, default=1024, help="shortest context (decoder tokens)")
-    parser.add_argument("--max-tokens", type=int, default=1_048_576, help="longest context (decoder tokens)")
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions of every measurement (median)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens every answer generates")
-    parser.add_argument("--top-k", type=int, nargs="+", default=list(RAG_TOP_KS),
+    parser.add_argument("--min-tokens", type=at_least(1), default=1024, help="shortest context (decoder tokens)")
+    parser.add_argument("--max-tokens", type=at_least(1), default=1_048_576, help="longest context (decoder tokens)")
+    parser.add_argument("--repeats", type=at_least(1), default=3, help="repetitions of every measurement (median)")
+    parser.add_argument("--threads", type=at_least(1), default=len(os.sched_getaffinity(0)), help="torch threads")
+    parser.add_argument("--new-tokens", type=at_least(1), default=32, help="tokens every answer generates")
+    parser.add_argument("--top-k", type=at_least(1), nargs="+", default=list(RAG_TOP_KS),
                         help="chunks RAG retrieves, one system per value (default: 5, hybrid recall's default, and 40, "
                              "the paper's)")
-    parser.add_argument("--encoder-batch-size", type=int, default=None,
+    parser.add_argument("--encoder-batch-size", type=at_least(1), default=None,
                         help="chunks per encoder forward (default: the model's config)")
-    parser.add_argument("--cache-tokens", type=int, default=100_000, help="length of the context cache document")
-    parser.add_argument("--cache-questions", type=int, default=10, help="questions asked about it")
-    parser.add_argument("--matmul-size", type=int, default=4096, help="side of the matrices of the matmul peak")
+    parser.add_argument("--cache-tokens", type=at_least(1), default=100_000, help="length of the context cache document")
+    parser.add_argument("--cache-questions", type=at_least(1), default=10, help="questions asked about it")
+    parser.add_argument("--matmul-size", type=at_least(1), default=4096, help="side of the matrices of the matmul peak")
     parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK, help="JSONL of the texts")
     args = parser.parse_args(argv)
-    if not 1 <= args.min_tokens <= args.max_tokens:
-        parser.error(f"need 1 <= --min-tokens <= --max-tokens, got {args.min_tokens} and {args.max_tokens}.")
-    for name in ("repeats", "threads", "new_tokens", "cache_tokens", "cache_questions", "matmul_size",
-                 "encoder_batch_size", "encoder_tokens_per_chunk_token"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-    if min(args.top_k) < 1 or len(set(args.top_k)) < len(args.top_k):
-        parser.error(f"--top-k takes distinct chunk counts of at least 1, got {' '.join(map(str, args.top_k))}.")
+    if args.min_tokens > args.max_tokens:
+        parser.error(f"need --min-tokens <= --max-tokens, got {args.min_tokens} and {args.max_tokens}.")
+    if len(set(args.top_k)) < len(args.top_k):
+        parser.error(f"--top-k takes distinct chunk counts, got {' '.join(map(str, args.top_k))}.")
     if (args.encoder is None) != (args.decoder is None) or (args.encoder and args.model):
         parser.error("give --encoder and --decoder together, or --model alone (or neither: the embedded default).")
     if args.model and args.encoder_tokens_per_chunk_token is not None:

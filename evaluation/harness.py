@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from modeling_e2llm.command_line import at_least
 from modeling_e2llm.loading import load_model
 from modeling_e2llm.markdown import markdown_table
 
@@ -28,20 +29,6 @@ class RunConflict(ValueError):
 
 
 RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE, TABLE_FILE = "run.json", "predictions.jsonl", "summary.json", "summary.md"
-
-
-def at_least(minimum: int):
-    """argparse type: a whole number >= `minimum`, refused while the arguments are read (before any model
-    loads) rather than recorded and misread later."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
 
 
 def add_system_arguments(parser: argparse.ArgumentParser) -> None:

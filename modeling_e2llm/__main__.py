@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from .command_line import at_least
 from .loading import load_model
 
 
@@ -29,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="saved E2LLM folder or Hub id (default: the embedded default models with the "
                              "trained demo weights when present)")
     parser.add_argument("--untrained", action="store_true", help="embedded default without the demo weights")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    parser.add_argument("--max-new-tokens", type=at_least(1), default=64)
+    parser.add_argument("--threads", type=at_least(1), default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -48,13 +49,6 @@ def main(argv: list[str] | None = None) -> None:
     print(answer)
     print(f"[{len(text):,} characters, {len(processor.chunk(text)):,} chunks, "
           f"{time.perf_counter() - start:.1f} s]", file=sys.stderr)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (0 new tokens or threads would run and say nothing)."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 if __name__ == "__main__":

@@ -354,7 +354,7 @@ def test_main_command_refuses_counts_below_one(tmp_path, capsys, option, value):
     with pytest.raises(SystemExit) as exit_info:
         ask_main(["--file", str(tmp_path / "doc.txt"), "--question", "q", option, value])
     assert exit_info.value.code == 2
-    assert f"argument {option}: must be a whole number >= 1, got '{value}'" in capsys.readouterr().err
+    assert f"argument {option}: must be at least 1, got {value}" in capsys.readouterr().err
 
 
 # --- evaluation.run -----------------------------------------------------------------------------------

@@ -67,3 +67,15 @@ def test_the_profile_lists_the_ops_of_the_steps_after_the_warm_up(tiny_paths, tm
     table = (tmp_path / "out" / PROFILE_FILE).read_text()
     assert table.startswith("Ops by self_cpu_time_total:")
     assert "aten::addmm" in table or "aten::mm" in table  # the models' matmuls, not an empty profile
+
+
+@pytest.mark.parametrize("command, option", [("benchmark", "--warmup"), ("benchmark", "--steps"),
+                                             ("profile", "--steps"), ("profile", "--rows")])
+def test_counts_below_one_are_refused_before_the_config_is_read(command, option, tmp_path, capsys):
+    from training.profile import main as profile_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        {"benchmark": main, "profile": profile_main}[command](
+            ["--config", str(tmp_path / "absent.yaml"), option, "0", "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err

@@ -38,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTTrainer
 
 from modeling_e2llm import flops
+from modeling_e2llm.command_line import at_least
 from modeling_e2llm.embedded_default import default_decoder_path
 from modeling_e2llm.markdown import markdown_table
 from modeling_e2llm.modeling_e2llm import attention_kernels
@@ -360,15 +361,14 @@ def summary_markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(parser)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--steps", type=at_least(1), default=10, help="timed steps (default 10)")
+    parser.add_argument("--warmup", type=at_least(1), default=2,
+                        help="untimed steps first, at least one: the first step pays for kernel selection (default 2)")
     parser.add_argument("--output", default="runs/benchmark", help="folder for benchmark.json and summary.md")
     parser.add_argument("--architectures", type=Path,
                         help="a `python -m training.architectures` folder: its encoder and decoder with random weights "
                              "replace the config's (same speed; for throughput only)")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1:
-        parser.error("--steps and --warmup must be at least 1 (the first step pays for kernel selection).")
     config = config_from_arguments(parser, args)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from modeling_e2llm.command_line import at_least
+
 from .benchmark import ProfileAfterWarmup, benchmark_config, in_dataset_order
 from .config import TrainConfig, add_config_arguments, config_from_arguments
 from .train import build_trainer
@@ -37,12 +39,10 @@ def profile(config: TrainConfig, steps: int, rows: int, output: Path) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_config_arguments(parser)
-    parser.add_argument("--steps", type=int, default=2, help="profiled steps after one warm-up step (default 2)")
-    parser.add_argument("--rows", type=int, default=25, help="ops listed per table (default 25)")
+    parser.add_argument("--steps", type=at_least(1), default=2, help="profiled steps after one warm-up step (default 2)")
+    parser.add_argument("--rows", type=at_least(1), default=25, help="ops listed per table (default 25)")
     parser.add_argument("--output", default="runs/profile", help="folder for profile.txt")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.rows < 1:
-        parser.error("--steps and --rows must be at least 1.")
     config = config_from_arguments(parser, args)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
