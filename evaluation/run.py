@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .data import DataFormatError, dataset_name, load_examples
 from modeling_e2llm.command_line import at_least
 
+from .data import DataFormatError, dataset_name, load_examples
 from .harness import RunConflict, add_system_arguments, evaluate_examples, summary_table, system_from_arguments
 from .niah import DEFAULT_HAYSTACK, hide_example_in_haystack, load_haystack_essays
 
