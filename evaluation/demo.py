@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from modeling_e2llm.command_line import at_least
 from modeling_e2llm.haystacks import NEEDLE_KEYS, background_text, distinct_contexts, magic_number_record, \
     magic_numbers, select_records, understanding_windows
 from modeling_e2llm.loading import DEMO_DIR, is_trained_run, load_model
@@ -171,9 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("task", choices=["prepare", "restate", "needle", "babi-accuracy", "chunk-stats"])
     parser.add_argument("--model", choices=["trained", "untrained", "decoder"], default="trained")
     parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder with the trained demo weights")
-    parser.add_argument("--limit", type=int, default=12)
-    parser.add_argument("--max-new-tokens", type=int, default=160)
-    parser.add_argument("--babi-per-task", type=int, default=15)
+    parser.add_argument("--limit", type=at_least(1), default=12)
+    parser.add_argument("--max-new-tokens", type=at_least(1), default=160)
+    parser.add_argument("--babi-per-task", type=at_least(1), default=15)
     parser.add_argument("--output", type=Path, required=True,
                         help="result file (babi-accuracy: the evaluation.run folder to read)")
     args = parser.parse_args(argv)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from modeling_e2llm.command_line import at_least
 from modeling_e2llm.loading import load_model
 
 from .niah import DEFAULT_HAYSTACK, VARIANTS, load_haystack_essays, needle_grid
@@ -86,12 +87,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ranking", action="append", choices=("dense", "fused"),
                         help="ranking method (config.hybrid_ranking); repeatable; default: the model's own")
     parser.add_argument("--variant", choices=VARIANTS[1:], default="number")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4000, 8000, 16000, 32000])
+    parser.add_argument("--lengths", type=at_least(1), nargs="+", default=[4000, 8000, 16000, 32000])
     parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100])
     parser.add_argument("--haystack", type=Path, default=DEFAULT_HAYSTACK)
     parser.add_argument("--fast-encoder", action="store_true",
                         help="also rank with the int8 CPU encoder and report its agreement with fp32")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=at_least(1), default=None)
     parser.add_argument("--output", type=Path, required=True, help="JSON file of the ranks and summary")
     args = parser.parse_args(argv)
     if args.threads:

@@ -22,6 +22,7 @@ from pathlib import Path
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 
+from modeling_e2llm.command_line import at_least
 from modeling_e2llm.haystacks import (CLASSIC_KEY_FACT, CLASSIC_NEEDLE, NEEDLE_FAMILIES, NUMBER_NEEDLE,
                                       THREE_NUMBERS_NEEDLE, context_lines, insert_at_depths, magic_numbers,
                                       pool_needles, pool_question)
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m evaluation.niah", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_system_arguments(parser)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[4000, 8000, 16000, 32000],
+    parser.add_argument("--lengths", type=at_least(1), nargs="+", default=[4000, 8000, 16000, 32000],
                         help="context lengths in decoder tokens")
     parser.add_argument("--depths", type=float, nargs="+", default=[0, 25, 50, 75, 100],
                         help="needle depths in percent of the context")

@@ -375,6 +375,22 @@ def test_evaluation_refuses_bad_numbers_before_loading_anything(data_file, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+
+@pytest.mark.parametrize("command, arguments", [
+    ("evaluation.niah", ["--system", "e2llm", "--output", "out", "--lengths", "4000", "0"]),
+    ("evaluation.hybrid_ranking", ["--model", "embedded", "--output", "out.json", "--threads", "0"]),
+    ("evaluation.demo", ["restate", "--output", "out.json", "--limit", "0"]),
+    ("training.experiments", ["experiment.yaml", "--arm", "a", "--max-steps", "0"]),  # 0 used to train the whole arm
+])
+def test_every_command_refuses_a_count_below_one_while_reading_its_arguments(command, arguments, capsys, tmp_path,
+                                                                            monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)  # were a count let through, the command would write here
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(command).main(arguments)
+    assert exit_info.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+
 def test_evaluation_refuses_a_model_folder_that_is_not_an_e2llm(tiny_paths, data_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run.main(["--system", "e2llm", "--model", tiny_paths[1], "--data", str(data_file),

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from modeling_e2llm.command_line import at_least
+
 from .config import TrainConfig
 from .train import train
 
@@ -89,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--arm", help="train this arm")
     action.add_argument("--table", action="store_true", help="print the finished arms' probe table (markdown)")
-    parser.add_argument("--max-steps", type=int, help="with --arm: stop after this many steps (the table says how many)")
+    parser.add_argument("--max-steps", type=at_least(1),
+                        help="with --arm: stop after this many steps (the table says how many)")
     args = parser.parse_args(argv)
     try:
         arms = arm_configs(args.experiment)
