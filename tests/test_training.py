@@ -134,6 +134,17 @@ def test_understanding_sample_labels_only_the_window_text(tiny_processor, essay_
     assert sample["task"] == "understanding"
 
 
+def test_shuffled_restatement_restates_the_window_words_in_another_order_from_those_words(tiny_processor, essay_text):
+    window = understanding_windows(tiny_processor, essay_text[:600], window_chunks=3)[0]
+    sample = understanding_samples(tiny_processor, essay_text[:600], window_chunks=3, shuffle_words=True)[0]
+    target = tiny_processor.tokenizer.decode([t for t in sample["labels"] if t != IGNORE_INDEX][:-1])
+    assert sorted(target.split()) == sorted(window.split()) and target.split() != window.split()
+    encoded = tiny_processor.encoder_tokenizer.decode(
+        [t for chunk in sample["chunk_input_ids"] for t in chunk], skip_special_tokens=True)
+    assert encoded.split() == tiny_processor.encoder_tokenizer.decode(
+        tiny_processor.encoder_tokenizer(target, add_special_tokens=False)["input_ids"]).split()  # encoded as restated
+
+
 def test_reasoning_sample_labels_only_the_answer(tiny_processor, essay_text):
     sample = build_sample(tiny_processor, essay_text[:2000], "Who wrote this?", "Paul Graham")
     targets = [t for t in sample["labels"] if t != IGNORE_INDEX]
@@ -762,3 +773,10 @@ def test_the_experiment_table_reports_the_last_probe_its_curve_tokens_and_time_p
     assert arm_row("adapter", log, batch=2) == (
         "| adapter | 10 | 20 | 4.200 / 4.250 / 4.300 | +0.050 ± 0.020 / +0.100 ± 0.030 | 0: 4.200 / +0.050 / +0.100, "
         "10: 4.200 / +0.050 / +0.100 | 160 | 10.0 (+20 s a probe) |")
+
+
+def test_an_arm_without_probes_gets_a_row_with_its_steps_tokens_and_time_per_step():
+    from training.experiments import arm_row
+
+    log = [{"loss": 3.9, "num_tokens": 6000.0, "step": 10}, {"train_runtime": 80.0, "step": 10}]
+    assert arm_row("uncompressed", log, batch=2) == "| uncompressed | 10 | 20 | no probe | | | 300 | 8.0 |"

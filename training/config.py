@@ -7,7 +7,7 @@ processor:  {chunk_size: 512, chunk_overlap: 0.0}                   # chunk_over
 trainable:  {encoder: true, decoder: true}                          # false: the -E / -D ablations; both: adapter only
 tasks:      {understanding: true, understanding_ratio: 0.5, understanding_weight: 1.0, window_chunks: 4,
              hybrid_ratio: 0.0, hybrid_top_k: 3,                    # hybrid: reasoning rows that quote passages
-             windows_per_context: null}                             # N: N restate windows drawn per context
+             windows_per_context: null, shuffle_words: false}       # N: N restate windows drawn per context
 data:       {seed: 0, num_proc: 1, understanding: [<source>...], reasoning: [<source>...]}   # see training/sources.py
 adapter_learning_rate: null                                         # null: the trainer's learning_rate
 max_minutes: null                                                   # stop (and save) after this much training time
@@ -91,6 +91,7 @@ class TaskSettings:
     hybrid_ratio: float = 0.0  # share of reasoning samples that also quote their best chunks (hybrid recall)
     hybrid_top_k: int = 3  # chunks those samples quote, within processor.hybrid_token_budget tokens
     windows_per_context: int | None = None  # restate windows drawn per context (null: every window, whole context)
+    shuffle_words: bool = False  # restate windows with their words shuffled: the LM prior cannot guess them (issue 18)
     stopping_strategy: str = "all_exhausted"  # datasets.interleave_datasets: when the mix ends
 
     def __post_init__(self):

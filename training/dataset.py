@@ -25,13 +25,15 @@ logger = logging.getLogger(__name__)
 
 def understanding_dataset(sources: list, processor: E2LLMProcessor, window_chunks: int, max_length: int,
                           seed: int = 0, windows_per_context: int | None = None,
-                          num_proc: int = 1) -> datasets.Dataset | None:
+                          num_proc: int = 1, shuffle_words: bool = False) -> datasets.Dataset | None:
     """Restate samples over every distinct context of `sources` (None when there are none), built in `num_proc`
     processes: all its windows, or `windows_per_context` drawn from it (seeded by `seed` and the record's id), so
-    that a source of whole books gives a bounded number of samples and is never chunked whole."""
+    that a source of whole books gives a bounded number of samples and is never chunked whole; `shuffle_words`:
+    see `samples.understanding_samples`."""
     contexts = [{"id": str(record["id"]), "context": record["context"]}
                 for spec in sources for record in distinct_contexts(load_records(spec, seed))]
-    build = functools.partial(_understanding_rows, processor, window_chunks, max_length, seed, windows_per_context)
+    build = functools.partial(_understanding_rows, processor, window_chunks, max_length, seed, windows_per_context,
+                              shuffle_words)
     return _build_rows(contexts, build, num_proc, "Building restate samples")
 
 
@@ -72,11 +74,11 @@ def reasoning_dataset(sources: list, processor: E2LLMProcessor, max_length: int,
 
 
 def _understanding_rows(processor: E2LLMProcessor, window_chunks: int, max_length: int, seed: int,
-                        windows_per_context: int | None, record: dict) -> list[dict]:
+                        windows_per_context: int | None, shuffle_words: bool, record: dict) -> list[dict]:
     # A string seed hashes the same in every process (unlike hash()), so any num_proc draws the same windows.
     rng = random.Random(f"{seed}:{record['id']}")
     return understanding_samples(processor, record["context"], window_chunks, max_length, name=record["id"],
-                                 count=windows_per_context, rng=rng)
+                                 count=windows_per_context, rng=rng, shuffle_words=shuffle_words)
 
 
 def _reasoning_rows(processor: E2LLMProcessor, max_length: int, record: dict) -> list[dict]:
@@ -122,7 +124,7 @@ def training_dataset(data: DataSettings, tasks: TaskSettings, processor: E2LLMPr
     understanding = None
     if tasks.understanding:
         understanding = understanding_dataset(data.understanding, processor, tasks.window_chunks, max_length, data.seed,
-                                              tasks.windows_per_context, data.num_proc)
+                                              tasks.windows_per_context, data.num_proc, tasks.shuffle_words)
     reasoning = reasoning_dataset(data.reasoning, processor, max_length, data.seed, tasks.hybrid_ratio,
                                   tasks.hybrid_top_k, model, data.num_proc)
     ratio = tasks.understanding_ratio if reasoning is not None else 1.0

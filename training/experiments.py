@@ -56,13 +56,18 @@ def arm_row(name: str, log_history: list[dict], batch: int) -> str:
     end = next(entry for entry in reversed(log_history) if "train_runtime" in entry)
     tokens = next((entry["num_tokens"] for entry in reversed(log_history) if "num_tokens" in entry), None)
     steps = end["step"]
-    last, probe_seconds = probes[-1], sum(entry["probe_seconds"] for entry in probes)
+    probe_seconds = sum(entry["probe_seconds"] for entry in probes)
+    per_step = f"{(end['train_runtime'] - probe_seconds) / steps:.1f}" + (
+        f" (+{probe_seconds / len(probes):.0f} s a probe)" if probes else "")
+    tokens = "-" if tokens is None else f"{tokens / (steps * batch):.0f}"
+    if not probes:  # probe.every_steps 0
+        return f"| {name} | {steps} | {steps * batch} | no probe | | | {tokens} | {per_step} |"
+    last = probes[-1]
     curve = ", ".join(f"{p['step']}: {p['probe_nll_own']:.3f} / {p['probe_gap_nearby']:+.3f} / "
                       f"{p['probe_gap_other']:+.3f}" for p in probes)
     return (f"| {name} | {steps} | {steps * batch} | {last['probe_nll_own']:.3f} / {last['probe_nll_nearby']:.3f} / "
             f"{last['probe_nll_other']:.3f} | {_gap(last, 'nearby')} / {_gap(last, 'other')} | "
-            f"{curve} | {'-' if tokens is None else f'{tokens / (steps * batch):.0f}'} | {(end['train_runtime'] - probe_seconds) / steps:.1f} "
-            f"(+{probe_seconds / len(probes):.0f} s a probe) |")
+            f"{curve} | {tokens} | {per_step} |")
 
 
 def _gap(probe: dict, which: str) -> str:

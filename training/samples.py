@@ -53,17 +53,22 @@ def build_sample(processor: E2LLMProcessor, context: str, prompt: str | None, ta
 
 def understanding_samples(processor: E2LLMProcessor, context: str, window_chunks: int,
                           max_length: int | None = None, name: str = "context", count: int | None = None,
-                          rng: random.Random | None = None) -> list[dict]:
+                          rng: random.Random | None = None, shuffle_words: bool = False) -> list[dict]:
     """Restate samples over the whole `context` (or over `count` windows drawn by `rng`, see
-    `haystacks.chunk_runs`): each window's chunk tokens -> the window's text.
+    `haystacks.chunk_runs`): each window's chunk tokens -> the window's text. `shuffle_words`: each window's
+    words in an order drawn by `rng` (default: seeded by `name`; one space between them), as context and target alike, so that the
+    decoder's language-model prior cannot guess the target and only reading its chunk tokens lowers the loss.
 
     The window's text is both the sample's context and its target. Chunked again on its own, a window
     gives the same chunks as inside the context, except that its last few short chunks may merge into
     one (the chunker then sees the window's end within reach); either way its chunks cover its text.
     """
+    windows = understanding_windows(processor, context, window_chunks, count, rng)
+    if shuffle_words:
+        order = rng or random.Random(name)
+        windows = [" ".join(order.sample(words, len(words))) for words in map(str.split, windows)]
     return [build_sample(processor, text, None, text, max_length, name=f"{name} window {i}")
-            for i, text in enumerate(understanding_windows(processor, context, window_chunks, count, rng))
-            if text.strip()]
+            for i, text in enumerate(windows) if text.strip()]
 
 
 @dataclass
