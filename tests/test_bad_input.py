@@ -375,7 +375,6 @@ def test_evaluation_refuses_bad_numbers_before_loading_anything(data_file, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-
 @pytest.mark.parametrize("command, arguments", [
     ("evaluation.niah", ["--system", "e2llm", "--output", "out", "--lengths", "4000", "0"]),
     ("evaluation.hybrid_ranking", ["--model", "embedded", "--output", "out.json", "--threads", "0"]),
@@ -390,6 +389,7 @@ def test_every_command_refuses_a_count_below_one_while_reading_its_arguments(com
     with pytest.raises(SystemExit) as exit_info:
         importlib.import_module(command).main(arguments)
     assert exit_info.value.code == 2 and "must be at least 1, got 0" in capsys.readouterr().err
+
 
 def test_evaluation_refuses_a_model_folder_that_is_not_an_e2llm(tiny_paths, data_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

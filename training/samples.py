@@ -56,8 +56,8 @@ def understanding_samples(processor: E2LLMProcessor, context: str, window_chunks
                           rng: random.Random | None = None, shuffle_words: bool = False) -> list[dict]:
     """Restate samples over the whole `context` (or over `count` windows drawn by `rng`, see
     `haystacks.chunk_runs`): each window's chunk tokens -> the window's text. `shuffle_words`: each window's
-    words in an order drawn by `rng` (default: seeded by `name`; one space between them), as context and target alike, so that the
-    decoder's language-model prior cannot guess the target and only reading its chunk tokens lowers the loss.
+    words in an order drawn by `rng` (default: seeded by `name`; one space between them), as context and target
+    alike, so that the decoder's language-model prior cannot guess the target: only reading lowers the loss.
 
     The window's text is both the sample's context and its target. Chunked again on its own, a window
     gives the same chunks as inside the context, except that its last few short chunks may merge into

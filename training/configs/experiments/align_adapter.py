@@ -38,8 +38,8 @@ def book_chunks(spec: dict, count: int, processor, seed: int = 0) -> list[str]:
     books = [record["context"] for record in distinct_contexts(load_records(spec, seed))]
     rng, texts = random.Random(seed), []
     for book in books:
-        texts += [book[start:end] for run in chunk_runs(processor, book, 1, count // len(books) + 1, rng, skip_first=True)
-                  for start, end in run]
+        runs = chunk_runs(processor, book, 1, count // len(books) + 1, rng, skip_first=True)
+        texts += [book[start:end] for run in runs for start, end in run]
     return texts[:count]
 
 
@@ -58,8 +58,8 @@ def regression_pairs(model, processor, texts: list[str], k: int) -> tuple[torch.
             starts = [a + len(text[a:z]) - len(text[a:z].lstrip()) for a, z in decoded["offset_mapping"]]
             length = int(encoded["attention_mask"][row].sum())
             for segment in range(-(-length // k)):
-                spans = [(a, z) for a, z in encoded["offset_mapping"][row, segment * k:min(length, segment * k + k)].tolist()
-                         if z > a]  # [CLS] and [SEP] cover no text
+                offsets = encoded["offset_mapping"][row, segment * k:min(length, segment * k + k)].tolist()
+                spans = [(a, z) for a, z in offsets if z > a]  # [CLS] and [SEP] cover no text
                 ids = [i for i, s in zip(decoded["input_ids"], starts) if spans and spans[0][0] <= s < spans[-1][1]]
                 if ids:
                     inputs.append(pooled[row, segment])
@@ -89,7 +89,8 @@ def main(k: int, output: str | None) -> None:
     model, processor = compose_model_and_processor({"encoder_tokens_per_chunk_token": k}, {"chunk_size": 512})
     model.eval().requires_grad_(False)
     base = yaml.safe_load(EXPERIMENT.read_text())["base"]
-    inputs, targets = regression_pairs(model, processor, book_chunks(base["data"]["understanding"][0], CHUNKS, processor), k)
+    texts = book_chunks(base["data"]["understanding"][0], CHUNKS, processor)
+    inputs, targets = regression_pairs(model, processor, texts, k)
     cosine = fit(model.model.adapter, inputs, targets)
     print(f"k={k}: {len(inputs)} pairs, target norm {targets.norm(dim=1).mean():.2f}, held-out cosine {cosine:.3f}")
     if k > 1:
@@ -104,7 +105,8 @@ def main(k: int, output: str | None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         save_file({f"base_model.model.model.adapter.{name}": weight.contiguous()
                    for name, weight in model.model.adapter.named_parameters()}, folder / "adapter_model.safetensors")
-        settings = {"config": {**base["model"]["config"], "encoder_tokens_per_chunk_token": k}, "processor": base["processor"]}
+        settings = {"config": {**base["model"]["config"], "encoder_tokens_per_chunk_token": k},
+                    "processor": base["processor"]}
         (folder / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
 
 
