@@ -14,7 +14,7 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback, set_seed
 
 from conftest import HostReads
 from modeling_e2llm import modeling_e2llm
@@ -743,9 +743,80 @@ def test_a_zero_time_budget_on_the_command_line_is_refused_by_the_configs_own_ch
     assert exit.value.code == 2 and "max_minutes must be above 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("path", sorted(str(path.relative_to(ROOT)) for path in (ROOT / "training" / "configs").glob("*.yaml")))
+def test_every_shipped_training_config_loads(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # their data paths are relative to the repository root
+    config = TrainConfig.from_yaml(path)
+    assert config.training["output_dir"].startswith("runs/")
+
+
 def test_set_without_an_equals_sign_is_refused_with_the_form_it_takes():
     with pytest.raises(ValueError, match="write KEY=VALUE"):
         TrainConfig.from_yaml("training/configs/demo_v2_gpu.yaml", ["data.seed"])
+
+
+# --- the adapter's first stage: fitted to the decoder's input embeddings ------------------------------------
+def align_section(essay_path: str, **values) -> dict:
+    return {"chunks": 40, "steps": 200, "batch_size": 64, "source": {"path": essay_path}, **values}
+
+
+def test_a_chunk_tokens_regression_target_is_the_mean_embedding_of_the_decoder_tokens_of_its_text(tiny_model,
+                                                                                                   tiny_processor):
+    from training.align import regression_pairs
+
+    text = "The special magic number is 4521. Remember it well."
+    inputs, targets = regression_pairs(tiny_model, tiny_processor, [text])  # one vector per chunk: one pair
+    ids = tiny_processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(targets[0], tiny_model.get_input_embeddings().weight[ids].mean(dim=0))
+    encoded = tiny_processor.encoder_tokenizer([text], return_tensors="pt")
+    torch.testing.assert_close(inputs, tiny_model.model.pool_chunks(encoded["input_ids"], encoded["attention_mask"]))
+
+
+def test_fitting_turns_chunk_tokens_towards_the_embeddings_of_the_text_they_cover(tiny_at, essay_text):
+    from training.align import alignment_chunks, fit_adapter, regression_pairs
+    from training.config import AlignSettings
+
+    model, processor = tiny_at(4)
+    texts = alignment_chunks(processor, [essay_text[:10000], essay_text[10000:]], 60, seed=0)
+    inputs, targets = regression_pairs(model, processor, texts)  # (n, 32), (n, 48): k=4 makes 3-4 a chunk
+    assert len(texts) == 60 and len(inputs) > 150
+    before = torch.nn.functional.cosine_similarity(model.model.adapter(inputs), targets).mean().item()
+    after = fit_adapter(model.model.adapter, inputs, targets, AlignSettings(steps=200, batch_size=64), seed=0)
+    assert before < 0.1 and after > before + 0.15
+
+
+def test_a_run_with_an_align_section_starts_training_from_the_fitted_adapter(tiny_paths, tmp_path, essay_text):
+    from training.align import align_adapter
+    from training.train import load_model_and_processor
+
+    config = tiny_config(tiny_paths, tmp_path, essay_text, align=align_section(str(tmp_path / "data.jsonl")),
+                         training={"save_strategy": "no"})
+    trainer = build_trainer(config)
+    started = {name.split(".adapter.modules_to_save.default.")[1]: p for name, p in trainer.model.named_parameters()
+               if ".adapter.modules_to_save." in name}
+    set_seed(config.training.get("seed", 42))
+    model, processor = load_model_and_processor(config)
+    unfitted = {name: p.detach().clone() for name, p in model.model.adapter.named_parameters()}
+    align_adapter(model, processor, config.align, config.data.seed)
+    for name, weight in model.model.adapter.named_parameters():
+        torch.testing.assert_close(started[name], weight, rtol=0, atol=0)
+        assert not torch.equal(weight, unfitted[name])
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"source": None}, "align.source is missing"),
+    ({"source": {"path": "x.jsonl", "holdout": {"by": ["id"], "percent": 25, "side": "dev"}}}, "would learn the held-out"),
+    ({"model_from": True}, "overwrite: keep one of them"),
+])
+def test_an_align_section_that_would_fit_on_held_out_text_or_undo_init_from_is_refused(tiny_paths, tmp_path,
+                                                                                       essay_text, values, message):
+    section = align_section(str(tmp_path / "e.jsonl"), **values)
+    model = {"init_from": str(tmp_path / "run0")} if section.pop("model_from", False) else {}
+    for name in ("adapter_model.safetensors", "demo.json"):  # a finished run's folder, as init_from checks
+        (tmp_path / "run0").mkdir(exist_ok=True)
+        (tmp_path / "run0" / name).write_text("{}")
+    with pytest.raises(ValueError, match=message):
+        tiny_config(tiny_paths, tmp_path, essay_text, align=section, model=model)
 
 
 # --- experiments -------------------------------------------------------------------------------------

@@ -150,9 +150,11 @@ class ProfileAfterWarmup(TrainerCallback):
 def benchmark_config(config: TrainConfig, steps: int, warmup: int, output: Path) -> TrainConfig:
     """`config` (changed in place) with the trainer settings of a benchmark: W + N steps, no checkpoints, no
     logging inside the timed steps, rows in dataset order (so that both trainers see the same rows), no time
-    budget, no probe (it would run inside the last timed step)."""
+    budget, no probe (it would run inside the last timed step), no fitted adapter (its values do not change a step's
+    time; the fit would only delay the first step)."""
     config.max_minutes = None
     config.probe.every_steps = 0
+    config.align.chunks = 0
     config.training.update(output_dir=str(output / "run"), max_steps=warmup + steps, save_strategy="no",
                            logging_steps=10 ** 6, report_to="none", disable_tqdm=True)
     return config

@@ -12,6 +12,8 @@ data:       {seed: 0, num_proc: 1, understanding: [<source>...], reasoning: [<so
 adapter_learning_rate: null                                         # null: the trainer's learning_rate
 max_minutes: null                                                   # stop (and save) after this much training time
 probe:      {every_steps: 50, chunks: 32, source: <source>}          # restatement probe on held-out chunks (absent: off)
+align:      {chunks: 1500, steps: 4000, batch_size: 256,             # fit the adapter to the decoder's embeddings
+             learning_rate: 1.0e-3, source: <source>}               # before training (training/align.py; absent: off)
 training:   {output_dir: runs/x, max_steps: 100, ...}               # trl.SFTConfig arguments
 ```
 """
@@ -147,6 +149,33 @@ class ProbeSettings:
 
 
 @dataclass
+class AlignSettings:
+    """The adapter's first stage (`training/align.py`); chunks 0 (the default): off."""
+
+    chunks: int = 0  # training-side chunks whose chunk tokens are paired with decoder embeddings
+    steps: int = 4000  # Adam steps of the regression
+    batch_size: int = 256  # chunk tokens a step
+    learning_rate: float = 1.0e-3
+    source: dict | None = None  # documents to take the chunks from: never the held-out side
+
+    def __post_init__(self):
+        _check_range("align.chunks", self.chunks, 0)
+        _check_range("align.steps", self.steps, 1)
+        _check_range("align.batch_size", self.batch_size, 1)
+        if self.learning_rate <= 0:
+            raise ValueError(f"align.learning_rate must be > 0, got {self.learning_rate}.")
+        if self.chunks == 0:
+            return
+        if self.source is None:
+            raise ValueError("align.source is missing: name training-side documents to fit the adapter on, e.g. "
+                             "{path: books.jsonl, holdout: {by: [id], percent: 25}}.")
+        _check_source(self.source, "config.align.source")
+        if (self.source.get("holdout") or {}).get("side") == "dev":
+            raise ValueError("align.source.holdout has `side: dev`: the fit would learn the held-out chunks that the "
+                             "probe and evaluation score. Remove side: dev (the training side is the default).")
+
+
+@dataclass
 class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     processor: ProcessorSettings = field(default_factory=ProcessorSettings)
@@ -156,6 +185,7 @@ class TrainConfig:
     adapter_learning_rate: float | None = None
     max_minutes: float | None = None  # a time budget on shared machines; pair it with a constant LR schedule
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    align: AlignSettings = field(default_factory=AlignSettings)
     training: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -165,6 +195,9 @@ class TrainConfig:
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be above 0 (null: no time budget), got {self.max_minutes}.")
         _check_training(self.training)
+        if self.align.chunks and self.model.init_from is not None:
+            raise ValueError(f"align fits a new adapter, and model.init_from {self.model.init_from!r} brings a trained "
+                             "one that the fit would overwrite: keep one of them (align.chunks: 0 turns the fit off).")
         if not self.data.reasoning and not (self.tasks.understanding and self.data.understanding):
             raise ValueError("The config names no training data: add sources under data.reasoning or data.understanding.")
 

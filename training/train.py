@@ -25,6 +25,7 @@ from modeling_e2llm import E2LLMConfig, E2LLMForCausalLM, E2LLMProcessor
 from modeling_e2llm.loading import RUN_SETTINGS_FILE, compose_model_and_processor
 from modeling_e2llm.lora import lora_config
 
+from .align import align_adapter
 from .config import TrainConfig, add_config_arguments, config_from_arguments
 from .dataset import sample_cache_key, training_dataset, with_pooled_chunks
 from .plot import plot_losses
@@ -123,9 +124,12 @@ def start_from_run(model: torch.nn.Module, config: TrainConfig) -> None:
     logger.info("LoRA and adapter from %s (%s).", run, "a run that trained LoRA" if trained_lora else "adapter only")
 
 
-def build_trainer(config: TrainConfig) -> E2LLMTrainer:
-    """Model, LoRA, data and trainer as the config says."""
+def build_trainer(config: TrainConfig, resume: bool | str | None = None) -> E2LLMTrainer:
+    """Model, LoRA, data and trainer as the config says (`resume`: a checkpoint will replace the weights, so the
+    adapter is not fitted first)."""
     model, processor, dataset, args = build_samples(config)
+    if config.align.chunks and not resume:
+        align_adapter(model, processor, config.align, config.data.seed)  # before peft copies the adapter
     collator = E2LLMCollator(pad_token_id=processor.pad_id, encoder_pad_token_id=processor.encoder_pad_id)
     adapter_only = not (config.trainable.encoder or config.trainable.decoder)
     trainer = E2LLMTrainer(
@@ -223,7 +227,7 @@ def _portable(path: str) -> str:
 
 def train(config: TrainConfig, resume: bool | str | None = None) -> E2LLMTrainer:
     """Build, train (from a checkpoint when resuming) and save; returns the trainer."""
-    trainer = build_trainer(config)
+    trainer = build_trainer(config, resume)
     trainer.train(resume_from_checkpoint=resume)  # True: the latest checkpoint-* in output_dir
     save_final(trainer, config)
     return trainer

