@@ -743,7 +743,10 @@ def test_a_zero_time_budget_on_the_command_line_is_refused_by_the_configs_own_ch
     assert exit.value.code == 2 and "max_minutes must be above 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", sorted(str(path.relative_to(ROOT)) for path in (ROOT / "training" / "configs").glob("*.yaml")))
+SHIPPED_CONFIGS = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "training" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS)
 def test_every_shipped_training_config_loads(path, monkeypatch):
     monkeypatch.chdir(ROOT)  # their data paths are relative to the repository root
     config = TrainConfig.from_yaml(path)
@@ -805,7 +808,8 @@ def test_a_run_with_an_align_section_starts_training_from_the_fitted_adapter(tin
 
 @pytest.mark.parametrize("values, message", [
     ({"source": None}, "align.source is missing"),
-    ({"source": {"path": "x.jsonl", "holdout": {"by": ["id"], "percent": 25, "side": "dev"}}}, "would learn the held-out"),
+    ({"source": {"path": "x.jsonl", "holdout": {"by": ["id"], "percent": 25, "side": "dev"}}},
+     "would learn the held-out"),
     ({"model_from": True}, "overwrite: keep one of them"),
 ])
 def test_an_align_section_that_would_fit_on_held_out_text_or_undo_init_from_is_refused(tiny_paths, tmp_path,

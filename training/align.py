@@ -58,9 +58,9 @@ def regression_pairs(model: E2LLMForCausalLM, processor: E2LLMProcessor,
             decoded = processor.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
             starts = [a + len(text[a:z]) - len(text[a:z].lstrip()) for a, z in decoded["offset_mapping"]]
             length = int(encoded["attention_mask"][row].sum())
-            segment_size = k or length
+            size = k or length  # encoder tokens a chunk token pools
             for segment in range(pooled.shape[1]):
-                offsets = encoded["offset_mapping"][row, segment * segment_size:min(length, (segment + 1) * segment_size)]
+                offsets = encoded["offset_mapping"][row, segment * size:min(length, (segment + 1) * size)]
                 spans = [(a, z) for a, z in offsets.tolist() if z > a]  # [CLS], [SEP] and padding cover no text
                 ids = [i for i, s in zip(decoded["input_ids"], starts) if spans and spans[0][0] <= s < spans[-1][1]]
                 if ids:
