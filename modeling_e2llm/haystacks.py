@@ -67,16 +67,17 @@ def context_lines(context: str) -> list[str]:
 
 
 def understanding_windows(processor, context: str, window_chunks: int, count: int | None = None,
-                          rng: random.Random | None = None) -> list[str]:
+                          rng: random.Random | None = None, skip_first: bool = False) -> list[str]:
     """Texts of windows of `window_chunks` consecutive chunks (an E2LLMProcessor's chunks) of `context`: the
     targets of the restate task, in training and in the demo measurement.
 
     Windows never share a chunk. With `count` None they restate the whole context once: without chunk overlap
     they concatenate back to exactly `context`; with overlap a window's text holds the text its chunks share
     once (it runs from its first chunk's start to its last chunk's end). With `count`, `count` windows at
-    `rng`'s places (see `chunk_runs`).
+    `rng`'s places (see `chunk_runs`, which also says what `skip_first` leaves out).
     """
-    return [context[run[0][0]:run[-1][1]] for run in chunk_runs(processor, context, window_chunks, count, rng)]
+    runs = chunk_runs(processor, context, window_chunks, count, rng, skip_first)
+    return [context[run[0][0]:run[-1][1]] for run in runs]
 
 
 def chunk_runs(processor, context: str, run_chunks: int, count: int | None = None, rng: random.Random | None = None,

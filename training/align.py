@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from modeling_e2llm import E2LLMForCausalLM, E2LLMProcessor
-from modeling_e2llm.haystacks import chunk_runs, distinct_contexts
+from modeling_e2llm.haystacks import understanding_windows
 
 from .config import AlignSettings
-from .sources import load_records
+from .sources import source_documents
 
 logger = logging.getLogger(__name__)
 ENCODER_BATCH = 16  # chunks per encoder pass while pairing
@@ -32,11 +32,9 @@ ENCODER_BATCH = 16  # chunks per encoder pass while pairing
 def alignment_chunks(processor: E2LLMProcessor, documents: list[str], count: int, seed: int) -> list[str]:
     """About `count` chunk texts spread evenly over `documents`, each document's first chunk left out (the PG essays
     all open with one banner)."""
-    rng, texts = random.Random(seed), []
-    per_document = count // len(documents) + 1
-    for document in documents:
-        runs = chunk_runs(processor, document, 1, per_document, rng, skip_first=True)
-        texts += [document[start:end] for run in runs for start, end in run]
+    rng, per_document = random.Random(seed), count // len(documents) + 1
+    texts = [text for document in documents
+             for text in understanding_windows(processor, document, 1, per_document, rng, skip_first=True)]
     return texts[:count]
 
 
@@ -89,7 +87,7 @@ def fit_adapter(adapter: torch.nn.Module, inputs: torch.Tensor, targets: torch.T
 
 def align_adapter(model: E2LLMForCausalLM, processor: E2LLMProcessor, settings: AlignSettings, seed: int) -> float:
     """Fit `model`'s adapter as `settings` say (before LoRA wraps the model); returns the held-back cosine."""
-    documents = [record["context"] for record in distinct_contexts(load_records(settings.source, seed))]
+    documents = source_documents(settings.source, seed)
     texts = alignment_chunks(processor, documents, settings.chunks, seed)
     was_training = model.training
     model.eval()  # no dropout in the encoder states the pairs are made of

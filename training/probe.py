@@ -10,11 +10,10 @@ import time
 from transformers import TrainerCallback
 
 from modeling_e2llm import E2LLMProcessor
-from modeling_e2llm.haystacks import distinct_contexts
 from modeling_e2llm.restatement_probe import ProbeChunks, probe_chunks, restatement_probe
 
 from .config import ProbeSettings
-from .sources import load_records
+from .sources import source_documents
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class RestatementProbe(TrainerCallback):
 
 def restatement_probe_callback(settings: ProbeSettings, processor: E2LLMProcessor, seed: int = 0) -> RestatementProbe:
     """The callback a config's `probe` section describes (its source's distinct documents, sampled by seed)."""
-    documents = [record["context"] for record in distinct_contexts(load_records(settings.source, seed))]
+    documents = source_documents(settings.source, seed)
     chunks = probe_chunks(processor, documents, settings.chunks, seed)
     logger.info("Restatement probe: %d held-out chunks from %d documents, every %d steps.",
                 len(chunks.own), len(documents), settings.every_steps)

@@ -70,10 +70,15 @@ def _check_records(records: list[dict], origin: str) -> list[dict]:
     return records
 
 
+def source_documents(spec: dict, seed: int = 0) -> list[str]:
+    """The distinct contexts of a source spec, in order (a file repeats a context on each of its questions)."""
+    return [record["context"] for record in distinct_contexts(load_records(spec, seed))]
+
+
 # --- synthetic long contexts -----------------------------------------------------------------------
 def haystack_text(haystack: dict, seed: int) -> str:
     """The distinct contexts of a source spec, joined: the background text facts are hidden in."""
-    return background_text([r["context"] for r in distinct_contexts(load_records(haystack, seed))])
+    return background_text(source_documents(haystack, seed))
 
 
 def babi_haystack(path: str, haystack: dict, haystack_chars: list[int], seed: int = 0, **select) -> list[dict]:
