@@ -806,21 +806,22 @@ def test_a_run_with_an_align_section_starts_training_from_the_fitted_adapter(tin
         assert not torch.equal(weight, unfitted[name])
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"source": None}, "align.source is missing"),
-    ({"source": {"path": "x.jsonl", "holdout": {"by": ["id"], "percent": 25, "side": "dev"}}},
+@pytest.mark.parametrize("values, init_from, message", [
+    ({"source": None}, False, "align.source is missing"),
+    ({"source": {"path": "x.jsonl", "holdout": {"by": ["id"], "percent": 25, "side": "dev"}}}, False,
      "would learn the held-out"),
-    ({"model_from": True}, "overwrite: keep one of them"),
+    ({}, True, "overwrite: keep one of them"),
 ])
 def test_an_align_section_that_would_fit_on_held_out_text_or_undo_init_from_is_refused(tiny_paths, tmp_path,
-                                                                                       essay_text, values, message):
-    section = align_section(str(tmp_path / "e.jsonl"), **values)
-    model = {"init_from": str(tmp_path / "run0")} if section.pop("model_from", False) else {}
-    for name in ("adapter_model.safetensors", "demo.json"):  # a finished run's folder, as init_from checks
-        (tmp_path / "run0").mkdir(exist_ok=True)
-        (tmp_path / "run0" / name).write_text("{}")
+                                                                                       essay_text, values, init_from,
+                                                                                       message):
+    run = tmp_path / "run0"  # a finished run's folder, as init_from checks it
+    run.mkdir()
+    for name in ("adapter_model.safetensors", "demo.json"):
+        (run / name).write_text("{}")
     with pytest.raises(ValueError, match=message):
-        tiny_config(tiny_paths, tmp_path, essay_text, align=section, model=model)
+        tiny_config(tiny_paths, tmp_path, essay_text, align=align_section(str(tmp_path / "e.jsonl"), **values),
+                    model={"init_from": str(run)} if init_from else {})
 
 
 # --- experiments -------------------------------------------------------------------------------------
