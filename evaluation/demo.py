@@ -69,7 +69,8 @@ def dev_windows(processor, window_chunks: int, limit: int) -> list[str]:
     """`limit` restate windows spread evenly over the held-out essays, leaving out each essay's first
     window: every essay opens with the same "Get funded by Y Combinator" banner, seen in training."""
     windows = [w for record in distinct_contexts(dev_records(DEV_ESSAYS))
-               for w in understanding_windows(processor, record["context"], window_chunks)[1:] if len(w.strip()) > 100]
+               for w in understanding_windows(processor, record["context"], window_chunks, skip_first=True)
+               if len(w.strip()) > 100]
     step = max(1, len(windows) // limit)
     return windows[::step][:limit]
 
@@ -90,20 +91,22 @@ def chunk_stats(model, processor, limit: int) -> dict:
 
     the restatement probe (`modeling_e2llm.restatement_probe`, the figures training's probe logs): restate NLL
     (nats per target token) of each chunk from its own chunk tokens, from a nearby chunk's of the same essay and
-    from another essay's (all three of as many chunk tokens), and the two gaps; a model that ignores the content scores all three alike;
-    mean pairwise cosine similarity of the chunk tokens (a collapsed adapter maps all chunks to about the
-    same vector: near 1); their mean norm next to that of the decoder's token embeddings.
+    from another essay's (all three of as many chunk tokens), and the two gaps; a model that ignores the content
+    scores all three alike; mean pairwise cosine similarity of the chunk tokens (a collapsed adapter maps all chunks to about the
+    same vector: near 1; at k > 1 the pairs include a chunk's own tokens); their mean norm next to that of the
+    decoder's token embeddings. `count` is the number of chunks, `chunk_tokens` theirs (more at k > 1).
     """
     essays = [record["context"] for record in distinct_contexts(dev_records(DEV_ESSAYS))]
     chunks = probe_chunks(processor, essays, limit)
     encoded = processor.encode_chunks(chunks.own)
     features = model.model.get_chunk_features(encoded["chunk_input_ids"].to(model.device),
-                                              encoded["chunk_attention_mask"].to(model.device))  # (n, dec_hidden)
+                                              encoded["chunk_attention_mask"].to(model.device))  # (n_tok, dec_hidden)
     unit = torch.nn.functional.normalize(features, dim=-1)
     n = len(unit)
     cosine = ((unit @ unit.T).sum() - n) / (n * (n - 1))
     token_norm = model.get_input_embeddings().weight.norm(dim=-1).mean()
-    return {"count": n, **restatement_probe(model, processor, chunks), "mean_pairwise_cosine": cosine.item(),
+    return {"count": len(chunks.own), "chunk_tokens": n, **restatement_probe(model, processor, chunks),
+            "mean_pairwise_cosine": cosine.item(),
             "mean_norm": features.norm(dim=-1).mean().item(), "token_embedding_mean_norm": token_norm.item()}
 
 

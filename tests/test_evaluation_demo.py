@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from evaluation.demo import babi_accuracy
+from evaluation.demo import babi_accuracy, chunk_stats
 from evaluation.harness import PREDICTIONS_FILE
 
 
@@ -15,3 +15,10 @@ def test_babi_accuracy_reads_the_first_place_an_answer_names(tmp_path):
             {"id": "q4", "skipped": "too long"}]
     (tmp_path / PREDICTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert babi_accuracy(tmp_path) == {"count": 3, "accuracy": pytest.approx(1 / 3)}
+
+
+def test_chunk_stats_counts_chunks_and_their_chunk_tokens_apart(tiny_at):
+    model, processor = tiny_at(4)  # 64-character chunks of 8-14 encoder tokens: 2-4 chunk tokens each
+    stats = chunk_stats(model, processor, limit=5)
+    assert stats["count"] == 5
+    assert 2 * 5 <= stats["chunk_tokens"] <= 4 * 5
