@@ -21,6 +21,7 @@ mean pairwise cosine near 1). `--demo-dir runs/<run>/final` measures any finishe
 import argparse
 import json
 import random
+import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -82,7 +83,8 @@ def restate(model, processor, limit: int, max_new_tokens: int) -> dict:
         output = model.answer(text, None, processor=processor, max_new_tokens=max_new_tokens, do_sample=False)
         scores = rouge_scores(output, [text])
         rows.append({"source": text, "restated": output, "rougeL": scores["rougeL"], "rouge1": scores["rouge1"]})
-    return {"count": len(rows), "rougeL": _mean(rows, "rougeL"), "rouge1": _mean(rows, "rouge1"), "examples": rows}
+    return {"count": len(rows), "rougeL": _mean(rows, "rougeL"), "rougeL_se": _standard_error(rows, "rougeL"),
+            "rouge1": _mean(rows, "rouge1"), "examples": rows}
 
 
 @torch.no_grad()
@@ -168,6 +170,11 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 def _mean(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in rows) / max(1, len(rows))
+
+
+def _standard_error(rows: list[dict], key: str) -> float:
+    """Standard error of the mean of `key` over `rows` (a few dozen windows make ROUGE-L noisy: say how noisy)."""
+    return statistics.stdev(r[key] for r in rows) / len(rows) ** 0.5 if len(rows) > 1 else float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:

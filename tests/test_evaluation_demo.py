@@ -1,10 +1,11 @@
 """The demo measurement (`python -m evaluation.demo`): how it reads evaluation.run's folders."""
 
 import json
+import statistics
 
 import pytest
 
-from evaluation.demo import babi_accuracy, chunk_stats
+from evaluation.demo import babi_accuracy, chunk_stats, restate
 from evaluation.harness import PREDICTIONS_FILE
 
 
@@ -22,3 +23,13 @@ def test_chunk_stats_counts_chunks_and_their_chunk_tokens_apart(tiny_at):
     stats = chunk_stats(model, processor, limit=5)
     assert stats["count"] == 5
     assert 2 * 5 <= stats["chunk_tokens"] <= 4 * 5
+
+
+def test_restate_reports_how_noisy_its_rouge_l_is(tiny_at, monkeypatch):
+    model, processor = tiny_at(None, chunk_size=256)  # restate windows of one chunk, over 100 characters
+    # A model that restates the first ten words: ROUGE-L that differs from window to window.
+    monkeypatch.setattr(model, "answer", lambda text, *args, **kwargs: " ".join(text.split()[:10]))
+    result = restate(model, processor, limit=3, max_new_tokens=8)
+    scores = [row["rougeL"] for row in result["examples"]]
+    assert result["count"] == 3 and len(set(scores)) == 3
+    assert result["rougeL_se"] == pytest.approx(statistics.stdev(scores) / 3 ** 0.5)
