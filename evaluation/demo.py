@@ -68,7 +68,7 @@ def load(model: str, demo_dir: Path):
 
 def dev_windows(processor, window_chunks: int, limit: int) -> list[str]:
     """`limit` restate windows spread evenly over the held-out essays, leaving out each essay's first
-    window: every essay opens with the same "Get funded by Y Combinator" banner, seen in training."""
+    chunk: every essay opens with the same "Get funded by Y Combinator" banner, seen in training."""
     windows = [w for record in distinct_contexts(dev_records(DEV_ESSAYS))
                for w in understanding_windows(processor, record["context"], window_chunks, skip_first=True)
                if len(w.strip()) > 100]
@@ -94,9 +94,10 @@ def chunk_stats(model, processor, limit: int) -> dict:
     the restatement probe (`modeling_e2llm.restatement_probe`, the figures training's probe logs): restate NLL
     (nats per target token) of each chunk from its own chunk tokens, from a nearby chunk's of the same essay and
     from another essay's (all three of as many chunk tokens), and the two gaps; a model that ignores the content
-    scores all three alike; mean pairwise cosine similarity of the chunk tokens (a collapsed adapter maps all chunks to about the
-    same vector: near 1; at k > 1 the pairs include a chunk's own tokens); their mean norm next to that of the
-    decoder's token embeddings. `count` is the number of chunks, `chunk_tokens` theirs (more at k > 1).
+    scores all three alike; mean pairwise cosine similarity of the chunk tokens (a collapsed adapter maps all
+    chunks to about the same vector: near 1; at k > 1 the pairs include a chunk's own tokens); their mean norm
+    next to that of the decoder's token embeddings. `count` is the number of chunks (at k > 1 fewer than `limit`
+    where few have a nearby and another essay's chunk of as many chunk tokens), `chunk_tokens` theirs.
     """
     essays = [record["context"] for record in distinct_contexts(dev_records(DEV_ESSAYS))]
     chunks = probe_chunks(processor, essays, limit)

@@ -1,4 +1,5 @@
-"""The demo measurement (`python -m evaluation.demo`): how it reads evaluation.run's folders."""
+"""The demo measurement (`python -m evaluation.demo`): what its figures count and how it reads evaluation.run's
+folders."""
 
 import json
 import statistics
