@@ -1,5 +1,13 @@
-"""Loss curves of a run (the Trainer's log history) as a PNG, with the restatement probe's when it ran."""
+"""Loss curves of a run (the Trainer's log history) as a PNG, with the restatement probe's when it ran.
 
+A model trained in stages (each run `model.init_from` the previous one's `final/`) gets one curve for the whole
+chain, each stage's steps after the last one's:
+
+    python -m training.plot --output OUT_DIR RUN_FINAL_1 RUN_FINAL_2 ...   # writes log_history.json and loss.png
+"""
+
+import argparse
+import json
 from pathlib import Path
 
 import matplotlib
@@ -38,3 +46,31 @@ def _plot(axes, log_history: list[dict], curves: tuple[tuple[str, str], ...], ti
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
+
+
+def chain_log_histories(histories: list[list[dict]]) -> list[dict]:
+    """One log history for runs that continued each other: every entry of run i keeps its values, its step
+    moved past the last step of runs 0..i-1 (each run's step counter restarts at 0)."""
+    chained, offset = [], 0
+    for history in histories:
+        chained += [{**entry, "step": entry["step"] + offset} for entry in history if "step" in entry]
+        offset += max((entry["step"] for entry in history if "step" in entry), default=0)
+    return chained
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.plot", description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="final/ folders (log_history.json), in training order")
+    parser.add_argument("--output", type=Path, required=True, help="folder for log_history.json and loss.png")
+    args = parser.parse_args(argv)
+    missing = [str(run) for run in args.runs if not (run / "log_history.json").is_file()]
+    if missing:
+        parser.error(f"no log_history.json in {', '.join(missing)}: pass the final/ folders training.train wrote.")
+    chained = chain_log_histories([json.loads((run / "log_history.json").read_text()) for run in args.runs])
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "log_history.json").write_text(json.dumps(chained, indent=1))
+    print(plot_losses(chained, args.output / "loss.png"))
+
+
+if __name__ == "__main__":
+    main()
