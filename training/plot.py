@@ -21,6 +21,13 @@ PROBE_CURVES = (("probe_nll_own", "held-out chunk from its own chunk token"),
                 ("probe_nll_nearby", "from a nearby chunk's"), ("probe_nll_other", "from another document's"))
 
 
+def save_curves(log_history: list[dict], folder: Path) -> Path:
+    """Write `log_history.json` and its `loss.png` (see `plot_losses`) into `folder`; return the PNG's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "log_history.json").write_text(json.dumps(log_history, indent=1))
+    return plot_losses(log_history, folder / "loss.png")
+
+
 def plot_losses(log_history: list[dict], path: str | Path) -> Path:
     """Write the training loss and the two tasks' losses against the step to `path` (and, beside them, the
     restatement probe's three NLLs when the log holds them); return it."""
@@ -67,9 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         parser.error(f"no log_history.json in {', '.join(missing)}: pass the final/ folders training.train wrote.")
     chained = chain_log_histories([json.loads((run / "log_history.json").read_text()) for run in args.runs])
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "log_history.json").write_text(json.dumps(chained, indent=1))
-    print(plot_losses(chained, args.output / "loss.png"))
+    print(save_curves(chained, args.output))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from modeling_e2llm.lora import lora_config
 from .align import align_adapter
 from .config import TrainConfig, add_config_arguments, config_from_arguments
 from .dataset import sample_cache_key, training_dataset, with_pooled_chunks
-from .plot import plot_losses
+from .plot import save_curves
 from .probe import restatement_probe_callback
 from .samples import E2LLMCollator
 from .trainer import E2LLMTrainer
@@ -209,8 +209,7 @@ def save_final(trainer: E2LLMTrainer, config: TrainConfig) -> Path:
     parts = _run_paths(config)
     demo = {"config": {**parts, **config.model.config}, "processor": {**parts, **vars(config.processor)}}
     (final / RUN_SETTINGS_FILE).write_text(json.dumps(demo, indent=2) + "\n")
-    (final / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    plot_losses(trainer.state.log_history, final / "loss.png")
+    save_curves(trainer.state.log_history, final)
     return final
 
 
