@@ -21,7 +21,6 @@ mean pairwise cosine near 1). `--demo-dir runs/<run>/final` measures any finishe
 import argparse
 import json
 import random
-import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +32,7 @@ from modeling_e2llm.command_line import at_least
 from modeling_e2llm.haystacks import NEEDLE_KEYS, background_text, distinct_contexts, magic_number_record, \
     magic_numbers, select_records, understanding_windows
 from modeling_e2llm.loading import DEMO_DIR, is_trained_run, load_model
-from modeling_e2llm.restatement_probe import probe_chunks, restatement_probe
+from modeling_e2llm.restatement_probe import probe_chunks, restatement_probe, standard_error
 
 from .data import load_examples
 from .harness import PREDICTIONS_FILE, read_predictions
@@ -83,7 +82,8 @@ def restate(model, processor, limit: int, max_new_tokens: int) -> dict:
         output = model.answer(text, None, processor=processor, max_new_tokens=max_new_tokens, do_sample=False)
         scores = rouge_scores(output, [text])
         rows.append({"source": text, "restated": output, "rougeL": scores["rougeL"], "rouge1": scores["rouge1"]})
-    return {"count": len(rows), "rougeL": _mean(rows, "rougeL"), "rougeL_se": _standard_error(rows, "rougeL"),
+    rouge_l = torch.tensor([r["rougeL"] for r in rows])
+    return {"count": len(rows), "rougeL": _mean(rows, "rougeL"), "rougeL_se": standard_error(rouge_l),
             "rouge1": _mean(rows, "rouge1"), "examples": rows}
 
 
@@ -171,11 +171,6 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 def _mean(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in rows) / max(1, len(rows))
-
-
-def _standard_error(rows: list[dict], key: str) -> float:
-    """Standard error of the mean of `key` over `rows` (a few dozen windows make ROUGE-L noisy: say how noisy)."""
-    return statistics.stdev(r[key] for r in rows) / len(rows) ** 0.5 if len(rows) > 1 else float("nan")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -96,12 +96,12 @@ def restatement_probe(model, processor, chunks: ProbeChunks, batch_size: int = 8
     return {"probe_nll_own": own.mean().item(), "probe_nll_nearby": nearby.mean().item(),
             "probe_nll_other": other.mean().item(),
             "probe_gap_nearby": (nearby - own).mean().item(), "probe_gap_other": (other - own).mean().item(),
-            "probe_gap_nearby_se": _standard_error(nearby - own), "probe_gap_other_se": _standard_error(other - own)}
+            "probe_gap_nearby_se": standard_error(nearby - own), "probe_gap_other_se": standard_error(other - own)}
 
 
-def _standard_error(values: torch.Tensor) -> float:
-    """Standard error of the mean of (n,) values (n >= 2: the probe pairs chunks of two documents at least)."""
-    return (values.std() / len(values) ** 0.5).item()
+def standard_error(values: torch.Tensor) -> float:
+    """Standard error of the mean of (n,) values; nan for fewer than 2 (no spread to measure)."""
+    return (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan")
 
 
 def _restate_nll(model, processor, contexts: list[str], targets: list[str], batch_size: int) -> torch.Tensor:
