@@ -5,6 +5,7 @@
     python -m evaluation.demo needle --model untrained --limit 10 --output runs/eval/needle-untrained.json
     python -m evaluation.demo babi-accuracy --output runs/eval/babi-trained   # an evaluation.run folder
     python -m evaluation.demo chunk-stats --model trained --output runs/eval/chunk-stats-trained.json
+    python -m evaluation.demo questions --model trained --hybrid-top-k 5 --output runs/eval/questions-trained.json
 
 `restate`: windows of held-out PG essays (the demo config's holdout) restated from their chunk tokens,
 ROUGE-L F1 against the source text. `needle`: a 7-digit "special magic number" hidden in held-out
@@ -15,12 +16,16 @@ baselines' prompt, as `evaluation.run --system full` does; needle only). `prepar
 untrained composite as a model folder. `chunk-stats`: do the chunk tokens carry their chunk's content? The
 restatement probe that training logs (`probe:` in a training config), on held-out essay chunks, and whether the
 chunk tokens of different chunks still differ (a collapsed adapter maps every chunk to about the same vector:
-mean pairwise cosine near 1). `--demo-dir runs/<run>/final` measures any finished training run.
+mean pairwise cosine near 1). `questions`: the README's kind of question, asked about held-out essays instead of
+a training-side one: 30 hand-written questions (`essay_questions.jsonl`) over the 7 held-out essays, each worded
+unlike the sentence that answers it and asked over its whole essay; correct when the answer names one of the
+accepted spellings as a whole word. `--demo-dir runs/<run>/final` measures any finished training run.
 """
 
 import argparse
 import json
 import random
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -41,6 +46,8 @@ from .systems import FullSystem
 
 BABI_PLACES = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")  # every qa1/qa2 answer
 NEEDLE_NEW_TOKENS = 32  # room for "The special magic number for ... is: 1234567."
+QUESTION_NEW_TOKENS = 40  # the README's question's budget: room for a sentence that names the answer
+ESSAY_QUESTIONS = Path(__file__).with_name("essay_questions.jsonl")  # {essay: id, question, answers: [spellings]}
 # What the shipped demo came from; its held-out sides are the development data below.
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "training" / "configs" / "demo_gpu.yaml"
 DATA = Path("../shared/data")
@@ -139,6 +146,24 @@ def needle(model, processor, limit: int, use_decoder: bool) -> dict:
     return {"count": len(rows), "accuracy": _mean(rows, "correct"), "examples": rows}
 
 
+def names_any(text: str, answers: list[str]) -> bool:
+    """Whether `text` names one of `answers` as a whole word or phrase, ignoring case ("10" is not in "100")."""
+    text = " ".join(text.lower().split())
+    return any(re.search(r"(?<!\w)" + re.escape(answer.lower()) + r"(?!\w)", text) for answer in answers)
+
+
+def essay_questions(model, processor, hybrid_top_k: int | None) -> dict:
+    """Accuracy on the hand-written questions about held-out essays (`ESSAY_QUESTIONS`), each asked over its whole
+    essay with `hybrid_top_k` quoted passages (None: the processor's setting)."""
+    essays = {record["id"]: record["context"] for record in dev_records(DEV_ESSAYS)}
+    rows = []
+    for item in map(json.loads, ESSAY_QUESTIONS.read_text().splitlines()):
+        output = model.answer(essays[item["essay"]], item["question"], processor=processor, do_sample=False,
+                              max_new_tokens=QUESTION_NEW_TOKENS, hybrid_top_k=hybrid_top_k)
+        rows.append({**item, "output": output, "correct": float(names_any(output, item["answers"]))})
+    return {"count": len(rows), "accuracy": _mean(rows, "correct"), "examples": rows}
+
+
 def babi_accuracy(run_folder: Path) -> dict:
     """Accuracy of an `evaluation.run` folder's predictions on bAbI qa1/qa2: the first of the six places the
     answer names is the right one (chance: 1/6; a list of every place counts as its first)."""
@@ -175,11 +200,14 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m evaluation.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("task", choices=["prepare", "restate", "needle", "babi-accuracy", "chunk-stats"])
+    parser.add_argument("task", choices=["prepare", "restate", "needle", "babi-accuracy", "chunk-stats",
+                                                     "questions"])
     parser.add_argument("--model", choices=["trained", "untrained", "decoder"], default="trained")
     parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder with the trained demo weights")
     parser.add_argument("--limit", type=at_least(1), default=12)
     parser.add_argument("--max-new-tokens", type=at_least(1), default=160)
+    parser.add_argument("--hybrid-top-k", type=at_least(0), default=None,
+                        help="questions: passages quoted with each (0: off; default: the processor's setting)")
     parser.add_argument("--babi-per-task", type=at_least(1), default=15)
     parser.add_argument("--output", type=Path, required=True,
                         help="result file (babi-accuracy: the evaluation.run folder to read)")
@@ -189,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
         return prepare(args.output, args.babi_per_task)
     if args.task == "babi-accuracy":
         return print(json.dumps(babi_accuracy(args.output)))
+    if args.hybrid_top_k is not None and args.task != "questions":
+        parser.error("--hybrid-top-k applies to questions only.")
     if args.model == "decoder" and args.task != "needle":
         parser.error("--model decoder applies to needle only (restating raw text is copying).")
     model, processor = load(args.model, args.demo_dir)
@@ -196,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         result = restate(model, processor, args.limit, args.max_new_tokens)
     elif args.task == "chunk-stats":
         result = chunk_stats(model, processor, args.limit)
+    elif args.task == "questions":
+        result = essay_questions(model, processor, args.hybrid_top_k)
     else:
         result = needle(model, processor, args.limit, use_decoder=args.model == "decoder")
     result = {"task": args.task, "model": args.model, "command": "python -m evaluation.demo " +

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 
-from evaluation.demo import babi_accuracy, chunk_stats, restate
+from evaluation.demo import ESSAY_QUESTIONS, babi_accuracy, chunk_stats, essay_questions, names_any, restate
 from evaluation.harness import PREDICTIONS_FILE
 
 
@@ -34,3 +34,28 @@ def test_restate_reports_how_noisy_its_rouge_l_is(tiny_at, monkeypatch):
     scores = [row["rougeL"] for row in result["examples"]]
     assert result["count"] == 3 and len(set(scores)) == 3
     assert result["rougeL_se"] == pytest.approx(statistics.stdev(scores) / 3 ** 0.5)
+
+
+def test_names_any_matches_whole_words_ignoring_case():
+    assert names_any("It was built on an IBM AS400.", ["as400", "as/400"])
+    assert names_any("About\n$100k  each", ["100k"])
+    assert not names_any("He had 100 seats.", ["10"])
+    assert not names_any("We often met.", ["ten"])
+
+
+class _Echo:
+    """A stand-in model whose answer is its context (`part="context"`) or the question."""
+
+    def __init__(self, part: str):
+        self.part = part
+
+    def answer(self, context, question, **kwargs):
+        return context if self.part == "context" else question
+
+
+def test_essay_questions_are_answered_by_their_own_essay_and_not_by_their_wording():
+    # Every accepted answer is in the essay the question is asked over, and none is given away by the question.
+    assert essay_questions(_Echo("context"), None, hybrid_top_k=5)["accuracy"] == 1.0
+    result = essay_questions(_Echo("question"), None, hybrid_top_k=5)
+    assert result["count"] == len(ESSAY_QUESTIONS.read_text().splitlines()) == 30
+    assert result["accuracy"] == 0.0
