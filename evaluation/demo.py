@@ -6,6 +6,7 @@
     python -m evaluation.demo babi-accuracy --output runs/eval/babi-trained   # an evaluation.run folder
     python -m evaluation.demo chunk-stats --model trained --output runs/eval/chunk-stats-trained.json
     python -m evaluation.demo questions --model trained --hybrid-top-k 5 --output runs/eval/questions-trained.json
+    python -m evaluation.demo answer-gap --model trained --output runs/eval/answer-gap-trained.json
 
 `restate`: windows of held-out PG essays (the demo config's holdout) restated from their chunk tokens,
 ROUGE-L F1 against the source text. `needle`: a 7-digit "special magic number" hidden in held-out
@@ -19,7 +20,10 @@ chunk tokens of different chunks still differ (a collapsed adapter maps every ch
 mean pairwise cosine near 1). `questions`: the README's kind of question, asked about held-out essays instead of
 a training-side one: 30 hand-written questions (`essay_questions.jsonl`) over the 7 held-out essays, each worded
 unlike the sentence that answers it and asked over its whole essay; correct when the answer names one of the
-accepted spellings as a whole word. `--demo-dir runs/<run>/final` measures any finished training run.
+accepted spellings as a whole word. `answer-gap`: do the chunk tokens carry what those questions ask? With no
+passages quoted, the NLL of each answer (as the essay spells it) after the chunk tokens of its own essay and after
+those of as many characters of the other held-out essays. `--demo-dir runs/<run>/final` measures any finished
+training run.
 """
 
 import argparse
@@ -34,10 +38,10 @@ import torch
 import yaml
 
 from modeling_e2llm.command_line import at_least
-from modeling_e2llm.haystacks import NEEDLE_KEYS, background_text, distinct_contexts, magic_number_record, \
-    magic_numbers, select_records, understanding_windows
+from modeling_e2llm.haystacks import NEEDLE_KEYS, background_text, background_window, distinct_contexts, \
+    magic_number_record, magic_numbers, select_records, understanding_windows
 from modeling_e2llm.loading import DEMO_DIR, is_trained_run, load_model
-from modeling_e2llm.restatement_probe import probe_chunks, restatement_probe, standard_error
+from modeling_e2llm.restatement_probe import probe_chunks, restatement_probe, standard_error, target_nll
 
 from .data import load_examples
 from .harness import PREDICTIONS_FILE, read_predictions
@@ -146,22 +150,61 @@ def needle(model, processor, limit: int, use_decoder: bool) -> dict:
     return {"count": len(rows), "accuracy": _mean(rows, "correct"), "examples": rows}
 
 
+def _essays_by_id() -> dict[str, str]:
+    """The held-out essays' texts by id, as the questions name them."""
+    return {record["id"]: record["context"] for record in dev_records(DEV_ESSAYS)}
+
+
 def names_any(text: str, answers: list[str]) -> bool:
     """Whether `text` names one of `answers` as a whole word or phrase, ignoring case ("10" is not in "100")."""
-    text = " ".join(text.lower().split())
-    return any(re.search(r"(?<!\w)" + re.escape(answer.lower()) + r"(?!\w)", text) for answer in answers)
+    return any(_named(text, answer) for answer in answers)
+
+
+def _named(text: str, answer: str) -> re.Match | None:
+    """Where `text` (its whitespace runs read as one space) names `answer` as a whole word or phrase, any case."""
+    return re.search(r"(?<!\w)" + re.escape(answer) + r"(?!\w)", " ".join(text.split()), re.IGNORECASE)
 
 
 def essay_questions(model, processor, hybrid_top_k: int | None) -> dict:
     """Accuracy on the hand-written questions about held-out essays (`ESSAY_QUESTIONS`), each asked over its whole
     essay with `hybrid_top_k` quoted passages (None: the processor's setting)."""
-    essays = {record["id"]: record["context"] for record in dev_records(DEV_ESSAYS)}
+    essays = _essays_by_id()
     rows = []
     for item in map(json.loads, ESSAY_QUESTIONS.read_text().splitlines()):
         output = model.answer(essays[item["essay"]], item["question"], processor=processor, do_sample=False,
                               max_new_tokens=QUESTION_NEW_TOKENS, hybrid_top_k=hybrid_top_k)
         rows.append({**item, "output": output, "correct": float(names_any(output, item["answers"]))})
     return {"count": len(rows), "accuracy": _mean(rows, "correct"), "examples": rows}
+
+
+def _spelling(text: str, answers: list[str]) -> str:
+    """How `text` spells the first of `answers` it names ("Sarbanes-Oxley" for "sarbanes-oxley")."""
+    return next(match.group() for match in (_named(text, answer) for answer in answers) if match)
+
+
+@torch.no_grad()
+def answer_gap(model, processor) -> dict:
+    """Do the chunk tokens carry what the essay questions ask? Hybrid off, for each question: the NLL (nats per
+    token) of its answer as its essay first spells it, after the chunk tokens of its own essay (`answer_nll_own`)
+    and after those of as many characters of the other held-out essays (`answer_nll_other`, about as many chunk
+    tokens); the gap (other - own) with its paired standard error. A decoder that answers from its prior alone
+    scores both alike; the topic can open a small gap, and another essay that names the same answer (Google, Robert
+    Morris) narrows it."""
+    essays = _essays_by_id()
+    items = [json.loads(line) for line in ESSAY_QUESTIONS.read_text().splitlines()]
+    rng = random.Random(0)
+    own = [essays[item["essay"]] for item in items]
+    other = [background_window(background_text([text for essay, text in essays.items() if essay != item["essay"]]),
+                               len(essays[item["essay"]]), rng) for item in items]
+    spelled = [_spelling(text, item["answers"]) for text, item in zip(own, items)]
+    questions = [item["question"] for item in items]
+    nll_own = target_nll(model, processor, own, spelled, questions, batch_size=1)  # (n,)
+    nll_other = target_nll(model, processor, other, spelled, questions, batch_size=1)
+    return {"count": len(items), "answer_nll_own": nll_own.mean().item(), "answer_nll_other": nll_other.mean().item(),
+            "answer_gap_other": (nll_other - nll_own).mean().item(),
+            "answer_gap_other_se": standard_error(nll_other - nll_own),
+            "examples": [{"question": q, "answer": a, "nll_own": o, "nll_other": x}
+                         for q, a, o, x in zip(questions, spelled, nll_own.tolist(), nll_other.tolist())]}
 
 
 def babi_accuracy(run_folder: Path) -> dict:
@@ -201,7 +244,7 @@ def _mean(rows: list[dict], key: str) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m evaluation.demo", description=__doc__.splitlines()[0])
     parser.add_argument("task", choices=["prepare", "restate", "needle", "babi-accuracy", "chunk-stats",
-                                                     "questions"])
+                                                     "questions", "answer-gap"])
     parser.add_argument("--model", choices=["trained", "untrained", "decoder"], default="trained")
     parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder with the trained demo weights")
     parser.add_argument("--limit", type=at_least(1), default=12)
@@ -228,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         result = chunk_stats(model, processor, args.limit)
     elif args.task == "questions":
         result = essay_questions(model, processor, args.hybrid_top_k)
+    elif args.task == "answer-gap":
+        result = answer_gap(model, processor)
     else:
         result = needle(model, processor, args.limit, use_decoder=args.model == "decoder")
     result = {"task": args.task, "model": args.model, "command": "python -m evaluation.demo " +

@@ -90,9 +90,9 @@ def restatement_probe(model, processor, chunks: ProbeChunks, batch_size: int = 8
     the three NLLs (nats per target token), the two gaps and their standard errors (`_se`: the gaps are
     differences per chunk, paired, so the errors say which gaps the chunks drawn can tell from zero); see the
     module docstring."""
-    own = _restate_nll(model, processor, chunks.own, chunks.own, batch_size)  # (n,)
-    nearby = _restate_nll(model, processor, chunks.nearby, chunks.own, batch_size)
-    other = _restate_nll(model, processor, chunks.other, chunks.own, batch_size)
+    own = target_nll(model, processor, chunks.own, chunks.own, batch_size=batch_size)  # (n,)
+    nearby = target_nll(model, processor, chunks.nearby, chunks.own, batch_size=batch_size)
+    other = target_nll(model, processor, chunks.other, chunks.own, batch_size=batch_size)
     return {"probe_nll_own": own.mean().item(), "probe_nll_nearby": nearby.mean().item(),
             "probe_nll_other": other.mean().item(),
             "probe_gap_nearby": (nearby - own).mean().item(), "probe_gap_other": (other - own).mean().item(),
@@ -104,12 +104,15 @@ def standard_error(values: torch.Tensor) -> float:
     return (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan")
 
 
-def _restate_nll(model, processor, contexts: list[str], targets: list[str], batch_size: int) -> torch.Tensor:
-    """(n,) mean NLL per target token of restating `targets[i]` from the chunk tokens of `contexts[i]`."""
+def target_nll(model, processor, contexts: list[str], targets: list[str], prompts: list[str] | None = None,
+               batch_size: int = 8) -> torch.Tensor:
+    """(n,) mean NLL per target token of `targets[i]` after the chunk tokens of `contexts[i]` and `prompts[i]` (a
+    question; None: restate the context). No passages are quoted: only the chunk tokens carry the context."""
     device = next(model.parameters()).device
     per_sample = []
     for first in range(0, len(targets), batch_size):
         batch = processor(context=contexts[first:first + batch_size], target=targets[first:first + batch_size],
+                          prompt=None if prompts is None else prompts[first:first + batch_size],
                           padding_side="right").to(device)
         labels = batch.pop("labels")[:, 1:]  # (B, T-1): the token each position predicts
         logits = model(**batch, use_cache=False).logits[:, :-1]  # (B, T-1, V)

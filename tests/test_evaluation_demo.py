@@ -6,7 +6,8 @@ import statistics
 
 import pytest
 
-from evaluation.demo import ESSAY_QUESTIONS, babi_accuracy, chunk_stats, essay_questions, names_any, restate
+from evaluation.demo import ESSAY_QUESTIONS, answer_gap, babi_accuracy, chunk_stats, essay_questions, names_any, \
+    restate
 from evaluation.harness import PREDICTIONS_FILE
 
 
@@ -59,3 +60,14 @@ def test_essay_questions_are_answered_by_their_own_essay_and_not_by_their_wordin
     result = essay_questions(_Echo("question"), None, hybrid_top_k=5)
     assert result["count"] == len(ESSAY_QUESTIONS.read_text().splitlines()) == 30
     assert result["accuracy"] == 0.0
+
+
+def test_answer_gap_scores_each_answer_as_its_essay_spells_it_after_own_and_other_chunk_tokens(tiny_at):
+    model, processor = tiny_at(None, chunk_size=512)
+    result = answer_gap(model, processor)
+    assert result["count"] == 30
+    assert {"answer": "Sarbanes-Oxley", "question": "Which law does the author blame for so few startups going public?"} \
+        .items() <= result["examples"][6].items()
+    gaps = [row["nll_other"] - row["nll_own"] for row in result["examples"]]
+    assert result["answer_gap_other"] == pytest.approx(statistics.mean(gaps), abs=1e-5)
+    assert result["answer_gap_other_se"] == pytest.approx(statistics.stdev(gaps) / 30 ** 0.5, rel=1e-4)
