@@ -155,6 +155,11 @@ def _essays_by_id() -> dict[str, str]:
     return {record["id"]: record["context"] for record in dev_records(DEV_ESSAYS)}
 
 
+def _essay_questions() -> list[dict]:
+    """The rows of `ESSAY_QUESTIONS`: {essay: id, question, answers: [accepted spellings]}."""
+    return [json.loads(line) for line in ESSAY_QUESTIONS.read_text().splitlines()]
+
+
 def names_any(text: str, answers: list[str]) -> bool:
     """Whether `text` names one of `answers` as a whole word or phrase, ignoring case ("10" is not in "100")."""
     return any(_named(text, answer) for answer in answers)
@@ -170,7 +175,7 @@ def essay_questions(model, processor, hybrid_top_k: int | None) -> dict:
     essay with `hybrid_top_k` quoted passages (None: the processor's setting)."""
     essays = _essays_by_id()
     rows = []
-    for item in map(json.loads, ESSAY_QUESTIONS.read_text().splitlines()):
+    for item in _essay_questions():
         output = model.answer(essays[item["essay"]], item["question"], processor=processor, do_sample=False,
                               max_new_tokens=QUESTION_NEW_TOKENS, hybrid_top_k=hybrid_top_k)
         rows.append({**item, "output": output, "correct": float(names_any(output, item["answers"]))})
@@ -190,12 +195,11 @@ def answer_gap(model, processor) -> dict:
     tokens); the gap (other - own) with its paired standard error. A decoder that answers from its prior alone
     scores both alike; the topic can open a small gap, and another essay that names the same answer (Google, Robert
     Morris) narrows it."""
-    essays = _essays_by_id()
-    items = [json.loads(line) for line in ESSAY_QUESTIONS.read_text().splitlines()]
+    essays, items = _essays_by_id(), _essay_questions()
+    others = {essay: background_text([text for other, text in essays.items() if other != essay]) for essay in essays}
     rng = random.Random(0)
     own = [essays[item["essay"]] for item in items]
-    other = [background_window(background_text([text for essay, text in essays.items() if essay != item["essay"]]),
-                               len(essays[item["essay"]]), rng) for item in items]
+    other = [background_window(others[item["essay"]], len(text), rng) for item, text in zip(items, own)]
     spelled = [_spelling(text, item["answers"]) for text, item in zip(own, items)]
     questions = [item["question"] for item in items]
     nll_own = target_nll(model, processor, own, spelled, questions, batch_size=1)  # (n,)
@@ -243,8 +247,8 @@ def _mean(rows: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m evaluation.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("task", choices=["prepare", "restate", "needle", "babi-accuracy", "chunk-stats",
-                                                     "questions", "answer-gap"])
+    parser.add_argument("task", choices=["prepare", "restate", "needle", "babi-accuracy", "chunk-stats", "questions",
+                                         "answer-gap"])
     parser.add_argument("--model", choices=["trained", "untrained", "decoder"], default="trained")
     parser.add_argument("--demo-dir", type=Path, default=DEMO_DIR, help="folder with the trained demo weights")
     parser.add_argument("--limit", type=at_least(1), default=12)
